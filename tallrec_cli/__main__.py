@@ -1,0 +1,3 @@
+from tallrec_cli.cli import main
+
+main()

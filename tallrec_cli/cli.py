@@ -1,0 +1,70 @@
+"""The `tallrec` command line: a thin layer that parses options, loads configs, calls library
+functions and renders results. Heavy imports (torch, transformers) happen inside commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from tallrec_cli import __version__
+from tallrec_cli.commands import adapters, data, evaluate, export, sweep, train
+from tallrec_cli.console import err_console
+from tallrec_cli.errors import TallrecError
+
+app = typer.Typer(
+    name="tallrec",
+    help="TALLRec-style LoRA/QLoRA tuning of LLMs as recommenders: data -> train -> eval -> export -> sweep.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tallrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """TALLRec-style LoRA/QLoRA tuning of LLMs as recommenders.
+
+    Set TALLREC_DEBUG=1 to see full tracebacks; TALLREC_HOME moves caches (default ~/.cache/tallrec).
+    """
+
+
+for module in (data, train, evaluate, export, adapters, sweep):
+    module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: domain errors become one line plus a hint, never a traceback."""
+    debug = os.environ.get("TALLREC_DEBUG", "") not in ("", "0")
+    try:
+        app()
+    except TallrecError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for TALLREC_DEBUG=1
+        if debug:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        err_console.print("[yellow]hint:[/] re-run with TALLREC_DEBUG=1 for the traceback and report it", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Typed configs loaded from YAML recipes with ``--set a.b=value`` overrides.
+
+A config is a (possibly nested) dataclass. Field docs live in ``field(metadata={"help": ...})`` and
+double as CLI help. Loading reports *every* problem in one pass (unknown keys with the valid ones,
+wrong types, failed checks) before anything heavy happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tallrec_cli.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None, **kwargs: Any):
+    """A dataclass field with help text (and optional allowed values) for docs and validation."""
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["a.b=3", "c=[1,2]"]`` -> ``{"a": {"b": 3}, "c": [1, 2]}``; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"override '{pair}' is not of the form key=value", "write it as --set lora.r=16")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{pair}' conflicts with another override of '{part}'")
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"recipe {path} does not exist", "pass a path to a YAML recipe, e.g. recipes/smollm2-135m-lora.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0], "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings at the top level")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: list[str] = []
+            result = _coerce(value, arg, where, trial)
+            if not trial:
+                return result
+        problems.append(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        return value
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            problems.append(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(item, inner, f"{where}[{i}]", problems) for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping of {tp.__name__} settings, got {value!r}")
+            return tp()
+        return _build(tp, value, where + ".", problems)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+            return value.lower() in {"true", "yes", "1"}
+        problems.append(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            problems.append(f"{where}: expected a number, got {value!r}")
+            return value
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            problems.append(f"{where}: expected an integer, got {value!r}")
+            return value
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            problems.append(f"{where}: expected text, got {value!r}")
+            return value
+        return str(value)
+    return value
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str, problems: list[str]) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    for key in unknown:
+        problems.append(f"unknown key '{prefix}{key}'; valid keys here: {', '.join(fields)}")
+    kwargs = {}
+    for name, fld in fields.items():
+        if name not in data:
+            if fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+                problems.append(f"{prefix}{name}: required")
+            continue
+        value = _coerce(data[name], hints[name], prefix + name, problems)
+        choices = fld.metadata.get("choices")
+        if choices and value not in choices:
+            problems.append(f"{prefix}{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        problems.append(f"{prefix.rstrip('.') or cls.__name__}: {exc}")
+        return None  # type: ignore[return-value]
+
+
+def _collect_checks(config: Any, problems: list[str]) -> None:
+    """Run each nested dataclass's ``check()`` (returns a list of problem strings)."""
+    if not dataclasses.is_dataclass(config):
+        return
+    for fld in dataclasses.fields(config):
+        _collect_checks(getattr(config, fld.name), problems)
+    check = getattr(config, "check", None)
+    if callable(check):
+        problems.extend(check())
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build and validate ``cls`` from a plain mapping; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    config = _build(cls, data, "", problems)
+    if config is not None and not problems:
+        _collect_checks(config, problems)
+    if problems:
+        bullet = "\n  - "
+        raise ConfigError(
+            f"{source} has {len(problems)} problem{'s' * (len(problems) > 1)}:{bullet}{bullet.join(problems)}",
+            "fix the recipe or the --set overrides; `--help` lists the options",
+        )
+    return config
+
+
+def load_config(cls: type[T], recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """Recipe YAML (optional) + nested overrides -> validated config of type ``cls``."""
+    data = read_yaml(recipe) if recipe else {}
+    if overrides:
+        data = deep_merge(data, overrides)
+    return from_dict(cls, data, source=str(recipe) if recipe else "config")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) rows for every leaf field: the recipe reference."""
+    rows = []
+    for fld in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[fld.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe(hint, f"{prefix}{fld.name}."))
+            continue
+        default = fld.default if fld.default is not dataclasses.MISSING else (
+            fld.default_factory() if fld.default_factory is not dataclasses.MISSING else "(required)")
+        rows.append((prefix + fld.name, repr(default), fld.metadata.get("help", "")))
+    return rows
