@@ -38,6 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes files private; artifacts are ordinary files
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -174,12 +175,19 @@ def staged_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~_umask())
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def tallrec_home() -> Path:

