@@ -8,6 +8,7 @@ wrong types, failed checks) before anything heavy happens.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from tallrec_cli.errors import ConfigError
 
 T = TypeVar("T")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None, **kwargs: Any):
@@ -42,6 +44,8 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and _NUMBER.match(value):
+            value = float(value)  # YAML 1.1 reads "3e-4" as text; a number is what anyone typing it means
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:

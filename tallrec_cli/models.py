@@ -237,14 +237,15 @@ def _adapter_base_name(adapter_dir: Path) -> str | None:
 
 
 def check_adapter_matches_base(adapter_dir: Path, base_model) -> None:
-    """Refuse an adapter whose recorded base model has a different architecture or size than ``base_model``."""
+    """Refuse an adapter whose recorded base model has a different architecture or size than ``base_model``
+    (a loaded model, or just its config: export checks before loading any weights)."""
     manifest_path = adapter_dir / "manifest.json"
     expected = None
     if manifest_path.exists():
         expected = json.loads(manifest_path.read_text()).get("base_model_config")
     if not expected:
         return
-    actual = base_model.config
+    actual = getattr(base_model, "config", base_model)
     mismatches = [key for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
                   if key in expected and getattr(actual, key, None) != expected[key]]
     if mismatches:

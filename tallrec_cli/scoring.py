@@ -5,17 +5,48 @@ exactly the number that evaluation reports. Two modes:
 - ``pair`` (default): softmax over the two label-token logits, i.e. p_yes / (p_yes + p_no).
 - ``tallrec``: TALLRec's number: softmax over the whole vocabulary, then a second softmax over the
   two resulting probabilities (ranks by p_yes - p_no, so its AUC can differ from ``pair``).
+
+Speed: prompts are sorted by length (little padding), and the token prefix every prompt shares
+(template header + instruction) is run once; its key/value cache is broadcast to each batch, which
+then only runs its suffixes. Out-of-memory halves the batch and retries.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from tallrec_cli.errors import ConfigError, ResourceError
 from tallrec_cli.prompts import LabelTokens
 
 SCORE_MODES = ("pair", "tallrec")
+PREFIX_CACHE_MODES = ("auto", "on", "off")
+# Below this many shared tokens the cache bookkeeping costs about what it saves.
+MIN_PREFIX_TOKENS = 16
+# On CPU larger batches add no throughput (the matmuls are already big enough), only padding.
+CPU_BATCH_SIZE = 16
+MAX_AUTO_BATCH_SIZE = 512
+
+
+@dataclass
+class ScoringResult:
+    """Scores in input order plus how they were computed (recorded in eval manifests)."""
+    scores: np.ndarray
+    mode: str
+    batch_size: int  # the batch size in use at the end (after any out-of-memory back-off)
+    oom_retries: int
+    prefix_tokens: int  # tokens served from the shared-prefix cache (0: plain path)
+    prompt_tokens: int
+    seconds: float
+
+    def describe(self) -> dict:
+        return {"score_mode": self.mode, "batch_size": self.batch_size, "oom_retries": self.oom_retries,
+                "prefix_tokens": self.prefix_tokens, "prompt_tokens": self.prompt_tokens,
+                "seconds": round(self.seconds, 3),
+                "prompts_per_s": round(len(self.scores) / self.seconds, 3) if self.seconds else None}
 
 
 def label_probability(last_hidden, output_weight, labels: LabelTokens, mode: str = "pair"):
@@ -57,41 +88,169 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def score_prompts(model, tokenizer, prompts: Sequence[str], labels: LabelTokens, mode: str = "pair",
-                  batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """P(yes) for each prompt, in input order.
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every sequence."""
+    if not sequences:
+        return 0
+    first, shortest = sequences[0], min(len(ids) for ids in sequences)
+    length = 0
+    while length < shortest and all(ids[length] == first[length] for ids in sequences):
+        length += 1
+    return length
 
-    Prompts are tokenized once, sorted by length and left-padded per batch, so the answer position is
-    the last column for every row and only that column is projected to label logits.
+
+def auto_batch_size(model, longest_tokens: int) -> int:
+    """A batch size expected to fit: fixed on CPU, estimated from free memory on CUDA.
+
+    The estimate (one layer's activations plus eager attention scores per row) is deliberately rough;
+    the out-of-memory back-off in ``score_prompts`` corrects an overestimate.
+    """
+    import torch
+
+    parameter = next(model.parameters())
+    if parameter.device.type != "cuda":
+        return CPU_BATCH_SIZE
+    config = model.config
+    free_bytes, _ = torch.cuda.mem_get_info(parameter.device)
+    width = parameter.element_size()
+    per_token = width * (8 * config.hidden_size + 3 * getattr(config, "intermediate_size", 4 * config.hidden_size)
+                         + config.num_attention_heads * longest_tokens)
+    rows = int(0.6 * free_bytes / max(1, longest_tokens * per_token))
+    return max(1, min(rows, MAX_AUTO_BATCH_SIZE))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    # CUDA raises OutOfMemoryError; the CPU allocator raises a RuntimeError saying it cannot allocate.
+    message = str(exc).lower()
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message))
+
+
+class _PrefixCache:
+    """Keys/values of the shared prompt prefix, computed once and broadcast to each batch."""
+
+    def __init__(self, body, prefix_ids: list[int], device):
+        import torch
+        from transformers import DynamicCache
+
+        output = body(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
+        cache = output.past_key_values
+        if not isinstance(cache, DynamicCache) or any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
+            # Sliding-window or offloaded layers would need their own expansion rules.
+            raise ConfigError("this model's key/value cache cannot be shared across a batch",
+                              "use --prefix-cache off")
+        self.length = len(prefix_ids)
+        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def for_batch(self, rows: int):
+        from transformers import DynamicCache
+
+        # expand() is a view: each layer's update concatenates into fresh tensors, the prefix stays intact
+        return DynamicCache(ddp_cache_data=[(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
+                                            for keys, values in self.layers])
+
+
+def _padded(sequences: list[list[int]], pad_id: int):
+    """Left-padded ids and mask: the answer position is the last column of every row."""
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids):] = 1
+    return input_ids, attention
+
+
+def _last_hidden(body, sequences: list[list[int]], pad_id: int, device, prefix: _PrefixCache | None):
+    import torch
+
+    input_ids, attention = _padded(sequences, pad_id)
+    if prefix is None:
+        # Left padding shifts positions; derive them from the mask so scores match unpadded runs.
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        output = body(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                      position_ids=position_ids.to(device), use_cache=False)
+    else:
+        # Row layout [prefix | pads | suffix]: the mask hides the pads, positions continue the prefix.
+        rows, width = input_ids.shape
+        full_mask = torch.cat([torch.ones((rows, prefix.length), dtype=torch.long), attention], dim=1)
+        position_ids = (prefix.length + attention.cumsum(-1) - 1).clamp(min=prefix.length)
+        output = body(input_ids=input_ids.to(device), attention_mask=full_mask.to(device),
+                      position_ids=position_ids.to(device), past_key_values=prefix.for_batch(rows),
+                      cache_position=torch.arange(prefix.length, prefix.length + width, device=device),
+                      use_cache=True)
+    return output.last_hidden_state[:, -1]
+
+
+def score_prompts_detailed(model, tokenizer, prompts: Sequence[str], labels: LabelTokens, mode: str = "pair",
+                           batch_size: int | None = None, on_batch: Callable[[int], None] | None = None,
+                           prefix_cache: str = "auto", min_prefix_tokens: int = MIN_PREFIX_TOKENS) -> ScoringResult:
+    """P(yes) for each prompt, in input order, with how it was computed.
+
+    ``batch_size`` None picks one (``auto_batch_size``); on out-of-memory the batch is halved and
+    retried. ``prefix_cache``: ``auto`` uses the shared-prefix cache when the prompts share at least
+    ``min_prefix_tokens`` tokens, ``on`` whenever they share any, ``off`` never.
     """
     import torch
 
     if mode not in SCORE_MODES:
         raise ValueError(f"unknown score mode {mode!r}")
+    if prefix_cache not in PREFIX_CACHE_MODES:
+        raise ValueError(f"prefix_cache must be one of {', '.join(PREFIX_CACHE_MODES)}, not {prefix_cache!r}")
+    started = time.perf_counter()
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     scores = np.empty(len(encoded), dtype=np.float32)
+    if not encoded:
+        return ScoringResult(scores, mode, batch_size or 0, 0, 0, 0, 0.0)
     device = next(model.parameters()).device
     body, output_weight = split_lm_head(model)
-    pad_id = tokenizer.pad_token_id
+    # The last prompt token must stay in the suffix: its hidden state is the one scored.
+    shared = min(common_prefix_length(encoded), min(len(ids) for ids in encoded) - 1)
+    use_prefix = prefix_cache == "on" and shared > 0 or prefix_cache == "auto" and shared >= min_prefix_tokens
+    size = batch_size or auto_batch_size(model, max(len(ids) for ids in encoded))
+    retries = 0
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for batch in length_sorted_batches([len(ids) for ids in encoded], batch_size):
-                width = max(len(encoded[i]) for i in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, index in enumerate(batch):
-                    ids = encoded[index]
-                    input_ids[row, width - len(ids):] = torch.tensor(ids)
-                    attention[row, width - len(ids):] = 1
-                # Left padding shifts positions; derive them from the mask so scores match unpadded runs.
-                position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-                output = body(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                              position_ids=position_ids.to(device), use_cache=False)
-                scores[batch] = label_probability(output.last_hidden_state[:, -1], output_weight, labels, mode)
+            prefix = _PrefixCache(body, encoded[0][:shared], device) if use_prefix else None
+            sequences = [ids[shared:] for ids in encoded] if use_prefix else encoded
+            order = [index for batch in length_sorted_batches([len(ids) for ids in sequences], len(sequences))
+                     for index in batch]
+            done = 0
+            while done < len(order):
+                batch = order[done:done + size]
+                try:
+                    hidden = _last_hidden(body, [sequences[i] for i in batch], tokenizer.pad_token_id, device, prefix)
+                except (RuntimeError, MemoryError) as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    if len(batch) == 1:
+                        raise ResourceError(
+                            f"out of memory scoring a single prompt of {len(sequences[batch[0]])} tokens",
+                            "use a quantized model (--quantization 4bit), a smaller model or shorter prompts",
+                        ) from None
+                    size, retries = max(1, len(batch) // 2), retries + 1
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                scores[batch] = label_probability(hidden, output_weight, labels, mode)
+                done += len(batch)
                 if on_batch is not None:
                     on_batch(len(batch))
     finally:
         model.train(was_training)
-    return scores
+    return ScoringResult(scores, mode, size, retries, shared if use_prefix else 0,
+                         sum(len(ids) for ids in encoded), time.perf_counter() - started)
+
+
+def score_prompts(model, tokenizer, prompts: Sequence[str], labels: LabelTokens, mode: str = "pair",
+                  batch_size: int | None = 16, on_batch: Callable[[int], None] | None = None,
+                  prefix_cache: str = "auto") -> np.ndarray:
+    """P(yes) for each prompt, in input order (see ``score_prompts_detailed``)."""
+    return score_prompts_detailed(model, tokenizer, prompts, labels, mode, batch_size, on_batch,
+                                  prefix_cache).scores

@@ -1,7 +1,197 @@
-"""(being built)"""
+"""`tallrec data`: build, import, sample and describe recommendation datasets (logic in data_builders)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import typer
 
+from tallrec_cli.commands._common import set_option
+from tallrec_cli.config import deep_merge, parse_overrides
+from tallrec_cli.console import console, err_console, progress, table
+
+data_app = typer.Typer(help="Build, import, sample and describe recommendation datasets.", no_args_is_help=True,
+                       rich_markup_mode="markdown")
+
+SOURCES_HELP = "movielens-100k, movielens-1m, movielens-latest, bookcrossing, amazon or csv"
+
+
+@contextmanager
+def _progress_callback():
+    """A ``(task, total, done)`` callback drawing one transient rich bar per task."""
+    with progress(transient=True) as bars:
+        tasks: dict[str, Any] = {}
+
+        def update(task: str, total: int | None, done: int) -> None:
+            if task not in tasks:
+                tasks[task] = bars.add_task(task, total=total)
+            bars.update(tasks[task], completed=done, total=total)
+
+        yield update
+
+
+def _print_notes(manifest: dict) -> None:
+    for note in manifest.get("notes", []):
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    for name, count in manifest.get("skipped_rows", {}).items():
+        err_console.print(f"[yellow]note:[/] skipped {count} malformed row(s) of {name}", highlight=False)
+
+
+def _split_table(title: str, manifest: dict):
+    rows = [(split, s["records"], s["positives"], s["positive_rate"], s.get("users"))
+            for split, s in manifest["splits"].items()]
+    return table(title, ["split", "records", "positives", "positive rate", "users"], rows)
+
+
+@data_app.command("build")
+def build(
+    source: str = typer.Argument(..., help=f"Raw data format: {SOURCES_HELP}.", show_default=False),
+    path: Path = typer.Option(None, "--path", help="Folder with the raw files (a file for amazon/csv); default: "
+                              "bundled ml-latest-small for movielens-latest.", show_default=False),
+    output: Path = typer.Option(None, "--output", "-o", help="Output folder [default: data/SOURCE].",
+                                show_default=False),
+    preset: str = typer.Option(None, "--preset", help="Settings bundle: tallrec or full (flags and --set win).",
+                               show_default=False),
+    fmt: str = typer.Option(None, "--format", help="jsonl (default) or tallrec-json.", show_default=False),
+    split: str = typer.Option(None, "--split", help="tallrec (default), leave-last-out, temporal or user.",
+                              show_default=False),
+    history_len: int = typer.Option(None, "--history-len", help="Previous interactions per record [default: 10].",
+                                    show_default=False),
+    max_records: int = typer.Option(None, "--max-records", help="Keep the last N records, 0 for all "
+                                    "[default: 10000].", show_default=False),
+    template: str = typer.Option(None, "--template", help="Template name (tallrec-movie, tallrec-book, "
+                                 "tallrec-item, paraphrase-movie, paraphrase-book) or YAML path.",
+                                 show_default=False),
+    seed: int = typer.Option(None, "--seed", help="Seed for the user split and paraphrase draws [default: 42].",
+                             show_default=False),
+    items: Path = typer.Option(None, "--items", help="Item-title file: Amazon meta, or CSV/Parquet for csv.",
+                               show_default=False),
+    user_col: str = typer.Option(None, "--user-col", help="csv: user column [default: user_id].",
+                                 show_default=False),
+    item_col: str = typer.Option(None, "--item-col", help="csv: item column [default: item_id].",
+                                 show_default=False),
+    rating_col: str = typer.Option(None, "--rating-col", help="csv: rating column [default: rating].",
+                                   show_default=False),
+    time_col: str = typer.Option(None, "--time-col", help="csv: time column [default: timestamp].",
+                                 show_default=False),
+    items_id_col: str = typer.Option(None, "--items-id-col", help="csv: id column of --items [default: the "
+                                     "item column's name].", show_default=False),
+    items_title_col: str = typer.Option(None, "--items-title-col", help="csv: title column of --items "
+                                        "[default: title].", show_default=False),
+    encoding: str = typer.Option(None, "--encoding", help="Raw file encoding [default: auto = UTF-8, else "
+                                 "latin-1].", show_default=False),
+    sha256: str = typer.Option(None, "--sha256", help="Expected sha256 of the downloaded archive.",
+                               show_default=False),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Skip and count malformed rows."),
+    download: bool = typer.Option(False, "--download", help="Download the MovieLens archive (cached, verified)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    overrides: list[str] = set_option(),
+) -> None:
+    """Build train/valid/test records from a raw rating log.
+
+    Examples:
+
+    `tallrec data build movielens-latest`  (bundled ml-latest-small, no download)
+
+    `tallrec data build movielens-100k --path ml-100k --preset tallrec --format tallrec-json -o data/movie`
+
+    `tallrec data build bookcrossing --path BX-CSV-Dump --split user --skip-bad-rows`
+
+    `tallrec data build csv --path log.parquet --user-col uid --item-col iid --items titles.csv --set columns.timestamp=null`
+
+    Every setting is also a `--set key=value` (e.g. `--set like_threshold=4 --set split_ratios=[0.7,0.15,0.15]`).
+    """
+    from data_builders.build import build_config, build_dataset
+
+    flags = {"path": path, "output": output, "format": fmt, "split": split, "history_len": history_len,
+             "template": template, "seed": seed, "items_path": items, "encoding": encoding, "sha256": sha256}
+    values: dict[str, Any] = {key: str(v) if isinstance(v, Path) else v for key, v in flags.items() if v is not None}
+    if max_records is not None:
+        values["max_records"] = max_records or None
+    columns = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col,
+               "item_id": items_id_col, "title": items_title_col}
+    if any(v is not None for v in columns.values()):
+        values["columns"] = {key: v for key, v in columns.items() if v is not None}
+    for key, flag in (("skip_bad_rows", skip_bad_rows), ("download", download), ("overwrite", overwrite)):
+        if flag:
+            values[key] = True
+    config = build_config(source, preset, deep_merge(values, parse_overrides(overrides)))
+    with _progress_callback() as on_progress:
+        manifest = build_dataset(config, on_progress)
+    _print_notes(manifest)
+    console.print(_split_table(f"{manifest['source']} -> {manifest['config']['output']} ({manifest['format']})",
+                               manifest))
+
+
+@data_app.command("import")
+def import_(
+    files: list[Path] = typer.Argument(..., help="TALLRec JSON files (train.json valid.json test.json ...).",
+                                       show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Dataset folder to create.", show_default=False),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or tallrec-json (byte-identical re-write)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+) -> None:
+    """Validate TALLRec's JSON files and turn them into a dataset folder (each file stem is a split).
+
+    Example:
+
+    `tallrec data import TALLRec/data/book/valid.json TALLRec/data/book/test.json -o data/tallrec-book`
+    """
+    from data_builders.importer import import_tallrec
+
+    manifest = import_tallrec(files, output, fmt, overwrite)
+    console.print(_split_table(f"imported -> {output}", manifest))
+
+
+@data_app.command("sample")
+def sample(
+    dataset: Path = typer.Argument(..., help="Dataset folder (or one .jsonl/.json file).", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the subsets.", show_default=False),
+    shots: str = typer.Option("16,64,256", "--shots", help="Comma-separated subset sizes."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
+    stratify: bool = typer.Option(False, "--stratify", help="Keep the pool's label balance (nested subsets)."),
+    split: str = typer.Option("train", "--split", help="Split to draw from."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+) -> None:
+    """Draw few-shot training subsets TALLRec's way (`Dataset.shuffle(seed).select(range(k))`).
+
+    Example:
+
+    `tallrec data sample data/movie --shots 16,64,256 --seeds 0,1,2 -o data/movie-shots`
+    """
+    from data_builders.sampling import parse_int_list, write_samples
+
+    manifest = write_samples(dataset, output, parse_int_list(shots, "shots"), parse_int_list(seeds, "seeds"),
+                             stratify, split, overwrite)
+    rows = [(name, f["shots"], f["seed"], f["positives"]) for name, f in manifest["files"].items()]
+    console.print(table(f"{len(rows)} subsets of {manifest['pool_records']} {split} records -> {output}",
+                        ["file", "shots", "seed", "positives"], rows))
+
+
+@data_app.command("stats")
+def stats(
+    dataset: Path = typer.Argument(..., help="Dataset folder.", show_default=False),
+    tokenizer: Path = typer.Option(None, "--tokenizer", help="Local tokenizer folder: adds prompt lengths in "
+                                   "tokens.", show_default=False),
+) -> None:
+    """Per-split sizes, label balance, history and prompt lengths (characters, and tokens with --tokenizer).
+
+    Example:
+
+    `tallrec data stats data/movie --tokenizer models/smollm2-135m`
+    """
+    from data_builders.stats import dataset_stats, load_tokenizer
+
+    rows = dataset_stats(dataset, load_tokenizer(tokenizer) if tokenizer else None)
+    columns = ["split", "records", "users", "items", "positive_rate", "history_mean",
+               "chars_mean", "chars_p95", "chars_max"]
+    if tokenizer:
+        columns += ["tokens_mean", "tokens_p95", "tokens_max"]
+    console.print(table(f"{dataset}", [c.replace("_", " ") for c in columns], [[r[c] for c in columns] for r in rows]))
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add the `data` command group to ``app``."""
+    app.add_typer(data_app, name="data")

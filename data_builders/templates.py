@@ -1,0 +1,75 @@
+"""Prompt templates: YAML files with the instruction, the input layout and the output words.
+
+A template has one or more ``variants`` ({instruction, input}); with several, one is drawn per record
+(seeded), P5-style. ``input`` uses ``{liked}``, ``{disliked}`` and ``{target}``; ``history_item`` and
+``target_item`` wrap an item's text (``{item}``) and ``separator`` joins history items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tallrec_cli.errors import ConfigError
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    variants: tuple[dict[str, str], ...]
+    history_item: str
+    target_item: str
+    separator: str
+    yes: str
+    no: str
+
+    def output(self, label: int) -> str:
+        return self.yes if label else self.no
+
+
+def template_names() -> list[str]:
+    return sorted(path.stem for path in TEMPLATES_DIR.glob("*.yaml"))
+
+
+def load_template(name_or_path: str) -> Template:
+    """A bundled template by name (``tallrec-movie``) or any YAML file in the same layout."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = TEMPLATES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"template '{name_or_path}' not found",
+                          f"use one of {', '.join(template_names())} or a path to a template YAML file")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"template {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    try:
+        variants = tuple({"instruction": str(v["instruction"]), "input": str(v["input"])} for v in spec["variants"])
+        template = Template(
+            name=str(spec.get("name", path.stem)), variants=variants, history_item=str(spec["history_item"]),
+            target_item=str(spec["target_item"]), separator=str(spec["separator"]),
+            yes=str(spec["outputs"]["yes"]), no=str(spec["outputs"]["no"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"template {path} lacks {exc}",
+                          "a template needs variants (instruction, input), history_item, target_item, separator "
+                          "and outputs (yes, no); see data_builders/templates/tallrec-movie.yaml") from None
+    if not variants or template.yes == template.no:
+        raise ConfigError(f"template {path} needs at least one variant and two different outputs")
+    try:
+        template.history_item.format(item="")
+        template.target_item.format(item="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"template {path}: history_item/target_item use an unknown placeholder {exc}",
+                          "they may use only {item} (write {{ for a brace)") from None
+    for variant in variants:
+        try:
+            variant["input"].format(liked="", disliked="", target="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"template {path}: input uses an unknown placeholder {exc}",
+                              "the input may use {liked}, {disliked} and {target} (write {{ for a brace)") from None
+    return template

@@ -1,0 +1,208 @@
+"""Trainer callbacks for `tallrec train`: validation AUC + early stopping + best-adapter keeping,
+a rich progress line, and Ctrl-C handling that saves a checkpoint before stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from transformers import TrainerCallback
+
+from tallrec_cli.metrics import safe_auc
+from tallrec_cli.prompts import LabelTokens
+from tallrec_cli.scoring import score_prompts
+
+
+@dataclass
+class TrainingStatus:
+    """What the callbacks share: the latest numbers and the selection state (restored on --resume)."""
+    selection_metric: str  # "val_auc" (higher is better) or "val_loss" (lower is better)
+    last_loss: float | None = None
+    last_val_auc: float | None = None
+    best_step: int | None = None
+    best_value: float | None = None
+    best_row: dict | None = None
+    evals_since_best: int = 0
+    elapsed_before: float = 0.0  # wall seconds spent by earlier sessions of a resumed run
+    rows: list[dict] = field(default_factory=list)
+    interrupted_at: int | None = None
+
+    def improves(self, row: dict) -> bool:
+        value = row[self.selection_metric]
+        if value is None:
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.selection_metric == "val_auc" else value < self.best_value
+
+    def record(self, row: dict) -> bool:
+        """Add an evaluation row; True when it is the new best."""
+        self.rows.append(row)
+        self.last_val_auc = row["val_auc"]
+        if self.improves(row):
+            self.best_step, self.best_value, self.best_row = row["step"], row[self.selection_metric], row
+            self.evals_since_best = 0
+            return True
+        self.evals_since_best += 1
+        return False
+
+
+def binary_log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Validation loss = log loss of P(yes): cheap (same forward as AUC) and defined with one class."""
+    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    y = labels.astype(np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Swap a fully written folder into place (readers never see a half-saved adapter)."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(source, target)
+
+
+class ValidationCallback(TrainerCallback):
+    """Every ``eval_every`` steps (and at the last step): P(yes) on the validation prompts with the
+    same `score_prompts` eval uses, AUC and log loss, a metrics.jsonl row, the adapter saved when the
+    selection metric improves, early stopping after ``patience`` evaluations without improvement.
+
+    A checkpoint is requested at every evaluation so that --resume can rebuild the selection state
+    from metrics.jsonl rows up to the checkpoint's step.
+    """
+
+    def __init__(self, status: TrainingStatus, run_dir: Path, tokenizer, prompts: list[str], labels: list[int],
+                 label_tokens: LabelTokens, eval_every: int, patience: int | None, score_mode: str,
+                 eval_batch_size: int, is_main: bool):
+        self.status = status
+        self.run_dir = run_dir
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.labels = np.asarray(labels)
+        self.label_tokens = label_tokens
+        self.eval_every = eval_every
+        self.patience = patience
+        self.score_mode = score_mode
+        self.eval_batch_size = eval_batch_size
+        self.is_main = is_main
+        self.started = time.monotonic()
+        self.losses_since_eval: list[float] = []
+        self.pending: dict | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.status.last_loss = float(logs["loss"])
+            self.losses_since_eval.append(self.status.last_loss)
+        if self.pending is not None and state.global_step >= self.pending["step"]:
+            self._write_pending()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.status.interrupted_at is not None:
+            return
+        step = state.global_step
+        if step % self.eval_every and step < state.max_steps:
+            return
+        scores = score_prompts(model, self.tokenizer, self.prompts, self.label_tokens, mode=self.score_mode,
+                               batch_size=self.eval_batch_size)
+        row = {"step": step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
+               "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
+               "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
+        if self.status.record(row) and self.is_main:
+            self._save_adapter(model)
+        if self.patience is not None and self.status.evals_since_best >= self.patience:
+            control.should_training_stop = True
+        control.should_save = True
+        self.pending = row
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.pending is not None:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        row, self.pending = self.pending, None
+        if self.losses_since_eval:
+            row["train_loss"] = float(np.mean(self.losses_since_eval))
+        self.losses_since_eval = []
+        if self.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    def _save_adapter(self, model) -> None:
+        staging = self.run_dir / ".adapter.partial"
+        if staging.exists():
+            shutil.rmtree(staging)
+        model.save_pretrained(staging, safe_serialization=True)
+        self.tokenizer.save_pretrained(staging)
+        replace_dir(staging, self.run_dir / "adapter")
+
+
+class InterruptCallback(TrainerCallback):
+    """First Ctrl-C: finish the current step, save a checkpoint, stop. A second Ctrl-C aborts at once."""
+
+    def __init__(self, status: TrainingStatus):
+        self.status = status
+        self.requested = False
+        self.previous_handler = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            self.previous_handler = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous_handler or signal.default_int_handler)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested and self.status.interrupted_at is None:
+            self.status.interrupted_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGINT, self.previous_handler)
+            self.previous_handler = None
+
+
+class RichProgressCallback(TrainerCallback):
+    """step/total, loss, last validation AUC, samples/s and ETA on stderr (rank 0 only)."""
+
+    def __init__(self, status: TrainingStatus, samples_per_step: int):
+        self.status = status
+        self.samples_per_step = samples_per_step
+        self.progress = None
+        self.task = None
+        self.first_step = 0
+        self.started = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tallrec_cli.console import progress
+
+        self.progress = progress()
+        self.progress.start()
+        self.task = self.progress.add_task("training", total=state.max_steps, completed=state.global_step)
+        self.first_step = state.global_step
+        self.started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is None:
+            return
+        done = state.global_step - self.first_step
+        rate = done * self.samples_per_step / max(time.monotonic() - self.started, 1e-9)
+        loss = "-" if self.status.last_loss is None else f"{self.status.last_loss:.4f}"
+        auc = self.status.last_val_auc
+        auc_text = "-" if auc is None or (isinstance(auc, float) and math.isnan(auc)) else f"{auc:.4f}"
+        self.progress.update(self.task, completed=state.global_step,
+                             description=f"loss {loss} | val AUC {auc_text} | {rate:.2f} samples/s")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
