@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_builders.interactions import Interactions, assemble
-from data_builders.readers import Report, parse_numbers, read_delimited, require_files, resolve_encoding
+from data_builders.readers import (
+    Report, parse_numbers, read_delimited, require_complete, require_files, resolve_encoding,
+)
 from tallrec_cli.errors import DataError
 
 FILES = ["BX-Book-Ratings.csv", "BX-Books.csv"]
@@ -30,6 +32,7 @@ def read(folder: Path, encoding: str, report: Report, keep_implicit: bool) -> In
     books = read_delimited(books_file, report, sep=";", header=True, escapechar="\\",
                            encoding=resolve_encoding(books_file, encoding, report))
     _expect_columns(books, ["ISBN", "Book-Title", "Book-Author"], books_file)
+    books = require_complete(books, books_file, report, first_line=2)
     # TALLRec's item text: "<title>" written by <author>
     text = '"' + books["Book-Title"] + '" written by ' + books["Book-Author"]
     return assemble(ratings, text.set_axis(books["ISBN"]), [ratings_file, books_file], report, books_file.name)

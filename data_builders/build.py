@@ -16,7 +16,7 @@ from data_builders.dataset import write_tallrec_json
 from data_builders.download import ARCHIVES, fetch_movielens
 from data_builders.interactions import Interactions
 from data_builders.readers import Report
-from data_builders.records import SPLIT_NAMES, Renderer, make_examples
+from data_builders.records import SPLIT_NAMES, Examples, Renderer, make_examples
 from data_builders.templates import load_template
 from tallrec_cli.config import deep_merge, from_dict, read_yaml, to_dict
 from tallrec_cli.errors import ConfigError, DataError
@@ -101,10 +101,12 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
     report = Report(skip_bad_rows=config.skip_bad_rows)
     with staged_dir(config.output, overwrite=config.overwrite) as staging:
         interactions = read_source(config, report, on_progress)
-        examples = make_examples(interactions.ratings, config.like_threshold, config.history_len, config.min_history,
+        examples = make_examples(interactions, config.like_threshold, config.history_len, config.min_history,
                                  config.max_records, config.split, config.split_ratios, config.seed)
-        _check_examples(examples, config, interactions)
-        renderer = Renderer(examples, interactions.item_text, template, config.domain, config.seed)
+        if examples.repeats_dropped:
+            report.note(f"{examples.repeats_dropped} repeated (user, item, time) ratings dropped (the last is kept)")
+        _check_examples(examples, config)
+        renderer = Renderer(examples, template, config.domain, config.seed)
         advance = on_progress and _counter(on_progress, "records", len(examples.target))
         files = {}
         for code, split in enumerate(SPLIT_NAMES):
@@ -126,7 +128,7 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
                          "outputs": {"yes": template.yes, "no": template.no}},
             "splits": _split_counts(examples),
             "records": int(len(examples.target)),
-            "ratings_used": int(len(interactions.ratings)),
+            "ratings_used": len(interactions),
             "notes": report.notes,
             "skipped_rows": report.skipped,
         }
@@ -145,10 +147,11 @@ def _counter(on_progress: Progress, task: str, total: int) -> Callable[[int], No
     return advance
 
 
-def _check_examples(examples, config: BuildConfig, interactions: Interactions) -> None:
+def _check_examples(examples: Examples, config: BuildConfig) -> None:
     if not len(examples.target):
+        interactions = examples.interactions
         raise DataError(f"no records: no user has more than {config.min_history} ratings "
-                        f"({len(interactions.ratings)} ratings, {interactions.ratings['user_id'].nunique()} users)",
+                        f"({len(interactions)} ratings, {len(interactions.user_ids)} users)",
                         "lower --history-len or --set min_history=N")
     positives = int(examples.labels().sum())
     if positives in (0, len(examples.target)):
@@ -157,10 +160,9 @@ def _check_examples(examples, config: BuildConfig, interactions: Interactions) -
                         "choose a threshold inside the rating range with --set like_threshold=...")
 
 
-def _split_counts(examples) -> dict[str, dict[str, Any]]:
+def _split_counts(examples: Examples) -> dict[str, dict[str, Any]]:
     counts = {}
-    labels = examples.labels()
-    users = examples.ratings["user_id"].to_numpy()[examples.target]
+    labels, users = examples.labels(), examples.target_users()
     for code, split in enumerate(SPLIT_NAMES):
         chosen = examples.split == code
         records, positives = int(chosen.sum()), int(labels[chosen].sum())

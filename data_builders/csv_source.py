@@ -8,11 +8,13 @@ import pandas as pd
 
 from data_builders.config import ColumnMap
 from data_builders.interactions import Interactions, assemble
-from data_builders.readers import Report, parse_numbers, read_delimited, resolve_encoding
+from data_builders.readers import Report, parse_numbers, read_csv_fast, resolve_encoding
 from tallrec_cli.errors import DataError
 
 
-def _read_table(path: Path, wanted: list[str], sep: str | None, encoding: str, report: Report) -> pd.DataFrame:
+def _read_table(path: Path, wanted: list[str], text: list[str], sep: str | None, encoding: str,
+                report: Report) -> pd.DataFrame:
+    """The ``wanted`` columns; from CSV the ``text`` ones are read as text (ids keep their spelling, "007")."""
     if not path.is_file():
         raise DataError(f"{path} does not exist", "pass the rating log (CSV, TSV or Parquet) with --path")
     if path.suffix == ".parquet":
@@ -20,12 +22,12 @@ def _read_table(path: Path, wanted: list[str], sep: str | None, encoding: str, r
 
         found = pq.read_schema(path).names
         _check_columns(path, wanted, found)
-        # text ids, like CSV logs, so ids compare equal across files
-        return pd.read_parquet(path, columns=wanted).astype({name: str for name in wanted})
+        # ids keep their Parquet type: integer codes are far cheaper to factorize than strings
+        return pd.read_parquet(path, columns=wanted)
     sep = sep or ("\t" if path.suffix in (".tsv", ".tab") else ",")
-    frame = read_delimited(path, report, sep=sep, header=True, encoding=resolve_encoding(path, encoding, report))
-    _check_columns(path, wanted, list(frame.columns))
-    return frame[wanted]
+    encoding = resolve_encoding(path, encoding, report)
+    _check_columns(path, wanted, list(pd.read_csv(path, sep=sep, nrows=0, encoding=encoding).columns))
+    return read_csv_fast(path, report, sep=sep, columns=wanted, text=text, encoding=encoding)
 
 
 def _check_columns(path: Path, wanted: list[str], found: list[str]) -> None:
@@ -42,7 +44,7 @@ def read(path: Path | None, items_path: Path | None, columns: ColumnMap, encodin
     if path is None:
         raise DataError("the csv source needs the rating log", "pass --path ratings.csv (or .tsv/.parquet)")
     wanted = [columns.user, columns.item, columns.rating] + ([columns.timestamp] if columns.timestamp else [])
-    frame = _read_table(path, wanted, columns.sep, encoding, report)
+    frame = _read_table(path, wanted, [columns.user, columns.item], columns.sep, encoding, report)
     frame = frame.rename(columns={columns.user: "user_id", columns.item: "item_id", columns.rating: "rating"})
     frame = parse_numbers(frame, {"rating": False}, path, report, first_line=2)
     if columns.timestamp:
@@ -57,7 +59,8 @@ def read(path: Path | None, items_path: Path | None, columns: ColumnMap, encodin
         titles = pd.Series(frame["item_id"].unique(), index=frame["item_id"].unique())
     else:
         id_column = columns.item_id or columns.item
-        items = _read_table(items_path, [id_column, columns.title], columns.sep, encoding, report)
+        items = _read_table(items_path, [id_column, columns.title], [id_column, columns.title], columns.sep, encoding,
+                            report)
         titles = items.set_index(id_column)[columns.title]
         files.append(items_path)
     return assemble(frame, titles, files, report, items_path.name if items_path else path.name)
@@ -65,6 +68,10 @@ def read(path: Path | None, items_path: Path | None, columns: ColumnMap, encodin
 
 def _parse_times(frame: pd.DataFrame, path: Path, report: Report) -> pd.DataFrame:
     """Epoch seconds as they are; dates and datetimes become epoch seconds (UTC)."""
+    if pd.api.types.is_datetime64_any_dtype(frame["timestamp"]):  # Parquet timestamps
+        frame = frame.dropna(subset=["timestamp"]).copy()
+        frame["timestamp"] = frame["timestamp"].astype("datetime64[s]").astype("int64")
+        return frame
     as_numbers = pd.to_numeric(frame["timestamp"], errors="coerce")
     if as_numbers.notna().mean() >= 0.5:
         return parse_numbers(frame, {"timestamp": True}, path, report, first_line=2)

@@ -48,13 +48,16 @@ def load_template(name_or_path: str) -> Template:
     except yaml.YAMLError as exc:
         raise ConfigError(f"template {path} is not valid YAML: {exc}".splitlines()[0]) from None
     try:
+        # YAML 1.1 reads unquoted yes/no keys as booleans
+        outputs = {"yes" if key is True else "no" if key is False else key: value
+                   for key, value in spec["outputs"].items()}
         variants = tuple({"instruction": str(v["instruction"]), "input": str(v["input"])} for v in spec["variants"])
         template = Template(
             name=str(spec.get("name", path.stem)), variants=variants, history_item=str(spec["history_item"]),
             target_item=str(spec["target_item"]), separator=str(spec["separator"]),
-            yes=str(spec["outputs"]["yes"]), no=str(spec["outputs"]["no"]),
+            yes=str(outputs["yes"]), no=str(outputs["no"]),
         )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"template {path} lacks {exc}",
                           "a template needs variants (instruction, input), history_item, target_item, separator "
                           "and outputs (yes, no); see data_builders/templates/tallrec-movie.yaml") from None

@@ -99,7 +99,7 @@ def build(
 
     `tallrec data build bookcrossing --path BX-CSV-Dump --split user --skip-bad-rows`
 
-    `tallrec data build csv --path log.parquet --user-col uid --item-col iid --items titles.csv --set columns.timestamp=null`
+    `tallrec data build csv --path log.parquet --user-col uid --item-col iid --time-col ts --items titles.csv`
 
     Every setting is also a `--set key=value` (e.g. `--set like_threshold=4 --set split_ratios=[0.7,0.15,0.15]`).
     """
