@@ -10,23 +10,11 @@ import numpy as np
 
 from data_builders.dataset import load_split
 from data_builders.records import SPLIT_NAMES
-from tallrec_cli.errors import DataError, ModelError
+from tallrec_cli.errors import DataError
 
 
 def prompt_text(record: dict) -> str:
     return record["instruction"] + "\n" + record["input"]
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """A local tokenizer (folder or file path); nothing is fetched from a hub."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a tokenizer from {path} ({str(exc).splitlines()[0]})",
-                         "pass a local folder holding tokenizer files (tokenizer.json or tokenizer_config.json)") \
-            from None
 
 
 def dataset_stats(dataset_dir: str | os.PathLike, tokenizer=None) -> list[dict[str, Any]]:

@@ -39,5 +39,6 @@ def _fmt(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        # Rates and AUCs need 4 decimals; lengths and counts in the hundreds do not.
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)

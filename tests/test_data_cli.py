@@ -52,11 +52,12 @@ def test_build_stats_sample_through_the_cli(tmp_path):
 
 
 def test_stats_counts_tokens_with_a_local_tokenizer(tmp_path, tiny_model_dir):
-    from data_builders.stats import dataset_stats, load_tokenizer
+    from data_builders.stats import dataset_stats
+    from tallrec_cli.models import load_tokenizer, resolve_model_source
 
     out = tmp_path / "m1"
     invoke("build", "movielens-1m", "--path", str(FIXTURES / "ml-1m"), "-o", str(out), "--history-len", "3")
-    rows = dataset_stats(out, load_tokenizer(tiny_model_dir))
+    rows = dataset_stats(out, load_tokenizer(resolve_model_source(str(tiny_model_dir))))
     train = rows[0]
     assert train["split"] == "train" and train["history_mean"] == 3.0
     assert 0 < train["tokens_mean"] <= train["tokens_max"] and train["chars_max"] >= train["chars_mean"]

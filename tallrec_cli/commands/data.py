@@ -173,18 +173,19 @@ def sample(
 @data_app.command("stats")
 def stats(
     dataset: Path = typer.Argument(..., help="Dataset folder.", show_default=False),
-    tokenizer: Path = typer.Option(None, "--tokenizer", help="Local tokenizer folder: adds prompt lengths in "
-                                   "tokens.", show_default=False),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="Model whose tokenizer measures prompt lengths in "
+                                  "tokens: a local folder, a .gguf file or smollm2-135m.", show_default=False),
 ) -> None:
     """Per-split sizes, label balance, history and prompt lengths (characters, and tokens with --tokenizer).
 
     Example:
 
-    `tallrec data stats data/movie --tokenizer models/smollm2-135m`
+    `tallrec data stats data/movie --tokenizer smollm2-135m`
     """
-    from data_builders.stats import dataset_stats, load_tokenizer
+    from data_builders.stats import dataset_stats
+    from tallrec_cli.models import load_tokenizer, resolve_model_source
 
-    rows = dataset_stats(dataset, load_tokenizer(tokenizer) if tokenizer else None)
+    rows = dataset_stats(dataset, load_tokenizer(resolve_model_source(tokenizer)) if tokenizer else None)
     columns = ["split", "records", "users", "items", "positive_rate", "history_mean",
                "chars_mean", "chars_p95", "chars_max"]
     if tokenizer:
