@@ -104,8 +104,6 @@ class ValidationCallback(TrainerCallback):
             self._write_pending()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.status.interrupted_at is not None:
-            return
         step = state.global_step
         if step % self.eval_every and step < state.max_steps:
             return

@@ -1,7 +1,113 @@
-"""(being built)"""
+"""`tallrec train`: parse options, load the recipe, call tallrec_cli.train, render the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import typer
 
+from tallrec_cli.commands._common import set_option
+
+
+def _flag_overrides(model: str | None, train: str | None, valid: str | None, shots: int | None, seed: int | None,
+                    output: str | None, overwrite: bool) -> dict[str, Any]:
+    pairs = {("model", "name"): model, ("data", "train"): train, ("data", "valid"): valid,
+             ("data", "shots"): shots, ("training", "seed"): seed, ("output", "dir"): output,
+             ("output", "overwrite"): True if overwrite else None}
+    nested: dict[str, Any] = {}
+    for (section, key), value in pairs.items():
+        if value is not None:
+            nested.setdefault(section, {})[key] = value
+    return nested
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add the `train` command to ``app``."""
+
+    @app.command("train")
+    def train_command(
+        recipe: Path = typer.Argument(None, help="Recipe YAML (default: the settings of recipes/smollm2-135m-lora.yaml).",
+                                      show_default=False),
+        overrides: list[str] = set_option(),
+        model: str = typer.Option(None, "--model", help="Base model (sets model.name).", show_default=False),
+        train: str = typer.Option(None, "--train", help="Training records: dataset folder or file (data.train).", show_default=False),
+        valid: str = typer.Option(None, "--valid", help="Validation records (data.valid).", show_default=False),
+        shots: int = typer.Option(None, "--shots", help="Few-shot training records (data.shots).", show_default=False),
+        seed: int = typer.Option(None, "--seed", help="Training seed (training.seed).", show_default=False),
+        output: str = typer.Option(None, "--output", "-o", help="Run folder (output.dir).", show_default=False),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that already holds a run."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the output folder (its saved config)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Show config, sizes and a memory estimate; load no weights."),
+        gpu_memory: float = typer.Option(24.0, "--gpu-memory", help="GPU memory budget in GiB for the --dry-run estimate."),
+    ) -> None:
+        """Tune a LoRA / QLoRA adapter TALLRec-style; validation AUC picks the best checkpoint.
+
+        Writes RUN/config.yaml, metrics.jsonl, adapter/, checkpoints/ and, last, manifest.json.
+        Ctrl-C saves a checkpoint; `--resume` continues from it.
+        """
+        from tallrec_cli import train as training
+        from tallrec_cli.config import parse_overrides
+        from tallrec_cli.console import console, err_console
+
+        flags = _flag_overrides(model, train, valid, shots, seed, output, overwrite)
+        if resume:
+            run_dir = output or training.load_train_config(recipe).output.dir
+            config = training.resume_config(run_dir)
+            err_console.print(f"resuming {run_dir} with its saved config.yaml (other options are ignored)")
+        else:
+            from tallrec_cli.config import deep_merge
+
+            config = training.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides)))
+        if dry_run:
+            _render_dry_run(training.dry_run(config, gpu_memory), console)
+            return
+        summary = training.run_training(config, resume=resume)
+        _render_summary(summary, console)
+
+
+def _render_dry_run(result: dict[str, Any], console) -> None:
+    import yaml
+
+    from tallrec_cli.console import table
+    from tallrec_cli.train import format_count
+
+    console.print(yaml.safe_dump(result["config"], sort_keys=False).rstrip(), highlight=False)
+    counts = result["parameters"]
+    rows = [("total parameters", format_count(counts["total"])),
+            ("trainable (LoRA) parameters", f"{format_count(counts['lora'])} ({100 * counts['lora'] / counts['total']:.3f}%)"),
+            ("adapted modules", str(counts["adapted_modules"]))]
+    if result["data"]:
+        data = result["data"]
+        rows += [("train / valid records", f"{data['train_records']} / {data['valid_records']}"),
+                 ("tokens per record min / mean / max", f"{data['tokens_min']} / {data['tokens_mean']:.0f} / {data['tokens_max']}"),
+                 ("records with shortened history", str(data["truncated_records"])),
+                 ("evaluate every", f"{result['eval_every']} steps")]
+    console.print(table("model and data", ["", "value"], rows))
+    memory = result["memory_gib"]
+    console.print(table(f"estimated peak GPU memory (sequence length {result['sequence_length']})", ["part", "GiB"],
+                        [(key, round(value, 2)) for key, value in memory.items()]))
+    verdict = "[green]fits[/]" if result["fits"] else "[bold red]does not fit[/]"
+    console.print(f"{verdict} in {result['gpu_memory_gib']:g} GiB")
+    for note in result["notes"]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _render_summary(summary: dict[str, Any], console) -> None:
+    from tallrec_cli.console import table
+
+    console.print(table("evaluations", ["step", "epoch", "train_loss", "val_auc", "val_loss", "elapsed_s"],
+                        [[row[key] for key in ("step", "epoch", "train_loss", "val_auc", "val_loss", "elapsed_s")]
+                         for row in summary["evaluations"]]))
+    stopped = " (early stop)" if summary["stopped_early"] else ""
+    rows = [("run folder", summary["run_dir"]),
+            ("steps", f"{summary['steps']} / {summary['max_steps']}{stopped}"),
+            ("best step", str(summary["best_step"])),
+            ("best val AUC", "undefined (one class)" if summary["auc_undefined"] else f"{summary['best_val_auc']:.4f}"),
+            ("best val loss", f"{summary['best_val_loss']:.4f}"),
+            ("selected on", summary["selected_on"]),
+            ("train / valid records", f"{summary['train_records']} / {summary['valid_records']}"),
+            ("records with shortened history", str(summary["truncated_records"])),
+            ("seed / sample seed", f"{summary['seed']} / {summary['sample_seed']}"),
+            ("wall time", f"{summary['wall_seconds']:.0f} s")]
+    console.print(table("training summary", ["", "value"], rows))

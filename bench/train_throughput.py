@@ -1,0 +1,175 @@
+"""Training throughput: `tallrec train` (library path) vs a TALLRec-style baseline, same model and records.
+
+    .venv/bin/python bench/train_throughput.py                 # CPU: embedded SmolLM2, 32 records, 4 steps
+    .venv/bin/python bench/train_throughput.py --gpu           # GPU: random LLaMA-7B-shaped QLoRA memory check
+
+Baseline = TALLRec's finetune_rec.py on this hardware: transformers Trainer, fp32, batches padded to the
+longest record in random order, loss on the whole sequence. tallrec = trl SFTTrainer with bf16 (where the
+CPU has AVX512-BF16), answer-only loss and length-grouped batches. Both see every record exactly once
+(records = steps * batch); only the training loop is timed (model loading and validation are not).
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class LoopTimer(TrainerCallback):
+    """Wall time from the first step to the end of the last one (before tallrec's validation runs)."""
+
+    def __init__(self):
+        self.started = self.finished = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.finished = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+
+def build_records(folder: Path) -> Path:
+    from data_builders.build import build_config, build_dataset
+
+    build_dataset(build_config("movielens-latest", None, {"output": str(folder)}))
+    return folder
+
+
+def tallrec_run(dataset: Path, records: int, steps: int, batch: int, loss: str, work: Path) -> float:
+    from tallrec_cli.train import load_train_config, run_training
+
+    timer = LoopTimer()
+    config = load_train_config(None, {
+        "data": {"train": str(dataset), "shots": records, "max_valid": 16},
+        "prompt": {"loss": loss},
+        "training": {"max_steps": steps, "batch_size": batch, "micro_batch_size": batch, "eval_every": steps,
+                     "warmup_steps": 0},
+        "output": {"dir": str(work / f"tallrec-{loss}")},
+    })
+    run_training(config, callbacks=(timer,))
+    return timer.seconds
+
+
+def baseline_run(dataset: Path, records: int, steps: int, batch: int) -> tuple[float, list[int]]:
+    """TALLRec's recipe: fp32 weights, full-sequence labels, DataCollatorForSeq2Seq padding, random order."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from data_builders import load_split, sample_records
+    from tallrec_cli.models import load_model, load_tokenizer, resolve_model_source
+    from tallrec_cli.prompts import load_template
+
+    source = resolve_model_source("smollm2-135m")
+    tokenizer = load_tokenizer(source, padding_side="left")
+    template = load_template("alpaca")
+    chosen = sample_records(load_split(dataset, "train"), records, seed=0)
+    rows = []
+    for record in chosen:
+        ids = tokenizer(template.render(record, tokenizer) + record["output"] + tokenizer.eos_token,
+                        truncation=True, max_length=512)["input_ids"]
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)})
+    model = load_model(source, dtype="float32")
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
+                                             task_type="CAUSAL_LM"))
+    timer = LoopTimer()
+    with tempfile.TemporaryDirectory() as output:
+        args = TrainingArguments(output_dir=output, per_device_train_batch_size=batch, max_steps=steps,
+                                 learning_rate=3e-4, use_cpu=not torch.cuda.is_available(), report_to=[],
+                                 save_strategy="no", logging_steps=1, disable_tqdm=True, seed=42)
+        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, padding=True,
+                                                               return_tensors="pt"),
+                          callbacks=[timer])
+        trainer.train()
+    return timer.seconds, [len(row["input_ids"]) for row in rows]
+
+
+def cpu_benchmark(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="tallrec-bench-"))
+    dataset = Path(args.data) if args.data else build_records(work / "ml-latest-small")
+    records = args.steps * args.batch
+    base_seconds, lengths = baseline_run(dataset, records, args.steps, args.batch)
+    tokens = sum(lengths)
+    results = [("TALLRec-style baseline (Trainer, fp32, pad-to-longest, full loss)", base_seconds)]
+    for loss in ("answer", "full"):
+        results.append((f"tallrec train (SFTTrainer, bf16 auto, grouped, {loss} loss)",
+                        tallrec_run(dataset, records, args.steps, args.batch, loss, work)))
+    print(f"\nSmolLM2-135M, LoRA r=8 q/v, {records} MovieLens records ({tokens} tokens, mean {tokens / records:.0f}), "
+          f"{args.steps} steps of {args.batch}, {torch.get_num_threads()} threads\n")
+    print("| path | seconds | samples/s | tokens/s | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for name, seconds in results:
+        print(f"| {name} | {seconds:.1f} | {records / seconds:.2f} | {tokens / seconds:.0f} | "
+              f"{base_seconds / seconds:.2f}x |")
+
+
+def gpu_benchmark(args) -> None:
+    """Peak GPU memory of a LLaMA-7B-shaped QLoRA run vs the --dry-run estimate (random weights, no download)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tallrec_cli.models import load_tokenizer, resolve_model_source
+    from tallrec_cli.train import config_from_shape, dry_run, load_train_config, run_training
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA GPU")
+    work = Path(args.gpu_model_dir)
+    tokenizer = load_tokenizer(resolve_model_source("smollm2-135m"))
+    if not (work / "config.json").exists():
+        shape = config_from_shape("llama-7b")
+        shape.vocab_size = len(tokenizer)
+        shape.pad_token_id, shape.eos_token_id, shape.bos_token_id = (
+            tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
+        model = AutoModelForCausalLM.from_config(shape, dtype=torch.bfloat16)
+        model.save_pretrained(work, safe_serialization=True)
+        tokenizer.save_pretrained(work)
+        del model
+    dataset = Path(args.data) if args.data else build_records(Path(tempfile.mkdtemp()) / "ml-latest-small")
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "llama-2-7b-qlora.yaml"
+    overrides = {"model": {"name": str(work)}, "data": {"train": str(dataset), "shots": 64, "max_valid": 64},
+                 "training": {"max_steps": args.steps, "eval_every": args.steps},
+                 "output": {"dir": str(work.parent / "bench-qlora-run"), "overwrite": True}}
+    config = load_train_config(recipe, overrides)
+    estimate = dry_run(config, gpu_memory_gib=torch.cuda.get_device_properties(0).total_memory / 2 ** 30)
+    torch.cuda.reset_peak_memory_stats()
+    timer = LoopTimer()
+    run_training(config, callbacks=(timer,))
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    samples = args.steps * config.training.batch_size
+    print("| model | quantization | estimated peak GiB | measured peak GiB | samples/s |")
+    print("|---|---|---:|---:|---:|")
+    print(f"| LLaMA-7B shape (random) | 4bit NF4 | {estimate['memory_gib']['total']:.1f} | {peak:.1f} | "
+          f"{samples / timer.seconds:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="dataset folder (default: build the bundled MovieLens latest-small)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gpu", action="store_true", help="GPU QLoRA memory check on a random LLaMA-7B-shaped model")
+    parser.add_argument("--gpu-model-dir", default=str(Path(tempfile.gettempdir()) / "tallrec-llama7b-random"))
+    args = parser.parse_args()
+    if args.gpu:
+        gpu_benchmark(args)
+    else:
+        cpu_benchmark(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,869 @@
+"""`tallrec train`: TALLRec-style LoRA / QLoRA tuning with trl's SFTTrainer.
+
+One typed config (`TrainConfig`) loaded from a recipe plus overrides; every problem is reported in one
+pass before any weights load. Training data is a prompt/completion dataset (prompt = template render,
+completion = answer + EOS); histories are shortened (oldest titles first) so the answer is never cut.
+Validation AUC uses `tallrec_cli.scoring.score_prompts`, the same function `tallrec eval` uses.
+The run folder layout and manifest keys follow docs/CONTRACTS.md ("Train run folder").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tallrec_cli.config import load_config, option, to_dict
+from tallrec_cli.errors import ArtifactError, ConfigError, DataError, ModelError, ResourceError, TallrecError
+from tallrec_cli.models import DTYPES, QUANTIZATIONS
+
+GIB = 1024 ** 3
+RUN_KIND = "train-run"
+ALL_LINEAR = "all-linear"
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+# Shapes of the recipes' hub models, so `--dry-run` can estimate memory offline (no hub access).
+KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "llama-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
+    "llama-3-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
+    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064),
+}
+_HUB_ARCHITECTURES = {
+    "baffo32/decapoda-research-llama-7b-hf": "llama-7b",
+    "huggyllama/llama-7b": "llama-7b",
+    "meta-llama/llama-2-7b-hf": "llama-7b",
+    "meta-llama/meta-llama-3-8b": "llama-3-8b",
+    "meta-llama/meta-llama-3-8b-instruct": "llama-3-8b",
+    "qwen/qwen2.5-7b": "qwen2.5-7b",
+    "qwen/qwen2.5-7b-instruct": "qwen2.5-7b",
+}
+
+
+# ----------------------------------------------------------------------------------------- config
+
+@dataclass
+class ModelSettings:
+    name: str = option("smollm2-135m", help="Base model: local folder, .gguf file, hub id, or the embedded smollm2-135m.")
+    dtype: str = option("auto", choices=DTYPES, help="Weights/compute dtype; auto = bf16 where the hardware does it well.")
+    quantization: str = option("none", choices=QUANTIZATIONS,
+                               help="Base-model quantization via bitsandbytes: none, 8bit (TALLRec), 4bit NF4 (QLoRA).")
+    trust_remote_code: bool = option(False, help="Run the model repository's own code (only for models you trust).")
+
+
+@dataclass
+class LoraSettings:
+    r: int = option(8, help="LoRA rank.")
+    alpha: int = option(16, help="LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with rsLoRA).")
+    dropout: float = option(0.05, help="Dropout on the LoRA input.")
+    target_modules: list[str] = option(["q_proj", "v_proj"],
+                                       help="Module names to adapt, or all-linear (every linear layer but lm_head).")
+    use_dora: bool = option(False, help="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = option(False, help="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
+    init_adapter: str | None = option(None, help="Start from this PEFT adapter folder (TALLRec stage 2 after an Alpaca LoRA).")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.r < 1:
+            problems.append(f"lora.r: must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            problems.append(f"lora.alpha: must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            problems.append("lora.target_modules: give at least one module name or all-linear")
+        elif ALL_LINEAR in self.target_modules and len(self.target_modules) > 1:
+            problems.append("lora.target_modules: all-linear cannot be combined with module names")
+        return problems
+
+    def peft_targets(self) -> list[str] | str:
+        return ALL_LINEAR if self.target_modules == [ALL_LINEAR] else list(self.target_modules)
+
+
+@dataclass
+class DataSettings:
+    train: str | None = option("data/movielens-latest", help="Training records: a JSONL/JSON file or a dataset folder (its train split).")
+    valid: str | None = option(None, help="Validation records: a file or dataset folder; default: the valid split of data.train's folder.")
+    shots: int | None = option(64, help="Few-shot: sample this many training records (null = all).")
+    sample_seed: int = option(0, help="Seed that picks the few-shot subset (separate from training.seed).")
+    stratify: bool = option(False, help="Keep the Yes/No ratio when sampling shots.")
+    max_valid: int | None = option(128, help="Score at most this many validation records per evaluation (sampled with sample_seed).")
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.train:
+            problems.append("data.train: required (a dataset folder or a JSONL/JSON file); pass --train")
+        for key in ("shots", "max_valid"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                problems.append(f"data.{key}: must be >= 1 or null, got {value}")
+        return problems
+
+
+@dataclass
+class PromptSettings:
+    template: str = option("alpaca", help="Prompt template: alpaca, tallrec-exact, chat, or a YAML file.")
+    max_length: int = option(512, help="Cutoff in tokens for prompt + answer; longer records lose their oldest history titles.")
+    loss: str = option("answer", choices=("answer", "full"), help="Loss on the answer only, or on the whole sequence (TALLRec).")
+
+    def check(self) -> list[str]:
+        from tallrec_cli.prompts import load_template
+
+        problems = []
+        try:
+            load_template(self.template)
+        except TallrecError as exc:
+            problems.append(f"prompt.template: {exc.message}")
+        if self.max_length < 16:
+            problems.append(f"prompt.max_length: must be >= 16, got {self.max_length}")
+        return problems
+
+
+@dataclass
+class LabelSettings:
+    positive: str = option("Yes", help="Label word for a like; must be one token after the response prefix.")
+    negative: str = option("No", help="Label word for a dislike; must be one token after the response prefix.")
+
+    def check(self) -> list[str]:
+        if not self.positive or not self.negative or self.positive == self.negative:
+            return [f"labels: need two different non-empty words, got {self.positive!r} / {self.negative!r}"]
+        return []
+
+
+@dataclass
+class TrainingSettings:
+    epochs: float = option(3.0, help="Passes over the training records (max_steps wins when set).")
+    max_steps: int | None = option(None, help="Stop after this many optimizer steps (null = epochs decide).")
+    lr: float = option(3e-4, help="Peak learning rate (linear decay after warmup).")
+    batch_size: int = option(8, help="Effective batch (samples per optimizer step, all processes together).")
+    micro_batch_size: int = option(8, help="Samples per forward pass per process; lower it when out of memory.")
+    warmup_steps: int = option(2, help="Linear warmup steps.")
+    eval_every: int | str = option(8, help="Validate (and checkpoint) every N steps; auto = TALLRec's rule: 10 for <= 128 records, else records / 128 * 5.")
+    patience: int | None = option(None, help="Stop after this many evaluations without improvement (null = never).")
+    seed: int = option(42, help="Training randomness (LoRA init, order, dropout); data.sample_seed picks the shots.")
+    group_by_length: bool = option(True, help="Batch records of similar length together (less padding).")
+    gradient_checkpointing: bool = option(False, help="Recompute activations in backward: much less memory, ~30% slower.")
+    report_to: str = option("none", choices=REPORT_TO, help="Also log to tensorboard or wandb.")
+    score_mode: str = option("pair", choices=("pair", "tallrec"), help="P(yes) for validation AUC (see tallrec_cli.scoring).")
+    eval_batch_size: int = option(16, help="Prompts per scoring batch during validation.")
+
+    def check(self) -> list[str]:
+        problems = []
+        for key in ("batch_size", "micro_batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                problems.append(f"training.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.micro_batch_size >= 1 and self.batch_size % self.micro_batch_size:
+            problems.append(f"training.batch_size ({self.batch_size}) must be a multiple of "
+                            f"training.micro_batch_size ({self.micro_batch_size})")
+        if self.epochs <= 0 and not self.max_steps:
+            problems.append(f"training.epochs: must be > 0, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"training.max_steps: must be >= 1 or null, got {self.max_steps}")
+        if self.lr <= 0:
+            problems.append(f"training.lr: must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            problems.append(f"training.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if isinstance(self.eval_every, str) and self.eval_every != "auto":
+            problems.append(f"training.eval_every: a number of steps or auto, got {self.eval_every!r}")
+        if isinstance(self.eval_every, int) and self.eval_every < 1:
+            problems.append(f"training.eval_every: must be >= 1, got {self.eval_every}")
+        if self.patience is not None and self.patience < 1:
+            problems.append(f"training.patience: must be >= 1 or null, got {self.patience}")
+        return problems
+
+
+@dataclass
+class OutputSettings:
+    dir: str = option("runs/smollm2-135m-lora", help="Run folder (config.yaml, metrics.jsonl, adapter/, checkpoints/, manifest.json).")
+    overwrite: bool = option(False, help="Replace a run folder that already holds a run.")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSettings = option(help="Base model.", default_factory=ModelSettings)
+    lora: LoraSettings = option(help="LoRA adapter.", default_factory=LoraSettings)
+    data: DataSettings = option(help="Training and validation records.", default_factory=DataSettings)
+    prompt: PromptSettings = option(help="Prompt template, cutoff and loss.", default_factory=PromptSettings)
+    labels: LabelSettings = option(help="Label words scored at the answer position.", default_factory=LabelSettings)
+    training: TrainingSettings = option(help="Optimisation, validation and early stopping.", default_factory=TrainingSettings)
+    output: OutputSettings = option(help="Where the run goes.", default_factory=OutputSettings)
+
+    def check(self) -> list[str]:
+        if self.model.quantization != "none" and self.model.dtype == "float32":
+            return ["model.dtype: float32 with bitsandbytes quantization wastes memory; use auto or bfloat16"]
+        return []
+
+
+def load_train_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Recipe YAML (optional; the defaults are recipes/smollm2-135m-lora.yaml) + nested overrides -> TrainConfig."""
+    return load_config(TrainConfig, recipe, overrides)
+
+
+# -------------------------------------------------------------------------------- pre-flight checks
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _output_problems(config: TrainConfig, resume: bool) -> list[str]:
+    run_dir = Path(config.output.dir)
+    problems = []
+    if resume:
+        if (run_dir / "manifest.json").exists():
+            problems.append(f"--resume: {run_dir} holds a finished run (it has a manifest)")
+        elif not list((run_dir / "checkpoints").glob("checkpoint-*")):
+            problems.append(f"--resume: {run_dir} has no checkpoints to resume from")
+    elif run_dir.exists() and any(run_dir.iterdir()) and _is_main_process():
+        finished = (run_dir / "manifest.json").exists()
+        looks_like_run = finished or (run_dir / "config.yaml").exists()
+        if not looks_like_run:
+            problems.append(f"output.dir: {run_dir} is not empty and is not a tallrec run folder; choose another --output")
+        elif not config.output.overwrite:
+            state = "a finished run" if finished else "an unfinished run (pass --resume to continue it)"
+            problems.append(f"output.dir: {run_dir} already holds {state}; pass --overwrite to replace it")
+    return problems
+
+
+def preflight(config: TrainConfig, resume: bool = False, check_output: bool = True) -> None:
+    """Every input problem at once (files, model path, adapter, bitsandbytes, output folder), no weights."""
+    import importlib.util
+
+    from tallrec_cli.models import resolve_model_source
+
+    problems = []
+    for key in ("train", "valid"):
+        value = getattr(config.data, key)
+        if value and not Path(value).exists():
+            problems.append(f"data.{key}: {value} does not exist")
+    if config.data.valid is None and config.data.train and Path(config.data.train).is_file():
+        problems.append("data.valid: required when data.train is a file; pass --valid")
+    try:
+        resolve_model_source(config.model.name, convert_embedded=False)
+    except TallrecError as exc:
+        problems.append(f"model.name: {exc.message}")
+    adapter = config.lora.init_adapter
+    if adapter and not (Path(adapter) / "adapter_config.json").exists():
+        problems.append(f"lora.init_adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    if config.model.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append(f"model.quantization: {config.model.quantization} needs bitsandbytes (pip install bitsandbytes>=0.45)")
+    if check_output:
+        problems.extend(_output_problems(config, resume))
+    if problems:
+        bullet = "\n  - "
+        raise ConfigError(f"{len(problems)} problem{'s' * (len(problems) > 1)} before training:{bullet}{bullet.join(problems)}",
+                          "fix the paths or options above; nothing was loaded or written")
+
+
+# ------------------------------------------------------------------------------------------- data
+
+@dataclass
+class PreparedData:
+    train_records: list[dict]
+    valid_records: list[dict]
+    train_prompts: list[str]
+    train_completions: list[str]
+    valid_prompts: list[str]
+    valid_labels: list[int]
+    truncated_records: int
+    train_token_lengths: list[int]
+
+
+def _load_split(path: str, split: str) -> list[dict]:
+    from data_builders import load_split
+
+    records = load_split(path, split)
+    if not records:
+        raise DataError(f"{path}: the {split} split holds no records", "build the dataset again or pass another file")
+    return records
+
+
+def _sample(records: list[dict], count: int | None, seed: int, stratify: bool) -> list[dict]:
+    from data_builders import sample_records
+
+    if count is None or count >= len(records):
+        return records
+    return sample_records(records, count, seed, stratify=stratify)
+
+
+_HISTORY_LINE = re.compile(r"^(User (?:Preference|Unpreference): ?)(.*)$")
+_TITLE_SPLIT = re.compile(r',\s+(?=")')
+
+
+def _history_lists(text: str) -> tuple[list[str], dict[int, tuple[str, list[str]]]]:
+    lines = text.split("\n")
+    lists = {}
+    for number, line in enumerate(lines):
+        match = _HISTORY_LINE.match(line)
+        if match:
+            items = [item for item in _TITLE_SPLIT.split(match.group(2)) if item.strip()]
+            lists[number] = (match.group(1), items)
+    return lines, lists
+
+
+def _drop_oldest(text: str, count: int) -> str:
+    """The input with ``count`` history titles removed, oldest (listed first) first, from the longer list."""
+    lines, lists = _history_lists(text)
+    remaining = {number: list(items) for number, (_, items) in lists.items()}
+    for _ in range(count):
+        longest = max(remaining, key=lambda n: len(remaining[n]), default=None)
+        if longest is None or not remaining[longest]:
+            break
+        remaining[longest].pop(0)
+    for number, (prefix, _) in lists.items():
+        lines[number] = prefix + ", ".join(remaining[number])
+    return "\n".join(lines)
+
+
+def _largest_fitting(low: int, high: int, fits) -> int | None:
+    """Smallest k in [low, high] with fits(k) (fits is monotone), or None."""
+    if not fits(high):
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def fit_record(record: dict, tokenizer, template, completion: str, max_length: int) -> tuple[dict, bool]:
+    """Shorten ``record``'s input so prompt + completion fits ``max_length`` tokens; never cut the answer.
+
+    First drop history titles (oldest first) from "User Preference:" / "User Unpreference:" lines,
+    then, as a fallback, cut the input text from the left (the target question sits at its end).
+    """
+    def length(candidate: dict) -> int:
+        return len(tokenizer(template.render(candidate, tokenizer) + completion)["input_ids"])
+
+    if length(record) <= max_length:
+        return record, False
+    text = record.get("input") or ""
+    _, lists = _history_lists(text)
+    titles = sum(len(items) for _, items in lists.values())
+    if titles:
+        dropped = _largest_fitting(1, titles, lambda k: length({**record, "input": _drop_oldest(text, k)}) <= max_length)
+        if dropped is not None:
+            return {**record, "input": _drop_oldest(text, dropped)}, True
+        text = _drop_oldest(text, titles)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def cut(k: int) -> dict:
+        return {**record, "input": tokenizer.decode(ids[k:]).lstrip()}
+
+    start = _largest_fitting(0, len(ids), lambda k: length(cut(k)) <= max_length)
+    if start is None:
+        raise DataError(f"record {record.get('id', '?')}: the instruction and answer alone exceed prompt.max_length={max_length} tokens",
+                        "raise prompt.max_length")
+    return cut(start), True
+
+
+def prepare_data(config: TrainConfig, tokenizer, template) -> PreparedData:
+    """Load, sample and render the records; histories shortened to fit the cutoff."""
+    data = config.data
+    train = _load_split(data.train, "train")
+    valid = _load_split(data.valid or data.train, "valid")
+    train = _sample(train, data.shots, data.sample_seed, data.stratify)
+    valid = _sample(valid, data.max_valid, data.sample_seed, stratify=True)
+    eos = tokenizer.eos_token or ""
+    truncated = 0
+    train_prompts, completions, lengths = [], [], []
+    for record in train:
+        completion = record["output"] + eos
+        fitted, was_cut = fit_record(record, tokenizer, template, completion, config.prompt.max_length)
+        truncated += was_cut
+        prompt = template.render(fitted, tokenizer)
+        train_prompts.append(prompt)
+        completions.append(completion)
+        lengths.append(len(tokenizer(prompt + completion)["input_ids"]))
+    valid_prompts = []
+    for record in valid:
+        fitted, was_cut = fit_record(record, tokenizer, template, record["output"] + eos, config.prompt.max_length)
+        truncated += was_cut
+        valid_prompts.append(template.render(fitted, tokenizer))
+    return PreparedData(train, valid, train_prompts, completions, valid_prompts,
+                        [int(record["label"]) for record in valid], truncated, lengths)
+
+
+def _answer_outputs(records: list[dict], config: TrainConfig) -> tuple[str, str]:
+    """The dataset's answers for a like and a dislike, checked against the label tokens."""
+    outputs = {}
+    for record in records:
+        outputs.setdefault(int(record["label"]), record["output"])
+    return (outputs.get(1, f"{config.labels.positive}."), outputs.get(0, f"{config.labels.negative}."))
+
+
+def _dataset_manifest_sha256(path: str | None) -> str | None:
+    from tallrec_cli.io import sha256_file
+
+    if not path:
+        return None
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    manifest = folder / "manifest.json"
+    return sha256_file(manifest) if manifest.exists() else None
+
+
+def _data_sha256(path: str | None, split: str) -> str | None:
+    """sha256 of the file that holds ``split`` (a folder's split file when ``path`` is a folder)."""
+    from tallrec_cli.io import sha256_file
+
+    if not path:
+        return None
+    target = Path(path)
+    if target.is_dir():
+        candidates = [target / f"{split}{suffix}" for suffix in (".jsonl", ".json")]
+        target = next((c for c in candidates if c.exists()), None)
+    return sha256_file(target) if target and target.is_file() else None
+
+
+def eval_interval(setting: int | str, train_records: int) -> int:
+    """TALLRec's rule for "auto": every 10 steps up to 128 records, else records / 128 * 5."""
+    if setting != "auto":
+        return int(setting)
+    return 10 if train_records <= 128 else max(1, round(train_records / 128 * 5))
+
+
+# --------------------------------------------------------------------------------------- training
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    for name in ("trl", "bitsandbytes", "peft"):  # before their import: bitsandbytes talks while loading
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", module="bitsandbytes")
+    warnings.filterwarnings("ignore", message=".*(gradient checkpointing|use_cache|torch.utils.checkpoint).*")
+
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def build_model(config: TrainConfig, source):
+    """Base model (quantized when asked) wrapped in a trainable LoRA adapter."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    from tallrec_cli.models import load_model
+
+    model = load_model(source, config.model.dtype, config.model.quantization, config.model.trust_remote_code, device=None)
+    model.config.use_cache = False
+    if config.model.quantization != "none":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.training.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.lora.init_adapter:
+        return PeftModel.from_pretrained(model, config.lora.init_adapter, is_trainable=True)
+    lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=config.lora.peft_targets(), use_dora=config.lora.use_dora,
+                      use_rslora=config.lora.use_rslora, bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ConfigError(f"lora.target_modules: {str(exc).splitlines()[0]}",
+                          "name modules the model has (e.g. q_proj, v_proj) or use all-linear") from None
+
+
+def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size: int, use_bf16: bool, use_fp16: bool):
+    import torch
+    from trl import SFTConfig
+
+    training = config.training
+    accumulation = max(1, training.batch_size // (training.micro_batch_size * world_size))
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=training.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=training.epochs,
+        max_steps=training.max_steps or -1,
+        learning_rate=training.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=training.warmup_steps,
+        seed=training.seed,
+        data_seed=training.seed,
+        bf16=use_bf16,
+        fp16=use_fp16,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend=None if torch.cuda.is_available() else ("gloo" if world_size > 1 else None),
+        ddp_find_unused_parameters=False,
+        train_sampling_strategy="group_by_length" if training.group_by_length else "random",
+        gradient_checkpointing=training.gradient_checkpointing and config.model.quantization == "none",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        completion_only_loss=config.prompt.loss == "answer",
+        max_length=None,  # records are already fitted to prompt.max_length without cutting answers
+        packing=False,
+        save_strategy="steps",
+        save_steps=eval_every,
+        save_total_limit=2,
+        logging_steps=1,
+        logging_strategy="steps",
+        eval_strategy="no",
+        report_to=[] if training.report_to == "none" else [training.report_to],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        save_only_model=False,
+        dataset_num_proc=None,
+    )
+
+
+def _restore_status(status, run_dir: Path, checkpoint: str) -> None:
+    """Rebuild selection state from metrics.jsonl rows up to the checkpoint's step; drop later rows."""
+    from tallrec_cli.io import read_jsonl, write_jsonl_atomic
+
+    step = int(Path(checkpoint).name.split("-")[-1])
+    path = run_dir / "metrics.jsonl"
+    rows = [row for row in read_jsonl(path) if row["step"] <= step] if path.exists() else []
+    if _is_main_process():
+        write_jsonl_atomic(path, rows)
+    for row in rows:
+        status.record(row)
+    status.elapsed_before = rows[-1]["elapsed_s"] if rows else 0.0
+
+
+def check_adapter_trained(adapter_dir: Path) -> None:
+    """An adapter whose LoRA B matrices are all zero never moved from its initialisation: an error."""
+    from safetensors import safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.exists():
+        raise ArtifactError(f"{adapter_dir} holds no adapter_model.safetensors", "the run did not save an adapter")
+    with safe_open(str(weights), framework="pt") as handle:
+        b_names = [name for name in handle.keys() if "lora_B" in name]
+        if not b_names:
+            raise ArtifactError(f"{weights} holds no LoRA B tensors", "check lora.target_modules")
+        if all(not handle.get_tensor(name).any() for name in b_names):
+            raise ArtifactError(f"the adapter in {adapter_dir} is all zero: training never changed it",
+                                "train for more steps or raise training.lr")
+
+
+def _oom_error(config: TrainConfig) -> ResourceError:
+    return ResourceError(
+        f"out of memory with micro_batch_size={config.training.micro_batch_size}, "
+        f"max_length={config.prompt.max_length}, quantization={config.model.quantization}",
+        "lower --set training.micro_batch_size (batch_size stays: gradient accumulation makes up), "
+        "prompt.max_length, or use model.quantization=4bit / training.gradient_checkpointing=true")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+
+
+def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+    import yaml
+
+    from tallrec_cli.io import write_text_atomic
+
+    run_dir = Path(config.output.dir)
+    if not _is_main_process():
+        return run_dir
+    if not resume and run_dir.exists() and config.output.overwrite:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return run_dir
+
+
+def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> dict[str, Any]:
+    """Train per ``config`` into ``config.output.dir``; returns the summary (also in the manifest).
+
+    ``callbacks`` (extra TrainerCallbacks) run before tallrec's own. With ``resume`` the latest
+    checkpoint under RUN/checkpoints is continued.
+    """
+    import torch
+
+    from tallrec_cli.console import err_console
+    from tallrec_cli.io import write_manifest
+    from tallrec_cli.models import (base_model_config_summary, load_tokenizer, model_identity, resolve_dtype,
+                                    resolve_model_source)
+    from tallrec_cli.prompts import load_template, resolve_label_tokens
+
+    started = time.monotonic()
+    preflight(config, resume)
+    _quiet_libraries()
+    from datasets import Dataset
+    from transformers import PrinterCallback, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    from tallrec_cli.train_callbacks import InterruptCallback, RichProgressCallback, TrainingStatus, ValidationCallback
+
+    source = resolve_model_source(config.model.name)
+    tokenizer = load_tokenizer(source, config.model.trust_remote_code, padding_side="left")
+    template = load_template(config.prompt.template)
+    data = prepare_data(config, tokenizer, template)
+    label_tokens = resolve_label_tokens(tokenizer, template, config.labels.positive, config.labels.negative,
+                                        outputs=_answer_outputs(data.train_records + data.valid_records, config))
+    is_main = _is_main_process()
+    one_class = len(set(data.valid_labels)) < 2
+    if one_class and is_main:
+        err_console.print("[yellow]warning:[/] the validation records hold one class only, so AUC is undefined; "
+                          "checkpoints are selected on validation loss instead")
+    run_dir = _prepare_run_dir(config, resume)
+    checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if resume else None
+
+    set_seed(config.training.seed)
+    compute_dtype = resolve_dtype(config.model.dtype)
+    model = build_model(config, source)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    eval_every = eval_interval(config.training.eval_every, len(data.train_records))
+    args = _sft_config(config, run_dir, eval_every, world_size, use_bf16=compute_dtype == torch.bfloat16,
+                       use_fp16=compute_dtype == torch.float16 and torch.cuda.is_available())
+    status = TrainingStatus(selection_metric="val_loss" if one_class else "val_auc")
+    if checkpoint:
+        _restore_status(status, run_dir, checkpoint)
+    validation = ValidationCallback(status, run_dir, tokenizer, data.valid_prompts, data.valid_labels, label_tokens,
+                                    eval_every, config.training.patience, config.training.score_mode,
+                                    config.training.eval_batch_size, is_main)
+    interrupt = InterruptCallback(status)
+    train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                         callbacks=[*callbacks, validation, interrupt])
+    trainer.remove_callback(PrinterCallback)
+    if is_main:
+        trainer.add_callback(RichProgressCallback(status, config.training.batch_size))
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise _oom_error(config) from None
+        raise
+    if status.interrupted_at is not None:
+        raise TallrecError(
+            f"interrupted at step {status.interrupted_at}; a checkpoint is saved in {run_dir / 'checkpoints'}",
+            f"continue with: tallrec train --output {run_dir} --resume")
+    wall_seconds = status.elapsed_before + time.monotonic() - started
+    summary = _summary(config, data, status, eval_every, trainer, wall_seconds, one_class)
+    if is_main:
+        check_adapter_trained(run_dir / "adapter")
+        best = status.best_row or {}
+        write_manifest(run_dir, RUN_KIND, {
+            "base_model": model_identity(source),
+            "base_model_config": base_model_config_summary(model.get_base_model()),
+            "adapter_dir": "adapter",
+            "prompt": {"template": config.prompt.template},
+            "labels": label_tokens.as_dict(),
+            "quantization": config.model.quantization,
+            "dtype": str(compute_dtype).replace("torch.", ""),
+            "lora": to_dict(config.lora),
+            "data": {
+                "train": config.data.train, "valid": config.data.valid or config.data.train,
+                "train_sha256": _data_sha256(config.data.train, "train"),
+                "valid_sha256": _data_sha256(config.data.valid or config.data.train, "valid"),
+                "dataset_manifest_sha256": _dataset_manifest_sha256(config.data.train),
+                "shots": config.data.shots, "sample_seed": config.data.sample_seed,
+                "train_records": len(data.train_records), "valid_records": len(data.valid_records),
+                "truncated_records": data.truncated_records,
+            },
+            "seed": config.training.seed,
+            "best": {"step": status.best_step, "val_auc": best.get("val_auc"), "val_loss": best.get("val_loss"),
+                     "selected_on": status.selection_metric},
+            "metrics": {"val_auc": best.get("val_auc"), "train_loss": summary["train_loss"]},
+            "wall_seconds": round(wall_seconds, 2),
+            "config": to_dict(config),
+        })
+    return summary
+
+
+def _summary(config: TrainConfig, data: PreparedData, status, eval_every: int, trainer, wall_seconds: float,
+             one_class: bool) -> dict[str, Any]:
+    best = status.best_row or {}
+    losses = [row["train_loss"] for row in status.rows if row.get("train_loss") is not None]
+    steps = trainer.state.global_step
+    return {
+        "run_dir": str(config.output.dir),
+        "steps": steps,
+        "max_steps": trainer.state.max_steps,
+        "stopped_early": steps < trainer.state.max_steps,
+        "eval_every": eval_every,
+        "best_step": status.best_step,
+        "best_val_auc": best.get("val_auc"),
+        "best_val_loss": best.get("val_loss"),
+        "selected_on": status.selection_metric,
+        "auc_undefined": one_class,
+        "train_loss": losses[-1] if losses else None,
+        "train_records": len(data.train_records),
+        "valid_records": len(data.valid_records),
+        "truncated_records": data.truncated_records,
+        "seed": config.training.seed,
+        "sample_seed": config.data.sample_seed,
+        "wall_seconds": round(wall_seconds, 2),
+        "evaluations": status.rows,
+    }
+
+
+# ----------------------------------------------------------------------------------- dry run
+
+def _model_config(config: TrainConfig):
+    """The base model's config without weights: from its folder/GGUF, else the known shapes table."""
+    from transformers import AutoConfig
+
+    from tallrec_cli.models import resolve_model_source
+
+    from tallrec_cli.io import tallrec_home
+
+    source = resolve_model_source(config.model.name, convert_embedded=False)
+    path, gguf_file = source.path, source.gguf_file
+    converted = tallrec_home() / "models" / config.model.name
+    if source.kind == "embedded":
+        # The GGUF header lacks tie_word_embeddings; the converted copy (when cached) has the true config.
+        if (converted / "manifest.json").exists():
+            path = str(converted)
+        else:
+            path, gguf_file = str(Path(path).parent), Path(path).name
+    try:
+        return AutoConfig.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=config.model.trust_remote_code), (path, gguf_file)
+    except (OSError, ValueError) as exc:
+        shape = _HUB_ARCHITECTURES.get(config.model.name.lower())
+        if shape is None:
+            raise ModelError(f"cannot read the config of {config.model.name}: {str(exc).splitlines()[0]}",
+                             "download the model or pass a local folder") from None
+        return config_from_shape(shape), None
+
+
+def config_from_shape(shape_name: str):
+    """A transformers config with the known dimensions of ``shape_name`` (see KNOWN_ARCHITECTURES)."""
+    from transformers import AutoConfig
+
+    shape = dict(KNOWN_ARCHITECTURES[shape_name])
+    return AutoConfig.for_model(shape.pop("model_type"), max_position_embeddings=4096, **shape)
+
+
+def count_parameters(model_config, lora: LoraSettings) -> dict[str, int]:
+    """Total, quantizable (linear layers in the blocks) and LoRA parameters, from a meta-device model."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(model_config)
+    total = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings()
+    targets = lora.peft_targets()
+    linear = adapted = lora_params = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            continue
+        linear += module.weight.numel()
+        if targets == ALL_LINEAR or name.rsplit(".", 1)[-1] in targets:
+            adapted += 1
+            lora_params += lora.r * (module.in_features + module.out_features)
+            if lora.use_dora:
+                lora_params += module.out_features  # magnitude vector
+    return {"total": total, "quantizable": linear, "lora": lora_params, "adapted_modules": adapted}
+
+
+def estimate_memory(model_config, counts: dict[str, int], config: TrainConfig, seq_len: int) -> dict[str, float]:
+    """Peak GPU memory (bytes) for LoRA/QLoRA training, by part.
+
+    - weights: block linears at 1 byte (8bit) / ~0.516 byte (NF4 4 bits + double-quantized absmax) or
+      the dtype's width; other weights (embeddings, norms, lm_head) at 2 bytes, or 4 when
+      prepare_model_for_kbit_training upcasts them for k-bit training.
+    - LoRA: 16 bytes per parameter (fp32 weight + gradient + Adam m and v).
+    - activations per layer (Korthikanti et al. 2022, 16-bit, no recomputation):
+      micro_batch * seq * hidden * (34 + 5 * heads * seq / hidden) bytes; with gradient checkpointing only
+      each layer's input (2 * micro_batch * seq * hidden) is kept, plus one layer recomputed in full.
+    - logits: micro_batch * seq * vocab * 10 bytes (16-bit logits, fp32 copy for the loss, its gradient).
+    - overhead: ~1 GiB CUDA context + allocator fragmentation.
+    """
+    hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
+    heads, vocab = model_config.num_attention_heads, model_config.vocab_size
+    batch = config.training.micro_batch_size
+    quantization = config.model.quantization
+    dtype_bytes = 4 if config.model.dtype == "float32" else 2
+    other = counts["total"] - counts["quantizable"]
+    if quantization == "none":
+        weights = counts["total"] * dtype_bytes
+    else:
+        weights = counts["quantizable"] * (1.0 if quantization == "8bit" else 0.516) + other * 4
+    per_layer = batch * seq_len * hidden * (34 + 5 * heads * seq_len / hidden)
+    if config.training.gradient_checkpointing:
+        activations = layers * 2 * batch * seq_len * hidden + per_layer
+    else:
+        activations = layers * per_layer
+    parts = {
+        "weights": weights,
+        "lora_and_optimizer": counts["lora"] * 16,
+        "activations": activations,
+        "logits": batch * seq_len * vocab * 10,
+        "overhead": 1.0 * GIB,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]:
+    """Resolved config, parameter counts, dataset sizes and token lengths, and a peak-memory estimate;
+    no weights are loaded (the model is built on the meta device from its config)."""
+    import numpy as np
+
+    from tallrec_cli.models import load_tokenizer, resolve_model_source
+    from tallrec_cli.prompts import load_template
+
+    preflight(config, check_output=False)
+    _quiet_libraries()
+    model_config, tokenizer_location = _model_config(config)
+    counts = count_parameters(model_config, config.lora)
+    result: dict[str, Any] = {"config": to_dict(config), "parameters": counts, "data": None, "notes": []}
+    seq_len = config.prompt.max_length
+    if tokenizer_location is not None:
+        from transformers import AutoTokenizer
+
+        path, gguf_file = tokenizer_location
+        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=config.model.trust_remote_code)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        data = prepare_data(config, tokenizer, load_template(config.prompt.template))
+        lengths = np.asarray(data.train_token_lengths)
+        result["data"] = {"train_records": len(data.train_records), "valid_records": len(data.valid_records),
+                          "truncated_records": data.truncated_records, "tokens_min": int(lengths.min()),
+                          "tokens_mean": float(lengths.mean()), "tokens_max": int(lengths.max())}
+        seq_len = int(lengths.max())
+        result["eval_every"] = eval_interval(config.training.eval_every, len(data.train_records))
+    else:
+        result["notes"].append(f"{config.model.name} is not available offline: its tokenizer was not loaded, so token "
+                               f"lengths are not measured and the estimate assumes max_length={seq_len}")
+    memory = estimate_memory(model_config, counts, config, seq_len)
+    result["memory_gib"] = {key: value / GIB for key, value in memory.items()}
+    result["sequence_length"] = seq_len
+    result["gpu_memory_gib"] = gpu_memory_gib
+    result["fits"] = memory["total"] <= gpu_memory_gib * GIB
+    if not result["fits"]:
+        result["notes"].append(f"estimated peak {memory['total'] / GIB:.1f} GiB exceeds the {gpu_memory_gib:g} GiB budget: "
+                               "lower training.micro_batch_size or prompt.max_length, set training.gradient_checkpointing=true, "
+                               "or use model.quantization=4bit")
+    return result
+
+
+def resume_config(output_dir: str | Path) -> TrainConfig:
+    """The config saved in an unfinished run folder (what --resume continues)."""
+    path = Path(output_dir) / "config.yaml"
+    if not path.exists():
+        raise ArtifactError(f"{output_dir} holds no config.yaml, so there is no run to resume",
+                            "pass the --output folder of an interrupted run")
+    return load_train_config(path)
+
+
+def format_count(value: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.2f}{unit}"
+    return str(value)
+
+
