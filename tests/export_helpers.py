@@ -1,0 +1,64 @@
+"""Build train-run folders per docs/CONTRACTS.md without training: base model + LoRA with non-zero B."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tallrec_cli.export import SAMPLE_RECORDS
+
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def write_valid_data(folder: Path, copies: int = 3) -> Path:
+    """A small labelled validation split (JSON lines) for merge verification."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "valid.jsonl"
+    records = [dict(record, output="Yes." if record["label"] else "No.", id=f"r{i}")
+               for i, record in enumerate(SAMPLE_RECORDS * copies)]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def make_train_run(run_dir: Path, base: str, quantization: str = "none", r: int = 8,
+                   targets: tuple[str, ...] = LLAMA_TARGETS, valid: Path | None = None, seed: int = 0,
+                   lora_options: dict | None = None, save_tokenizer: bool = True, dtype: str = "float32",
+                   device: str = "cpu") -> Path:
+    """A finished run folder: RUN/adapter (PEFT safetensors + tokenizer) and a train-run manifest."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tallrec_cli.io import sha256_file, write_manifest
+    from tallrec_cli.models import (
+        base_model_config_summary, load_model, load_tokenizer, model_identity, resolve_model_source,
+    )
+    from tallrec_cli.prompts import load_template, resolve_label_tokens
+
+    source = resolve_model_source(base)
+    tokenizer = load_tokenizer(source)
+    model = load_model(source, dtype, quantization, device=device)
+    lora = dict(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(targets), **(lora_options or {}))
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", bias="none", **lora))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:  # B starts at zero; a trained adapter has moved it
+                parameter.copy_(torch.randn(parameter.shape, generator=generator).to(parameter) * 0.05)
+    adapter_dir = run_dir / "adapter"
+    peft_model.save_pretrained(adapter_dir, safe_serialization=True)
+    if save_tokenizer:
+        tokenizer.save_pretrained(adapter_dir)
+    template = load_template("alpaca")
+    labels = resolve_label_tokens(tokenizer, template, outputs=("Yes.", "No."))
+    data = {"train": str(valid) if valid else None, "valid": str(valid) if valid else None,
+            "train_sha256": sha256_file(valid) if valid else None, "valid_sha256": sha256_file(valid) if valid else None,
+            "dataset_manifest_sha256": "0" * 64, "name": "tiny-movies", "shots": 16, "sample_seed": seed,
+            "train_records": 16, "valid_records": 24, "truncated_records": 0}
+    write_manifest(run_dir, "train-run", {
+        "base_model": model_identity(source), "base_model_config": base_model_config_summary(model),
+        "adapter_dir": "adapter", "prompt": {"template": template.name}, "labels": labels.as_dict(),
+        "quantization": quantization, "dtype": dtype, "lora": {k: v for k, v in lora.items() if k != "target_modules"},
+        "data": data, "seed": seed, "best": {"step": 4, "val_auc": 0.625},
+        "metrics": {"val_auc": 0.625, "train_loss": 0.69}, "wall_seconds": 1.0, "config": {},
+    })
+    return run_dir
