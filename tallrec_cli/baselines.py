@@ -18,9 +18,11 @@ these parsed titles alone (the ``features`` field of the result says which featu
   mention counts as a positive, a disliked one as a negative). With 16 records almost no test
   target appears as a training target, so the history mentions carry most of the signal. Items
   are keyed by parsed title, else by ``item_id``; unseen items get the global rate.
-- LogReg: scikit-learn logistic regression on hashed binary features: ``user=<id>``,
+- LogReg: scikit-learn logistic regression (C=1) on one-hot features: ``user=<id>``,
   ``item=<id>``, ``hist=<id>`` per history item (metadata), ``liked=<title>`` /
   ``disliked=<title>`` / ``target=<title>`` and the target title's lower-cased words (parsed text).
+  The vocabulary is the features seen in the training sample: a feature met only at test time would
+  get no weight anyway, and exact one-hot columns avoid hashing collisions.
   A single-class training sample cannot fit a classifier: every test record then gets the
   training positive rate (AUC 0.5) and ``note`` says so.
 """
@@ -126,13 +128,24 @@ def record_features(record: dict) -> tuple[list[str], set[str]]:
     return features, families
 
 
+def _one_hot(rows: Sequence[list[str]], vocabulary: dict[str, int]):
+    """Binary CSR matrix over ``vocabulary``; unknown features are dropped (they would carry no weight)."""
+    from scipy.sparse import csr_matrix
+
+    indices, indptr = [], [0]
+    for features in rows:
+        indices.extend(sorted({vocabulary[name] for name in features if name in vocabulary}))
+        indptr.append(len(indices))
+    data = np.ones(len(indices), dtype=np.float64)
+    return csr_matrix((data, np.asarray(indices, dtype=np.int32), np.asarray(indptr, dtype=np.int32)),
+                      shape=(len(rows), max(len(vocabulary), 1)))
+
+
 def logistic_regression_scores(train_records: Sequence[dict], test_records: Sequence[dict],
                                seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-    """P(like) from a logistic regression on hashed user / item / history features, and what it used."""
-    from sklearn.feature_extraction import FeatureHasher
+    """P(like) from a logistic regression on one-hot user / item / history features, and what it used."""
     from sklearn.linear_model import LogisticRegression
 
-    hasher = FeatureHasher(n_features=2 ** 18, input_type="string", alternate_sign=False)
     train_features = [record_features(record) for record in train_records]
     families = sorted(set().union(*(found for _, found in train_features)))
     labels = np.array([int(record["label"]) for record in train_records])
@@ -141,9 +154,10 @@ def logistic_regression_scores(train_records: Sequence[dict], test_records: Sequ
         rate = float(labels.mean()) if labels.size else 0.5
         info["note"] = "single-class training sample: constant score"
         return np.full(len(test_records), rate), info
+    vocabulary = {name: index for index, name in enumerate(sorted({f for features, _ in train_features for f in features}))}
     model = LogisticRegression(C=1.0, solver="liblinear", max_iter=1000, random_state=seed)
-    model.fit(hasher.transform(features for features, _ in train_features), labels)
-    test_matrix = hasher.transform(record_features(record)[0] for record in test_records)
+    model.fit(_one_hot([features for features, _ in train_features], vocabulary), labels)
+    test_matrix = _one_hot([record_features(record)[0] for record in test_records], vocabulary)
     return model.predict_proba(test_matrix)[:, 1], info
 
 

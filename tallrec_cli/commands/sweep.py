@@ -1,7 +1,123 @@
-"""(being built)"""
+"""`tallrec sweep`: few-shot grids (shots x seeds x axes), resumable, with TALLRec's Table 1 and a plot.
+
+`tallrec sweep RECIPE ...` runs (or resumes) a sweep; `tallrec sweep report SWEEP_DIR` rebuilds the
+table and plot from the folder. The logic lives in tallrec_cli.sweep.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
+
+from tallrec_cli.commands._common import set_option
+
+
+class DefaultRunGroup(TyperGroup):
+    """A group whose arguments go to its ``run`` command unless they start with a subcommand name."""
+
+    default_command = "run"
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        help_options = set(self.get_help_option_names(ctx))
+        if args and args[0] not in self.commands and args[0] not in help_options:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+sweep_app = typer.Typer(
+    cls=DefaultRunGroup, no_args_is_help=True, rich_markup_mode="markdown",
+    help="Few-shot sweeps: `tallrec sweep RECIPE --shots 16,64,256 --seeds 0,1,2 --test FILE --output DIR`, "
+         "or `tallrec sweep report DIR`.")
+
+
+def _int_list(text: str | None, name: str) -> list[int] | None:
+    from data_builders.sampling import parse_int_list
+
+    return None if text is None else parse_int_list(text, name)
+
+
+def _device_list(text: str | None) -> list[str] | None:
+    devices = [part.strip() for part in (text or "").split(",") if part.strip()]
+    return devices or None
+
+
+@sweep_app.command("run")
+def run_command(
+    recipe: Path = typer.Argument(..., help="A sweep YAML (recipes/sweeps/*.yaml, has a `recipe` key) or a train recipe.",
+                                  show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Sweep folder (re-running the same command resumes it).",
+                                show_default=False),
+    shots: str = typer.Option(None, "--shots", help="Training-set sizes, e.g. 16,64,256; 0 adds zero-shot.", show_default=False),
+    seeds: str = typer.Option(None, "--seeds", help="Seeds, e.g. 0,1,2 (sample and training seed).", show_default=False),
+    tests: list[str] = typer.Option([], "--test", help="Test file or dataset folder, optionally NAME=PATH (repeatable).",
+                                    show_default=False),
+    axes: list[str] = typer.Option([], "--axis", help="Extra grid axis KEY=V1,V2, e.g. lora.r=8,16 or model=a,b (repeatable).",
+                                   show_default=False),
+    overrides: list[str] = set_option(),
+    test_limit: int = typer.Option(None, "--test-limit", help="Evaluate the first N records of each test only.",
+                                   show_default=False),
+    baselines: bool = typer.Option(None, "--baselines/--no-baselines", help="Popularity and logistic-regression rows "
+                                   "on the same samples (default: on).", show_default=False),
+    devices: str = typer.Option(None, "--devices", help="GPUs, e.g. 0,1: one cell per GPU in parallel processes.",
+                                show_default=False),
+    keep_going: bool = typer.Option(False, "--keep-going", help="Record a failed cell in the index and go on."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Accept a changed config for an existing sweep folder "
+                                   "(cells whose config is unchanged are kept)."),
+) -> None:
+    """Run or resume a few-shot sweep; print TALLRec's Table 1 and write results.csv/json and sweep.png."""
+    from tallrec_cli.console import console, err_console
+    from tallrec_cli.sweep import load_sweep_spec, results_table, run_sweep
+
+    spec = load_sweep_spec(recipe, _int_list(shots, "shots"), _int_list(seeds, "seeds"), tests, axes, overrides,
+                           test_limit, baselines)
+    result = run_sweep(spec, output, overwrite=overwrite, keep_going=keep_going, devices=_device_list(devices),
+                       log=lambda message: err_console.print(message, highlight=False, soft_wrap=True))
+    console.print(results_table(result.summary))
+    err_console.print(f"{len(result.ran)} cell(s) run, {len(result.skipped)} kept from earlier runs, "
+                      f"{len(result.failures)} failed; {result.wall_seconds:.0f} s. "
+                      f"Results: {result.sweep_dir / 'results.csv'}, plot: {result.sweep_dir / 'sweep.png'}",
+                      highlight=False, soft_wrap=True)
+    if result.failures:
+        for failure in result.failures:
+            err_console.print(f"[red]failed:[/] {failure.cell.id}: {failure.error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@sweep_app.command("report")
+def report_command(
+    sweep_dir: Path = typer.Argument(..., help="A sweep folder.", show_default=False),
+) -> None:
+    """Rebuild the table, results.csv/json and sweep.png from the sweep folder's cells alone."""
+    from tallrec_cli.console import console, err_console
+    from tallrec_cli.sweep import build_report, results_table
+
+    summary = build_report(sweep_dir)
+    console.print(results_table(summary))
+    err_console.print(f"wrote {sweep_dir / 'results.csv'}, {sweep_dir / 'results.json'}, {sweep_dir / 'sweep.png'}",
+                      highlight=False)
+
+
+@sweep_app.command("run-cell", hidden=True)
+def run_cell_command(
+    sweep_dir: Path = typer.Argument(...),
+    cell_id: str = typer.Argument(...),
+) -> None:
+    """Run one cell of a prepared sweep folder (a worker process of --devices)."""
+    from tallrec_cli.console import err_console
+    from tallrec_cli.sweep import is_disk_full, run_single_cell
+
+    try:
+        run_single_cell(sweep_dir, cell_id)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        err_console.print(f"error: disk full while running cell {cell_id}: {exc}", highlight=False)
+        raise typer.Exit(errno.ENOSPC) from None  # the parent reads this exit code as "disk full"
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add the `sweep` group (run, report) to ``app``."""
+    app.add_typer(sweep_app, name="sweep")
