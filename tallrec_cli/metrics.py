@@ -38,7 +38,7 @@ def group_auc(labels: Sequence[int], scores: Sequence[float], groups: Sequence) 
         used += 1
         total += member.sum()
         weighted += auc * member.sum()
-    return (weighted / total if used else None), used, skipped
+    return (float(weighted / total) if used else None), used, skipped
 
 
 def expected_calibration_error(labels: Sequence[int], scores: Sequence[float], bins: int = CALIBRATION_BINS) -> float:
@@ -63,36 +63,120 @@ def reliability_curve(labels: Sequence[int], scores: Sequence[float], bins: int 
     return mean_score, positive_rate, counts[filled]
 
 
-def bootstrap_indices(size: int, resamples: int, seed: int) -> np.ndarray:
-    """Resampled record indices, shape [resamples, size] (drawn with replacement, seeded)."""
-    return np.random.default_rng(seed).integers(0, size, size=(resamples, size))
+def bootstrap_samples(size: int, resamples: int, seed: int, chunk: int = 100):
+    """Resampled record indices (with replacement, seeded), yielded in blocks of ``chunk`` rows to bound memory."""
+    rng = np.random.default_rng(seed)
+    for first in range(0, resamples, chunk):
+        yield rng.integers(0, size, size=(min(chunk, resamples - first), size))
 
 
 def bootstrap_aucs(labels: Sequence[int], scores: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
-                   seed: int = 0, chunk: int = 100) -> np.ndarray:
+                   seed: int = 0) -> np.ndarray:
     """AUC of each bootstrap resample (NaN where a resample holds one class), vectorised.
 
     A resample is a count per record; with records sorted by score and grouped by tied score,
     AUC = sum over groups of positives x (negatives below + half the tied negatives) / (P x N),
-    i.e. the Mann-Whitney statistic with ties counted as halves, exactly as roc_auc_score.
+    the Mann-Whitney statistic with ties counted as halves, exactly as roc_auc_score.
     """
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
+    size = labels.size
     order = np.argsort(scores, kind="stable")
     sorted_scores, positive = scores[order], labels[order]
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    aucs = np.empty(resamples)
-    rank_of = np.empty(labels.size, dtype=np.int64)
-    rank_of[order] = np.arange(labels.size)
-    for first in range(0, resamples, chunk):
-        rows = min(chunk, resamples - first)
-        drawn = bootstrap_indices(labels.size, resamples, seed)[first:first + rows] if first == 0 or True else None
-        counts = np.zeros((rows, labels.size))
-        np.add.at(counts, (np.repeat(np.arange(rows), labels.size), rank_of[drawn].ravel()), 1.0)
+    rank_of = np.empty(size, dtype=np.int64)
+    rank_of[order] = np.arange(size)
+    aucs = []
+    for drawn in bootstrap_samples(size, resamples, seed):
+        rows = drawn.shape[0]
+        flat = (np.arange(rows)[:, None] * size + rank_of[drawn]).ravel()
+        counts = np.bincount(flat, minlength=rows * size).reshape(rows, size).astype(np.float64)
         pos = np.add.reduceat(counts * positive, starts, axis=1)
         neg = np.add.reduceat(counts * ~positive, starts, axis=1)
         below = np.cumsum(neg, axis=1) - neg
         pairs = pos.sum(axis=1) * neg.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            aucs[first:first + rows] = np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
-    return aucs
+            aucs.append(np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan))
+    return np.concatenate(aucs) if aucs else np.empty(0)
+
+
+def auc_interval(labels: Sequence[int], scores: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval for AUC; None when AUC itself is undefined."""
+    if resamples <= 0 or safe_auc(labels, scores) is None:
+        return None
+    aucs = bootstrap_aucs(labels, scores, resamples, seed)
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(aucs, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def compute_metrics(labels: Sequence[int], scores: Sequence[float], users: Sequence | None = None,
+                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, bins: int = CALIBRATION_BINS) -> dict:
+    """Every eval metric of P(yes) ``scores`` against 0/1 ``labels``.
+
+    AUC (headline) with a bootstrap 95% interval, per-user GAUC when ``users`` is given, log-loss,
+    accuracy at 0.5, Brier score and expected calibration error. Undefined values are None and
+    ``notes`` says why.
+    """
+    from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
+
+    labels = np.asarray(labels, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.size == 0:
+        raise ValueError("no records to compute metrics on")
+    notes = []
+    auc = safe_auc(labels, scores)
+    if auc is None:
+        notes.append(f"AUC is undefined: every record has label {int(labels[0])} (one class)")
+    interval = auc_interval(labels, scores, resamples, seed)
+    metrics = {
+        "records": int(labels.size),
+        "positives": int(labels.sum()),
+        "auc": auc,
+        "auc_ci95": list(interval) if interval else None,
+        "gauc": None, "gauc_users": None, "gauc_users_skipped": None,
+        "log_loss": float(log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "accuracy": float(accuracy_score(labels, scores >= 0.5)),
+        "brier": float(brier_score_loss(labels, scores, labels=[0, 1])),
+        "ece": expected_calibration_error(labels, scores, bins),
+        "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95},
+    }
+    if users is not None:
+        gauc, used, skipped = group_auc(labels, scores, users)
+        metrics.update(gauc=gauc, gauc_users=used, gauc_users_skipped=skipped)
+        if gauc is None:
+            notes.append(f"GAUC is undefined: none of the {skipped} users has both classes")
+    metrics["notes"] = notes
+    return metrics
+
+
+def ranking_metrics(groups: Sequence, scores: Sequence[float], labels: Sequence[int],
+                    ks: Sequence[int] = (1, 3, 5, 10)) -> dict:
+    """HR@K and NDCG@K (binary relevance) over groups (users) ranked by score.
+
+    Groups without a positive cannot be hit and are skipped (counted). HR@K: share of groups with a
+    positive in the top K. NDCG@K: DCG of the top K over the DCG of the ideal order.
+    """
+    groups = np.asarray([str(group) for group in groups])
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    hits = {k: [] for k in ks}
+    ndcgs = {k: [] for k in ks}
+    skipped = 0
+    for group in dict.fromkeys(groups.tolist()):
+        member = groups == group
+        relevance = labels[member][np.argsort(-scores[member], kind="stable")]
+        if relevance.sum() == 0:
+            skipped += 1
+            continue
+        ideal = np.sort(relevance)[::-1]
+        for k in ks:
+            discount = 1.0 / np.log2(np.arange(2, min(k, relevance.size) + 2))
+            hits[k].append(float(relevance[:k].any()))
+            ndcgs[k].append(float((relevance[:k] * discount).sum() / (ideal[:k] * discount).sum()))
+    used = len(next(iter(hits.values()), []))
+    result = {"users": used, "users_skipped": skipped}
+    for k in ks:
+        result[f"hr@{k}"] = float(np.mean(hits[k])) if used else None
+        result[f"ndcg@{k}"] = float(np.mean(ndcgs[k])) if used else None
+    return result

@@ -1,0 +1,356 @@
+"""Evaluation and prediction: score records with P(yes), compute metrics, write eval folders.
+
+``evaluate_records`` is the one entry point other stages (sweep) call per model; ``evaluate_tests``
+adds reading test files and writing ``<root>/<test-name>/`` folders (metrics.json, predictions.jsonl,
+optional plots, manifest.json written last). ``predict_file`` scores new histories and candidates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tallrec_cli.errors import ConfigError, DataError, ModelError
+from tallrec_cli.io import read_manifest, sha256_file, staged_dir, write_json_atomic, write_jsonl_atomic, write_manifest
+from tallrec_cli.metrics import BOOTSTRAP_RESAMPLES, compute_metrics, ranking_metrics
+from tallrec_cli.prompts import LabelTokens, PromptTemplate, load_template, resolve_label_tokens
+
+DEFAULT_TEMPLATE = "alpaca"
+DEFAULT_LABEL_WORDS = ("Yes", "No")
+DEFAULT_RANK_KS = (1, 3, 5, 10)
+DOMAINS = ("movie", "book")
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def scoring_setup(inference, template: PromptTemplate | str | None = None,
+                  label_words: Sequence[str] | None = None) -> tuple[PromptTemplate, LabelTokens]:
+    """The prompt template and label tokens to score with.
+
+    Explicit arguments win; otherwise what the run / export manifest recorded; otherwise the defaults
+    (alpaca, Yes/No). Recorded label ids must still be what this tokenizer gives, or training and
+    scoring would read different tokens.
+    """
+    if not isinstance(template, PromptTemplate):
+        template = load_template(template or inference.template or DEFAULT_TEMPLATE)
+    recorded = inference.labels or {}
+    if label_words is None:
+        label_words = (recorded.get("positive_word", DEFAULT_LABEL_WORDS[0]),
+                       recorded.get("negative_word", DEFAULT_LABEL_WORDS[1]))
+    if len(label_words) != 2:
+        raise ConfigError(f"expected two label words (positive, negative), got {list(label_words)}",
+                          "pass them as --label-words Yes,No")
+    labels = resolve_label_tokens(inference.tokenizer, template, label_words[0], label_words[1])
+    if recorded and (recorded.get("positive_word"), recorded.get("negative_word")) == tuple(label_words):
+        expected = (recorded.get("positive_id"), recorded.get("negative_id"))
+        if expected != (labels.positive_id, labels.negative_id):
+            raise ModelError(
+                f"the run recorded label ids {expected} for {list(label_words)} but this tokenizer gives "
+                f"{(labels.positive_id, labels.negative_id)}",
+                "evaluate with the tokenizer the adapter was trained with (the run's base model)")
+    return template, labels
+
+
+def load_test_records(path: str | Path, split: str = "test", limit: int | None = None) -> list[dict]:
+    """Validated records (label and id filled) of a dataset folder's split or a .jsonl / TALLRec .json file."""
+    from data_builders import load_split
+
+    records = load_split(path, split)
+    if not records:
+        raise DataError(f"{path} holds no records", "pass a non-empty test file")
+    return records[:limit] if limit else records
+
+
+def result_name(path: str | Path, split: str = "test") -> str:
+    """Folder name for a test's results: ``ml-100k-test`` for a dataset folder or ``.../ml-100k/test.jsonl``,
+    the file stem otherwise (``movie_test.jsonl`` -> ``movie_test``)."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path.resolve().name}-{split}"
+    if path.stem in SPLIT_NAMES:
+        return f"{path.resolve().parent.name}-{path.stem}"
+    return path.stem
+
+
+def evaluate_records(inference, records: Sequence[dict], template: PromptTemplate | str | None = None,
+                     labels: LabelTokens | Sequence[str] | None = None, mode: str = "pair",
+                     batch_size: int | None = None, prefix_cache: str = "auto",
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                     on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
+    """Score ``records`` (each with instruction, input, label; user_id enables GAUC) with ``inference``
+    (a ``models.InferenceModel``) and compute every metric.
+
+    ``labels`` is a resolved ``LabelTokens`` or two label words. Returns (P(yes) per record in input
+    order, metrics dict with ``score_mode``, ``template``, ``labels`` and ``scoring`` details).
+    """
+    from tallrec_cli.scoring import score_prompts_detailed
+
+    if not records:
+        raise DataError("no records to evaluate", "pass a non-empty test file")
+    if isinstance(labels, LabelTokens):
+        template = template if isinstance(template, PromptTemplate) else load_template(
+            template or inference.template or DEFAULT_TEMPLATE)
+    else:
+        template, labels = scoring_setup(inference, template, labels)
+    truth = [_label(record, index) for index, record in enumerate(records)]
+    prompts = [template.render(record, inference.tokenizer) for record in records]
+    result = score_prompts_detailed(inference.model, inference.tokenizer, prompts, labels, mode, batch_size,
+                                    on_batch, prefix_cache)
+    users = [record["user_id"] for record in records] if all("user_id" in record for record in records) else None
+    metrics = compute_metrics(truth, result.scores, users, resamples, seed)
+    if users is None:
+        metrics["notes"].append("GAUC not computed: the records carry no user_id")
+    metrics.update(score_mode=mode, template=template.name, labels=labels.as_dict(), scoring=result.describe())
+    return result.scores, metrics
+
+
+def _label(record: dict, index: int) -> int:
+    label = record.get("label")
+    if label not in (0, 1):
+        raise DataError(f"record {record.get('id', index)} has no 0/1 label", "give each record a label of 1 or 0")
+    return int(label)
+
+
+def eval_output_root(adapter: str | None, output: str | None) -> Path:
+    """``--output`` when given, else the run's ``eval/`` folder (only a train run has one)."""
+    if output:
+        return Path(output)
+    if adapter and read_manifest(adapter).get("kind") == "train-run":
+        return Path(adapter) / "eval"
+    raise ConfigError("no place to write the results", "pass --output DIR (or --adapter RUN_DIR to write into the run)")
+
+
+def model_description(inference) -> dict[str, Any]:
+    from tallrec_cli.models import model_identity
+
+    return {"base_model": model_identity(inference.base), "adapter": inference.adapter,
+            "dtype": str(next(inference.model.parameters()).dtype).replace("torch.", "")}
+
+
+def write_eval_folder(folder: Path, records: Sequence[dict], scores: np.ndarray, metrics: dict,
+                      inputs: dict[str, Any], plots: bool = False, overwrite: bool = False) -> Path:
+    """metrics.json, predictions.jsonl, optional roc.png / reliability.png, then manifest.json, atomically."""
+    with staged_dir(folder, overwrite=overwrite) as staging:
+        write_json_atomic(staging / "metrics.json", metrics)
+        write_jsonl_atomic(staging / "predictions.jsonl", (
+            {"id": record.get("id"), "user_id": record.get("user_id"), "item_id": record.get("item_id"),
+             "p_yes": float(score), "label": record.get("label")}
+            for record, score in zip(records, scores)))
+        if plots:
+            write_plots(staging, [record["label"] for record in records], scores, f"{folder.name} ({metrics['score_mode']})")
+        write_manifest(staging, "eval", {**inputs, "metrics": {key: metrics[key] for key in (
+            "score_mode", "records", "positives", "auc", "auc_ci95", "gauc", "log_loss", "accuracy", "brier", "ece")},
+            "files": sorted(path.name for path in staging.iterdir())})
+    return folder
+
+
+def write_plots(folder: Path, labels: Sequence[int], scores: Sequence[float], title: str) -> list[Path]:
+    """ROC curve (when both classes are present) and reliability diagram as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    from tallrec_cli.metrics import reliability_curve, safe_auc
+
+    written = []
+    auc = safe_auc(labels, scores)
+    if auc is not None:
+        fpr, tpr, _ = roc_curve(labels, scores)
+        figure, axis = plt.subplots(figsize=(4.5, 4.5))
+        axis.plot(fpr, tpr, label=f"AUC {auc:.4f}")
+        axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+        axis.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC: {title}")
+        axis.legend(loc="lower right")
+        written.append(folder / "roc.png")
+        figure.savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close(figure)
+    mean_score, positive_rate, counts = reliability_curve(labels, scores)
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    axis.scatter(mean_score, positive_rate, s=12 + 60 * counts / counts.max())
+    axis.plot(mean_score, positive_rate)
+    axis.set(xlabel="mean P(yes) in bin", ylabel="share of positives", xlim=(0, 1), ylim=(0, 1),
+             title=f"Reliability: {title}")
+    written.append(folder / "reliability.png")
+    figure.savefig(written[-1], dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return written
+
+
+@dataclass
+class TestSet:
+    name: str  # results folder name
+    path: Path
+    split: str
+    limit: int | None
+    records: list[dict]
+
+
+def load_tests(tests: Sequence[str | Path], split: str = "test", limit: int | None = None) -> list[TestSet]:
+    """Read and check every test before any model work, so a bad last file fails fast."""
+    names = [result_name(path, split) for path in tests]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"several tests would be written to the same folder: {', '.join(duplicates)}",
+                          "rename the files so their names differ")
+    return [TestSet(name, Path(path), split, limit, load_test_records(path, split, limit))
+            for name, path in zip(names, tests)]
+
+
+def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path, template: str | None = None,
+                   label_words: Sequence[str] | None = None, mode: str = "pair", batch_size: int | None = None,
+                   prefix_cache: str = "auto", resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                   plots: bool = False, overwrite: bool = False,
+                   on_start: Callable[[str, int], Callable[[int], None] | None] | None = None) -> list[dict]:
+    """Evaluate each test into ``output_root/<test-name>/``; returns one {test, source, folder, metrics} each.
+
+    ``on_start(name, records)`` may return a per-batch progress callback.
+    """
+    prompt_template, labels = scoring_setup(inference, template, label_words)
+    model = model_description(inference)
+    results = []
+    for test in tests:
+        progress = on_start(test.name, len(test.records)) if on_start else None
+        scores, metrics = evaluate_records(inference, test.records, prompt_template, labels, mode, batch_size,
+                                           prefix_cache, resamples, seed, progress)
+        metrics = {"test": test.name, "source": str(test.path), **metrics}
+        inputs = {**model, "test": {"name": test.name, "path": str(test.path.resolve()), "split": test.split,
+                                    "limit": test.limit,
+                                    "sha256": sha256_file(test.path) if test.path.is_file() else None},
+                  "prompt": {"template": prompt_template.name}, "labels": labels.as_dict(), "score_mode": mode}
+        folder = write_eval_folder(Path(output_root) / test.name, test.records, scores, metrics, inputs, plots,
+                                   overwrite)
+        results.append({"test": test.name, "source": str(test.path), "folder": str(folder), "metrics": metrics})
+    return results
+
+
+# --- predict ---------------------------------------------------------------------------------------------
+
+def _history(value: Any, where: str) -> list[str]:
+    """Titles from a JSON list, a JSON-list string, or a `|`-separated string."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: expected a list of titles, got {value!r}", "use a JSON list or titles separated by |")
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError:
+            raise DataError(f"{where}: {text[:60]!r} is not a valid JSON list", "use a JSON list or titles separated by |") from None
+        return [str(item) for item in items]
+    return [part.strip() for part in text.split("|") if part.strip()]
+
+
+def read_candidates(path: str | Path) -> list[dict]:
+    """Rows of a .jsonl or .csv file: liked, disliked, candidate (optional user, label), or TALLRec records."""
+    from tallrec_cli.io import read_jsonl
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist", "pass a .jsonl or .csv file of candidates")
+    if path.suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    elif path.suffix in (".jsonl", ".json"):
+        rows = read_jsonl(path)
+    else:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}", "use .jsonl or .csv")
+    if not rows:
+        raise DataError(f"{path} holds no rows", "pass a file with at least one candidate")
+    for number, row in enumerate(rows, start=1):
+        if not (row.get("candidate") or (row.get("instruction") and "input" in row)):
+            raise DataError(f"{path}: row {number} has neither a candidate nor instruction/input",
+                            "give each row liked, disliked and candidate columns (or TALLRec instruction/input)")
+        if row.get("label") not in (None, ""):
+            try:
+                row["label"] = int(float(row["label"]))
+            except ValueError:
+                row["label"] = None
+            if row["label"] not in (0, 1):
+                raise DataError(f"{path}: row {number} has label {row.get('label')!r}", "labels are 1 (liked) or 0")
+        else:
+            row["label"] = None
+    return rows
+
+
+def candidate_prompt_parts(row: dict, domain: str = "movie", where: str = "row") -> dict[str, str]:
+    """instruction/input for a row, worded like the data stage's TALLRec template of ``domain``."""
+    from data_builders.templates import load_template as load_data_template
+
+    if row.get("instruction"):
+        return {"instruction": row["instruction"], "input": row.get("input") or ""}
+    if domain not in DOMAINS:
+        raise ConfigError(f"domain {domain!r} is not one of {', '.join(DOMAINS)}")
+    wording = load_data_template(f"tallrec-{domain}")
+    variant = wording.variants[0]
+    join = wording.separator.join
+    return {"instruction": variant["instruction"], "input": variant["input"].format(
+        liked=join(wording.history_item.format(item=item) for item in _history(row.get("liked"), f"{where} liked")),
+        disliked=join(wording.history_item.format(item=item)
+                      for item in _history(row.get("disliked"), f"{where} disliked")),
+        target=wording.target_item.format(item=str(row["candidate"]).strip()))}
+
+
+def predict_rows(inference, rows: Sequence[dict], domain: str = "movie", template: str | None = None,
+                 label_words: Sequence[str] | None = None, mode: str = "pair", batch_size: int | None = None,
+                 prefix_cache: str = "auto", rank: bool = False, ks: Sequence[int] = DEFAULT_RANK_KS,
+                 on_batch: Callable[[int], None] | None = None) -> tuple[list[dict], dict]:
+    """P(yes) per row (``p_yes`` added; ``rank`` within the user with ``rank=True``) and a summary
+    (score mode, HR@K / NDCG@K when ranking rows that carry labels)."""
+    from tallrec_cli.scoring import score_prompts_detailed
+
+    prompt_template, labels = scoring_setup(inference, template, label_words)
+    prompts = [prompt_template.render(candidate_prompt_parts(row, domain, f"row {number}"), inference.tokenizer)
+               for number, row in enumerate(rows, start=1)]
+    result = score_prompts_detailed(inference.model, inference.tokenizer, prompts, labels, mode, batch_size,
+                                    on_batch, prefix_cache)
+    output = [{**row, "p_yes": float(score)} for row, score in zip(rows, result.scores)]
+    summary: dict[str, Any] = {"rows": len(output), "score_mode": mode, "template": prompt_template.name,
+                               "labels": labels.as_dict(), "scoring": result.describe()}
+    if rank:
+        users = [row.get("user") for row in rows]
+        if any(user in (None, "") for user in users):
+            raise DataError("--rank needs a user column on every row", "add a user column naming whose candidates they are")
+        _add_ranks(output, users)
+        if all(row["label"] is not None for row in rows):
+            summary["ranking"] = ranking_metrics(users, result.scores, [row["label"] for row in rows], ks)
+        else:
+            summary["ranking_note"] = "HR@K / NDCG@K need a label on every row"
+    return output, summary
+
+
+def _add_ranks(rows: list[dict], users: Sequence) -> None:
+    by_user: dict[str, list[int]] = {}
+    for index, user in enumerate(users):
+        by_user.setdefault(str(user), []).append(index)
+    for indices in by_user.values():
+        for position, index in enumerate(sorted(indices, key=lambda i: -rows[i]["p_yes"]), start=1):
+            rows[index]["rank"] = position
+
+
+def write_predictions(path: str | Path, rows: Sequence[dict]) -> Path:
+    """JSON lines, or CSV (lists written as JSON) when ``path`` ends in .csv."""
+    from tallrec_cli.io import atomic_path
+
+    path = Path(path)
+    if path.suffix != ".csv":
+        write_jsonl_atomic(path, rows)
+        return path
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: json.dumps(value) if isinstance(value, (list, dict)) else value
+                             for key, value in row.items()})
+    return path
