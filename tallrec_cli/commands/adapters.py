@@ -20,7 +20,10 @@ def register(app: typer.Typer) -> None:
 
     @group.command("list")
     def list_(store: Path | None = _store_option()) -> None:
-        """Table of adapters: name, base model, dataset, shots, seed, AUC, size, date."""
+        """Table of adapters: name, base model, dataset, shots, seed, AUC, size, date.
+
+        Example: `tallrec adapters list --store ~/adapters`
+        """
         from adapters.registry import list_adapters, resolve_store
         from tallrec_cli.console import console, table
 
@@ -35,7 +38,10 @@ def register(app: typer.Typer) -> None:
 
     @group.command("show")
     def show(name: str = typer.Argument(..., help="Adapter name."), store: Path | None = _store_option()) -> None:
-        """Print the adapter's model card."""
+        """Print the adapter's model card.
+
+        Example: `tallrec adapters show movie-64-0`
+        """
         from rich.markdown import Markdown
 
         from adapters.registry import read_card
@@ -48,7 +54,10 @@ def register(app: typer.Typer) -> None:
     @group.command("verify")
     def verify(name: str | None = typer.Argument(None, help="Adapter name (default: every adapter)."),
                store: Path | None = _store_option()) -> None:
-        """Re-hash every file against the manifest; name what changed, went missing or appeared."""
+        """Re-hash every file against the manifest; name what changed, went missing or appeared.
+
+        Example: `tallrec adapters verify` (all) or `tallrec adapters verify movie-64-0`
+        """
         from adapters.registry import list_adapters, resolve_store, verify_adapter
         from tallrec_cli.console import console
         from tallrec_cli.errors import ArtifactError
@@ -75,7 +84,10 @@ def register(app: typer.Typer) -> None:
     @group.command("rm")
     def rm(name: str = typer.Argument(..., help="Adapter name."), store: Path | None = _store_option(),
            yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
-        """Delete an adapter from the registry."""
+        """Delete an adapter from the registry.
+
+        Example: `tallrec adapters rm movie-64-0 --yes`
+        """
         from adapters.registry import adapter_path, remove_adapter
         from tallrec_cli.console import console
 

@@ -53,7 +53,14 @@ def eval_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results of the same test."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
 ) -> None:
-    """Score labelled test records and report AUC, GAUC, log-loss, accuracy, Brier, ECE (one row per test)."""
+    """Score labelled test records and report AUC, GAUC, log-loss, accuracy, Brier, ECE (one row per test).
+
+    Examples:
+
+    `tallrec eval --adapter runs/m64 --test data/movielens-100k --test data/book/test.jsonl --plots`
+
+    `tallrec eval --model smollm2-135m --test data/movielens-100k --limit 200 --score tallrec -o evals/zero-shot`
+    """
     from tallrec_cli.evaluate import eval_output_root, evaluate_tests, load_tests
     from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
 
@@ -102,7 +109,12 @@ def predict_command(
     k: str = typer.Option("1,3,5,10", "--k", help="Cut-offs for HR@K / NDCG@K."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
 ) -> None:
-    """Write P(yes) for new user histories and candidate items; optionally rank candidates per user."""
+    """Write P(yes) for new user histories and candidate items; optionally rank candidates per user.
+
+    Example:
+
+    `tallrec predict --adapter runs/m64 --input candidates.csv --rank --k 1,5 -o scores.csv`
+    """
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import DOMAINS, predict_rows, read_candidates, write_predictions
     from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES

@@ -30,6 +30,12 @@ def register(app: typer.Typer) -> None:
 
         Adapter (default): PEFT files, model card with a vLLM check, manifest hashing every file.
         `--merged`: sharded safetensors model in 16/32-bit, verified against base + adapter.
+
+        Examples:
+
+        `tallrec export runs/m64 -o exports/m64 --to-registry`
+
+        `tallrec export runs/m64 --merged --dtype bfloat16 --max-shard-size 2GB -o exports/m64-merged`
         """
         from tallrec_cli.console import console, err_console
         from tallrec_cli.errors import ConfigError

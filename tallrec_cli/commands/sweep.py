@@ -67,7 +67,14 @@ def run_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Accept a changed config for an existing sweep folder "
                                    "(cells whose config is unchanged are kept)."),
 ) -> None:
-    """Run or resume a few-shot sweep; print TALLRec's Table 1 and write results.csv/json and sweep.png."""
+    """Run or resume a few-shot sweep; print TALLRec's Table 1 and write results.csv/json and sweep.png.
+
+    Examples:
+
+    `tallrec sweep recipes/smollm2-135m-lora.yaml --shots 0,16,64 --seeds 0,1 --test data/movielens-100k/test.jsonl -o sweeps/m`
+
+    `tallrec sweep recipes/sweeps/smollm2-movielens-fewshot.yaml --output sweeps/m --keep-going`
+    """
     from tallrec_cli.console import console, err_console
     from tallrec_cli.sweep import load_sweep_spec, results_table, run_sweep
 
@@ -90,7 +97,10 @@ def run_command(
 def report_command(
     sweep_dir: Path = typer.Argument(..., help="A sweep folder.", show_default=False),
 ) -> None:
-    """Rebuild the table, results.csv/json and sweep.png from the sweep folder's cells alone."""
+    """Rebuild the table, results.csv/json and sweep.png from the sweep folder's cells alone.
+
+    Example: `tallrec sweep report sweeps/m`
+    """
     from tallrec_cli.console import console, err_console
     from tallrec_cli.sweep import build_report, results_table
 

@@ -45,6 +45,12 @@ def register(app: typer.Typer) -> None:
 
         Writes RUN/config.yaml, metrics.jsonl, adapter/, checkpoints/ and, last, manifest.json.
         Ctrl-C saves a checkpoint; `--resume` continues from it.
+
+        Examples:
+
+        `tallrec train recipes/smollm2-135m-lora.yaml --train data/movielens-100k --shots 64 --seed 0 -o runs/m64`
+
+        `tallrec train recipes/llama-3-8b-qlora.yaml --model /models/llama-3-8b --dry-run --set lora.r=16`
         """
         from tallrec_cli import train as training
         from tallrec_cli.config import parse_overrides
