@@ -162,6 +162,13 @@ def read_manifest(folder: str | os.PathLike, kind: str | Iterable[str] | None = 
     return manifest
 
 
+def replace_dir(source: Path, target: Path) -> None:
+    """Swap a fully written folder into place (readers never see a half-written one)."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(source, target)
+
+
 @contextlib.contextmanager
 def staged_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder in a hidden sibling and move it into place only when the block succeeds.
@@ -176,9 +183,7 @@ def staged_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_umask())
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        replace_dir(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -232,9 +232,14 @@ def _cached_sha256(path: str, mtime_ns: int, size: int) -> str:
     return sha256_file(path)
 
 
+def _json_hash(payload: Any) -> str:
+    """sha256 of a JSON payload in canonical form (sorted keys), for fingerprints of configs and inputs."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def spec_hash(spec: SweepSpec) -> str:
     payload = {"spec": to_dict(spec), "files": _fingerprint(spec)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return _json_hash(payload)
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -262,7 +267,7 @@ class Cell:
         """What the cell's evaluation depends on: its config, the tests (paths and content), the slice."""
         tests = {label: [path, _file_sha256(path) if Path(path).is_file() else None] for label, path in self.tests.items()}
         payload = {"config": self.config, "tests": tests, "test_limit": self.test_limit}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        return _json_hash(payload)
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "methods": self.methods, "domain": self.domain, "shots": self.shots, "seed": self.seed,
@@ -848,7 +853,7 @@ def compute_baselines(spec: SweepSpec, cells: list[Cell], configs: dict[str, Any
     for (domain, train, shots, seed, stratify), cell in samples.items():
         digest = hashlib.sha256(f"{train}|{stratify}".encode()).hexdigest()[:8]
         path = sweep_dir / "baselines" / f"{_slug(domain) + '_' if domain else ''}k{shots}-s{seed}-{digest}.json"
-        fingerprint = hashlib.sha256(json.dumps([train, shots, seed, stratify, cell.eval_fingerprint()]).encode()).hexdigest()
+        fingerprint = _json_hash([train, shots, seed, stratify, cell.eval_fingerprint()])
         stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
         if stored is None or stored.get("fingerprint") != fingerprint:
             if train not in pools:

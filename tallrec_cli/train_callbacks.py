@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainerCallback
 
+from tallrec_cli.io import replace_dir
 from tallrec_cli.metrics import safe_auc
 from tallrec_cli.prompts import LabelTokens
 from tallrec_cli.scoring import score_prompts
@@ -60,13 +60,6 @@ def binary_log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
     p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
     y = labels.astype(np.float64)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def replace_dir(source: Path, target: Path) -> None:
-    """Swap a fully written folder into place (readers never see a half-saved adapter)."""
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(source, target)
 
 
 class ValidationCallback(TrainerCallback):
