@@ -590,6 +590,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
 
     from tallrec_cli.console import err_console
     from tallrec_cli.io import write_manifest
+    from tallrec_cli.lm_head import install_compact_lm_head
     from tallrec_cli.models import (base_model_config_summary, load_tokenizer, model_identity, resolve_dtype,
                                     resolve_model_source)
     from tallrec_cli.prompts import load_template, resolve_label_tokens
@@ -636,6 +637,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                          callbacks=[*callbacks, validation, interrupt])
     trainer.remove_callback(PrinterCallback)
+    install_compact_lm_head(trainer.model.get_base_model())
     if is_main:
         trainer.add_callback(RichProgressCallback(status, config.training.batch_size))
     try:
