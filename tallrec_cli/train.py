@@ -207,7 +207,8 @@ def load_train_config(recipe: str | Path | None = None, overrides: dict[str, Any
 
 # -------------------------------------------------------------------------------- pre-flight checks
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch job (or a single process): the one that writes and prints."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -219,7 +220,7 @@ def _output_problems(config: TrainConfig, resume: bool) -> list[str]:
             problems.append(f"--resume: {run_dir} holds a finished run (it has a manifest)")
         elif not list((run_dir / "checkpoints").glob("checkpoint-*")):
             problems.append(f"--resume: {run_dir} has no checkpoints to resume from")
-    elif run_dir.exists() and any(run_dir.iterdir()) and _is_main_process():
+    elif run_dir.exists() and any(run_dir.iterdir()) and is_main_process():
         finished = (run_dir / "manifest.json").exists()
         looks_like_run = finished or (run_dir / "config.yaml").exists()
         if not looks_like_run:
@@ -525,7 +526,7 @@ def _restore_status(status, run_dir: Path, checkpoint: str) -> None:
     step = int(Path(checkpoint).name.split("-")[-1])
     path = run_dir / "metrics.jsonl"
     rows = [row for row in read_jsonl(path) if row["step"] <= step] if path.exists() else []
-    if _is_main_process():
+    if is_main_process():
         write_jsonl_atomic(path, rows)
     for row in rows:
         status.record(row)
@@ -569,7 +570,7 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
     from tallrec_cli.io import write_text_atomic
 
     run_dir = Path(config.output.dir)
-    if not _is_main_process():
+    if not is_main_process():
         return run_dir
     if not resume and run_dir.exists() and config.output.overwrite:
         shutil.rmtree(run_dir)
@@ -611,7 +612,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     data = prepare_data(config, tokenizer, template)
     label_tokens = resolve_label_tokens(tokenizer, template, config.labels.positive, config.labels.negative,
                                         outputs=_answer_outputs(data.train_records + data.valid_records, config))
-    is_main = _is_main_process()
+    is_main = is_main_process()
     one_class = len(set(data.valid_labels)) < 2
     if one_class and is_main:
         err_console.print("[yellow]warning:[/] the validation records hold one class only, so AUC is undefined; "
@@ -651,7 +652,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
             f"interrupted at step {status.interrupted_at}; a checkpoint is saved in {run_dir / 'checkpoints'}",
             f"continue with: tallrec train --output {run_dir} --resume")
     wall_seconds = status.elapsed_before + time.monotonic() - started
-    summary = _summary(config, data, status, eval_every, trainer, wall_seconds, one_class)
+    summary = _summary(config, data, status, eval_every, trainer, wall_seconds, one_class, world_size)
     if is_main:
         check_adapter_trained(run_dir / "adapter")
         best = status.best_row or {}
@@ -674,6 +675,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
                 "truncated_records": data.truncated_records,
             },
             "seed": config.training.seed,
+            "processes": world_size,
             "best": {"step": status.best_step, "val_auc": best.get("val_auc"), "val_loss": best.get("val_loss"),
                      "selected_on": status.selection_metric},
             "metrics": {"val_auc": best.get("val_auc"), "train_loss": summary["train_loss"]},
@@ -684,7 +686,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
 
 
 def _summary(config: TrainConfig, data: PreparedData, status, eval_every: int, trainer, wall_seconds: float,
-             one_class: bool) -> dict[str, Any]:
+             one_class: bool, world_size: int) -> dict[str, Any]:
     best = status.best_row or {}
     losses = [row["train_loss"] for row in status.rows if row.get("train_loss") is not None]
     steps = trainer.state.global_step
@@ -705,6 +707,7 @@ def _summary(config: TrainConfig, data: PreparedData, status, eval_every: int, t
         "truncated_records": data.truncated_records,
         "seed": config.training.seed,
         "sample_seed": config.data.sample_seed,
+        "processes": world_size,
         "wall_seconds": round(wall_seconds, 2),
         "evaluations": status.rows,
     }

@@ -19,7 +19,7 @@ from tests.train_helpers import tiny_config, write_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST_KEYS = {"base_model", "base_model_config", "adapter_dir", "prompt", "labels", "quantization", "dtype", "lora",
-                 "data", "seed", "best", "metrics", "wall_seconds", "config"}
+                 "data", "seed", "processes", "best", "metrics", "wall_seconds", "config"}
 DATA_KEYS = {"train", "valid", "train_sha256", "valid_sha256", "dataset_manifest_sha256", "shots", "sample_seed",
              "train_records", "valid_records", "truncated_records"}
 
@@ -149,11 +149,21 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, tiny_model_di
     assert rows(broken)[-1]["val_auc"] == pytest.approx(rows(full)[-1]["val_auc"])
 
 
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"],
+    # --multi_gpu picks accelerate's torchrun-style launcher; on a machine without GPUs the ranks run on CPU (gloo).
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", "29532"],
+}
+
+
 @pytest.mark.slow
-def test_two_process_ddp_with_torchrun(tmp_path, tiny_model_dir, data_dir):
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_process_ddp(tmp_path, tiny_model_dir, data_dir, launcher):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-               "-m", "tallrec_cli.cli", "train", "--model", str(tiny_model_dir), "--train", str(data_dir),
+    command = [*LAUNCHERS[launcher], "-m", "tallrec_cli.cli", "train", "--model", str(tiny_model_dir),
+               "--train", str(data_dir),
                "--output", str(run), "--set", "model.dtype=float32", "--set", "data.shots=null",
                "--set", "data.max_valid=null", "--set", "training.max_steps=4", "--set", "training.batch_size=4",
                "--set", "training.micro_batch_size=2", "--set", "training.eval_every=2", "--set", "prompt.max_length=256"]
@@ -161,9 +171,10 @@ def test_two_process_ddp_with_torchrun(tmp_path, tiny_model_dir, data_dir):
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["best"]["step"] in (2, 4)
+    assert manifest["processes"] == 2 and manifest["best"]["step"] in (2, 4)
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2  # rank 0 alone writes
+    assert result.stdout.count("training summary") == 1  # and alone reports
 
 
 def test_init_adapter_continues_from_an_existing_adapter(tmp_path, tiny_model_dir, data_dir):

@@ -69,7 +69,8 @@ def register(app: typer.Typer) -> None:
             _render_dry_run(training.dry_run(config, gpu_memory), console)
             return
         summary = training.run_training(config, resume=resume)
-        _render_summary(summary, console)
+        if training.is_main_process():  # under torchrun / accelerate launch, rank 0 alone reports
+            _render_summary(summary, console)
 
 
 def _render_dry_run(result: dict[str, Any], console) -> None:
@@ -115,5 +116,6 @@ def _render_summary(summary: dict[str, Any], console) -> None:
             ("train / valid records", f"{summary['train_records']} / {summary['valid_records']}"),
             ("records with shortened history", str(summary["truncated_records"])),
             ("seed / sample seed", f"{summary['seed']} / {summary['sample_seed']}"),
+            ("processes", str(summary["processes"])),
             ("wall time", f"{summary['wall_seconds']:.0f} s")]
     console.print(table("training summary", ["", "value"], rows))
