@@ -6,7 +6,8 @@ from collections.abc import Iterable, Sequence
 
 from rich.console import Console
 from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 
@@ -14,10 +15,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def progress(transient: bool = False) -> Progress:
-    """The standard progress bar for long work: description, bar, n/total, elapsed, ETA."""
+def progress(transient: bool = False, extra_columns: Sequence[ProgressColumn] = ()) -> Progress:
+    """The standard progress bar for long work: description, ``extra_columns``, bar, n/total, elapsed, ETA."""
     return Progress(
-        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), *extra_columns, BarColumn(),
         MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
         console=err_console, transient=transient,
     )

@@ -146,6 +146,7 @@ class TrainingSettings:
     warmup_steps: int = option(2, help="Linear warmup steps.")
     eval_every: int | str = option(8, help="Validate (and checkpoint) every N steps; auto = TALLRec's rule: 10 for <= 128 records, else records / 128 * 5.")
     patience: int | None = option(None, help="Stop after this many evaluations without improvement (null = never).")
+    eval_at_start: bool = option(True, help="Validate the untrained model first (step 0), so the run shows what tuning gained.")
     seed: int = option(42, help="Training randomness (LoRA init, order, dropout); data.sample_seed picks the shots.")
     group_by_length: bool = option(True, help="Batch records of similar length together (less padding).")
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward: much less memory, ~30% slower.")
@@ -460,6 +461,7 @@ def build_model(config: TrainConfig, source):
     model = load_model(source, config.model.dtype, config.model.quantization, config.model.trust_remote_code, device=None)
     model.config.use_cache = False
     if config.model.quantization != "none":
+        _keep_4bit_layers_trainable(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.training.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -473,6 +475,15 @@ def build_model(config: TrainConfig, source):
     except ValueError as exc:
         raise ConfigError(f"lora.target_modules: {str(exc).splitlines()[0]}",
                           "name modules the model has (e.g. q_proj, v_proj) or use all-linear") from None
+
+
+def _keep_4bit_layers_trainable(model) -> None:
+    """bitsandbytes repacks a CPU Linear4bit into an AVX512-BF16 inference layout the first time it runs in
+    eval mode, and from then on its matmul passes no gradient: after the first validation pass, QLoRA on CPU
+    would silently stop learning. A model being trained keeps the trainable layout."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size: int, use_bf16: bool, use_fp16: bool):
@@ -632,7 +643,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
         _restore_status(status, run_dir, checkpoint)
     validation = ValidationCallback(status, run_dir, tokenizer, data.valid_prompts, data.valid_labels, label_tokens,
                                     eval_every, config.training.patience, config.training.score_mode,
-                                    config.training.eval_batch_size, is_main)
+                                    config.training.eval_batch_size, is_main, config.training.eval_at_start)
     interrupt = InterruptCallback(status)
     train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
@@ -678,7 +689,8 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
             "processes": world_size,
             "best": {"step": status.best_step, "val_auc": best.get("val_auc"), "val_loss": best.get("val_loss"),
                      "selected_on": status.selection_metric},
-            "metrics": {"val_auc": best.get("val_auc"), "train_loss": summary["train_loss"]},
+            "metrics": {"val_auc": best.get("val_auc"), "train_loss": summary["train_loss"],
+                        "start_val_auc": summary["start_val_auc"]},
             "wall_seconds": round(wall_seconds, 2),
             "config": to_dict(config),
         })
@@ -699,6 +711,7 @@ def _summary(config: TrainConfig, data: PreparedData, status, eval_every: int, t
         "best_step": status.best_step,
         "best_val_auc": best.get("val_auc"),
         "best_val_loss": best.get("val_loss"),
+        "start_val_auc": (status.start_row or {}).get("val_auc"),
         "selected_on": status.selection_metric,
         "auc_undefined": one_class,
         "train_loss": losses[-1] if losses else None,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.progress import ProgressColumn
+from rich.text import Text
 from transformers import TrainerCallback
 
 from tallrec_cli.io import replace_dir
@@ -34,6 +36,7 @@ class TrainingStatus:
     elapsed_before: float = 0.0  # wall seconds spent by earlier sessions of a resumed run
     rows: list[dict] = field(default_factory=list)
     interrupted_at: int | None = None
+    phase: str = ""  # what the progress display shows beside the numbers (e.g. validating)
 
     def improves(self, row: dict) -> bool:
         value = row[self.selection_metric]
@@ -43,10 +46,18 @@ class TrainingStatus:
             return True
         return value > self.best_value if self.selection_metric == "val_auc" else value < self.best_value
 
+    @property
+    def start_row(self) -> dict | None:
+        """The step-0 evaluation of the untrained adapter (= the base model), when one was made."""
+        return next((row for row in self.rows if row["step"] == 0), None)
+
     def record(self, row: dict) -> bool:
-        """Add an evaluation row; True when it is the new best."""
+        """Add an evaluation row; True when it is the new best. The step-0 row is a reference, never a
+        candidate: an untrained adapter is not a result."""
         self.rows.append(row)
         self.last_val_auc = row["val_auc"]
+        if row["step"] == 0:
+            return False
         if self.improves(row):
             self.best_step, self.best_value, self.best_row = row["step"], row[self.selection_metric], row
             self.evals_since_best = 0
@@ -67,13 +78,16 @@ class ValidationCallback(TrainerCallback):
     same `score_prompts` eval uses, AUC and log loss, a metrics.jsonl row, the adapter saved when the
     selection metric improves, early stopping after ``patience`` evaluations without improvement.
 
+    With ``eval_at_start`` a fresh run is first validated at step 0, before any update: the untrained
+    adapter leaves the base model unchanged, so that row says what tuning gained.
+
     A checkpoint is requested at every evaluation so that --resume can rebuild the selection state
     from metrics.jsonl rows up to the checkpoint's step.
     """
 
     def __init__(self, status: TrainingStatus, run_dir: Path, tokenizer, prompts: list[str], labels: list[int],
                  label_tokens: LabelTokens, eval_every: int, patience: int | None, score_mode: str,
-                 eval_batch_size: int, is_main: bool):
+                 eval_batch_size: int, is_main: bool, eval_at_start: bool = False):
         self.status = status
         self.run_dir = run_dir
         self.tokenizer = tokenizer
@@ -85,6 +99,7 @@ class ValidationCallback(TrainerCallback):
         self.score_mode = score_mode
         self.eval_batch_size = eval_batch_size
         self.is_main = is_main
+        self.eval_at_start = eval_at_start
         self.started = time.monotonic()
         self.losses_since_eval: list[float] = []
         self.pending: dict | None = None
@@ -96,15 +111,17 @@ class ValidationCallback(TrainerCallback):
         if self.pending is not None and state.global_step >= self.pending["step"]:
             self._write_pending()
 
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        # Here rather than on_train_begin: the progress display is up by now.
+        if self.eval_at_start and state.global_step == 0 and self.status.start_row is None:
+            self.pending = self._evaluate(model, state)
+            self._write_pending()
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         if step % self.eval_every and step < state.max_steps:
             return
-        scores = score_prompts(model, self.tokenizer, self.prompts, self.label_tokens, mode=self.score_mode,
-                               batch_size=self.eval_batch_size)
-        row = {"step": step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
-               "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
-               "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
+        row = self._evaluate(model, state)
         if self.status.record(row) and self.is_main:
             self._save_adapter(model)
         if self.patience is not None and self.status.evals_since_best >= self.patience:
@@ -115,6 +132,20 @@ class ValidationCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.pending is not None:
             self._write_pending()
+
+    def _evaluate(self, model, state) -> dict:
+        self.status.phase = f"validating on {len(self.prompts)} records"
+        try:
+            scores = score_prompts(model, self.tokenizer, self.prompts, self.label_tokens, mode=self.score_mode,
+                                   batch_size=self.eval_batch_size)
+        finally:
+            self.status.phase = ""
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
+               "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
+               "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
+        if state.global_step == 0:
+            self.status.record(row)
+        return row
 
     def _write_pending(self) -> None:
         row, self.pending = self.pending, None
@@ -176,7 +207,7 @@ class RichProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         from tallrec_cli.console import progress
 
-        self.progress = progress()
+        self.progress = progress(extra_columns=(_PhaseColumn(self.status),))
         self.progress.start()
         self.task = self.progress.add_task("training", total=state.max_steps, completed=state.global_step)
         self.first_step = state.global_step
@@ -197,3 +228,14 @@ class RichProgressCallback(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class _PhaseColumn(ProgressColumn):
+    """``TrainingStatus.phase``, read at every refresh, so a long validation shows while it runs."""
+
+    def __init__(self, status: TrainingStatus):
+        super().__init__()
+        self.status = status
+
+    def render(self, task) -> Text:
+        return Text(self.status.phase, style="cyan")

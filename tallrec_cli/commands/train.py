@@ -110,8 +110,9 @@ def _render_summary(summary: dict[str, Any], console) -> None:
     rows = [("run folder", summary["run_dir"]),
             ("steps", f"{summary['steps']} / {summary['max_steps']}{stopped}"),
             ("best step", str(summary["best_step"])),
-            ("best val AUC", "undefined (one class)" if summary["auc_undefined"] else f"{summary['best_val_auc']:.4f}"),
+            ("best val AUC", _auc_text(summary["best_val_auc"], summary["auc_undefined"])),
             ("best val loss", f"{summary['best_val_loss']:.4f}"),
+            ("val AUC before training", _auc_text(summary["start_val_auc"], summary["auc_undefined"])),
             ("selected on", summary["selected_on"]),
             ("train / valid records", f"{summary['train_records']} / {summary['valid_records']}"),
             ("records with shortened history", str(summary["truncated_records"])),
@@ -119,3 +120,9 @@ def _render_summary(summary: dict[str, Any], console) -> None:
             ("processes", str(summary["processes"])),
             ("wall time", f"{summary['wall_seconds']:.0f} s")]
     console.print(table("training summary", ["", "value"], rows))
+
+
+def _auc_text(value: float | None, undefined: bool) -> str:
+    if undefined:
+        return "undefined (one class)"
+    return "-" if value is None else f"{value:.4f}"
