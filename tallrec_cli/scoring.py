@@ -13,6 +13,7 @@ then only runs its suffixes. Out-of-memory halves the batch and retries.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message))
 
 
+@functools.cache
+def _cache_kwarg() -> str:
+    """transformers 5.2x renamed `past_key_values` (argument and output field) to `cache`; the old name warns
+    and goes away in 5.40."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    return "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+
 class _PrefixCache:
     """Keys/values of the shared prompt prefix, computed once and broadcast to each batch."""
 
@@ -136,7 +147,7 @@ class _PrefixCache:
         from transformers import DynamicCache
 
         output = body(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-        cache = output.past_key_values
+        cache = output.cache if _cache_kwarg() == "cache" else output.past_key_values
         if not isinstance(cache, DynamicCache) or any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
             # Sliding-window or offloaded layers would need their own expansion rules.
             raise ConfigError("this model's key/value cache cannot be shared across a batch",
@@ -180,7 +191,7 @@ def _last_hidden(body, sequences: list[list[int]], pad_id: int, device, prefix: 
         full_mask = torch.cat([torch.ones((rows, prefix.length), dtype=torch.long), attention], dim=1)
         position_ids = (prefix.length + attention.cumsum(-1) - 1).clamp(min=prefix.length)
         output = body(input_ids=input_ids.to(device), attention_mask=full_mask.to(device),
-                      position_ids=position_ids.to(device), past_key_values=prefix.for_batch(rows),
+                      position_ids=position_ids.to(device), **{_cache_kwarg(): prefix.for_batch(rows)},
                       cache_position=torch.arange(prefix.length, prefix.length + width, device=device),
                       use_cache=True)
     return output.last_hidden_state[:, -1]
