@@ -138,7 +138,6 @@ def _cache_kwarg() -> str:
     return "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-
 class _PrefixCache:
     """Keys/values of the shared prompt prefix, computed once and broadcast to each batch."""
 

@@ -90,7 +90,7 @@ class LoraSettings:
 class DataSettings:
     train: str | None = option("data/movielens-latest", help="Training records: a JSONL/JSON file or a dataset folder (its train split).")
     valid: str | None = option(None, help="Validation records: a file or dataset folder; default: the valid split of data.train's folder.")
-    shots: int | None = option(64, help="Few-shot: sample this many training records (null = all).")
+    shots: int | None = option(512, help="Few-shot: sample this many training records (null = all).")
     sample_seed: int = option(0, help="Seed that picks the few-shot subset (separate from training.seed).")
     stratify: bool = option(False, help="Keep the Yes/No ratio when sampling shots.")
     max_valid: int | None = option(128, help="Score at most this many validation records per evaluation (sampled with sample_seed).")
@@ -138,11 +138,11 @@ class LabelSettings:
 
 @dataclass
 class TrainingSettings:
-    epochs: float = option(3.0, help="Passes over the training records (max_steps wins when set).")
+    epochs: float = option(1.0, help="Passes over the training records (max_steps wins when set).")
     max_steps: int | None = option(None, help="Stop after this many optimizer steps (null = epochs decide).")
-    lr: float = option(3e-4, help="Peak learning rate (linear decay after warmup).")
-    batch_size: int = option(8, help="Effective batch (samples per optimizer step, all processes together).")
-    micro_batch_size: int = option(8, help="Samples per forward pass per process; lower it when out of memory.")
+    lr: float = option(1e-3, help="Peak learning rate (linear decay after warmup).")
+    batch_size: int = option(16, help="Effective batch (samples per optimizer step, all processes together).")
+    micro_batch_size: int = option(4, help="Samples per forward pass per process; lower it when out of memory.")
     warmup_steps: int = option(2, help="Linear warmup steps.")
     eval_every: int | str = option(8, help="Validate (and checkpoint) every N steps; auto = TALLRec's rule: 10 for <= 128 records, else records / 128 * 5.")
     patience: int | None = option(None, help="Stop after this many evaluations without improvement (null = never).")

@@ -115,6 +115,7 @@ class ValidationCallback(TrainerCallback):
         # Here rather than on_train_begin: the progress display is up by now.
         if self.eval_at_start and state.global_step == 0 and self.status.start_row is None:
             self.pending = self._evaluate(model, state)
+            self.status.record(self.pending)
             self._write_pending()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -140,12 +141,9 @@ class ValidationCallback(TrainerCallback):
                                    batch_size=self.eval_batch_size)
         finally:
             self.status.phase = ""
-        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
-               "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
-               "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
-        if state.global_step == 0:
-            self.status.record(row)
-        return row
+        return {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
+                "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
+                "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
 
     def _write_pending(self) -> None:
         row, self.pending = self.pending, None
