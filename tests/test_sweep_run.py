@@ -216,7 +216,7 @@ def test_training_change_retrains_but_keeps_the_zero_shot_cell(recipe, dataset, 
     sweep_dir = tmp_path / "sweep"
     sweep.run_sweep(make_spec(recipe, dataset, shots=[0, 4], seeds=[0]), sweep_dir, runner=FakeRunner())
     runner = FakeRunner()
-    sweep.run_sweep(make_spec(recipe, dataset, shots=[0, 4], seeds=[0], overrides=["training.lr=0.001"]), sweep_dir,
+    sweep.run_sweep(make_spec(recipe, dataset, shots=[0, 4], seeds=[0], overrides=["training.lr=0.002"]), sweep_dir,
                     runner=runner, overwrite=True)
     assert runner.trained == ["k4-s0"] and runner.evaluated == ["k4-s0"]
 

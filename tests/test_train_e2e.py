@@ -29,10 +29,12 @@ def test_smollm2_short_run_on_movielens_100k(tmp_path, real_data):
     assert summary["steps"] == 2 and summary["valid_records"] == 48 and summary["train_records"] == 32
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 1, 2]
-    assert all(0.0 <= row["val_auc"] <= 1.0 and row["val_loss"] > 0 and row["train_loss"] > 0 for row in rows)
+    assert all(0.0 <= row["val_auc"] <= 1.0 and row["val_loss"] > 0 for row in rows)
+    assert rows[0]["train_loss"] is None and all(row["train_loss"] > 0 for row in rows[1:])
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["data"]["dataset_manifest_sha256"] and manifest["base_model"]["gguf_sha256"]
     assert manifest["metrics"]["val_auc"] == summary["best_val_auc"]
+    assert manifest["metrics"]["start_val_auc"] == rows[0]["val_auc"] == summary["start_val_auc"]
 
     base = load_model(resolve_model_source("smollm2-135m"), dtype="float32")
     model = PeftModel.from_pretrained(base, run / "adapter")
