@@ -82,6 +82,13 @@ def test_qlora_4bit_trains_on_cpu(tmp_path, data_dir):
     assert all(t.abs().sum() > 0 for k, t in _lora_b(run / "adapter").items() if "lora_B" in k)
 
 
+def test_eval_at_start_can_be_switched_off(tmp_path, tiny_model_dir, data_dir):
+    run = tmp_path / "run"
+    summary = run_training(tiny_config(tiny_model_dir, data_dir, run, training__eval_at_start=False))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 4] and summary["start_val_auc"] is None
+
+
 def test_early_stopping_on_validation(tmp_path, tiny_model_dir, data_dir):
     # A learning rate this small leaves P(yes) unchanged, so AUC never improves after the first evaluation.
     summary = run_training(tiny_config(tiny_model_dir, data_dir, tmp_path / "run", training__lr=1e-9,
