@@ -6,8 +6,9 @@
 Baseline = TALLRec's finetune_rec.py on this hardware: transformers Trainer, fp32, batches padded to the
 longest record in random order, loss on the whole sequence. tallrec = trl SFTTrainer with bf16 (where the
 CPU has AVX512-BF16), length-grouped batches, the compact LM head (tallrec_cli/lm_head.py: on CPU only labelled
-positions are projected onto the vocabulary), with answer-only and with full-sequence loss. Both see every record exactly once
-(records = steps * batch); only the training loop is timed (model loading and validation are not).
+positions are projected onto the vocabulary), with answer-only and with full-sequence loss. Both see every
+record exactly once (records = steps * batch); only the training loop is timed (model loading and validation
+are not).
 Prints a markdown table.
 """
 
