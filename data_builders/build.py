@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +103,13 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
     with staged_dir(config.output, overwrite=config.overwrite) as staging:
         interactions = read_source(config, report, on_progress)
         examples = make_examples(interactions, config.like_threshold, config.history_len, config.min_history,
-                                 config.max_records, config.split, config.split_ratios, config.seed)
+                                 config.max_records, config.split, config.split_ratios, config.seed,
+                                 config.split_last)
         if examples.repeats_dropped:
             report.note(f"{examples.repeats_dropped} repeated (user, item, time) ratings dropped (the last is kept)")
         _check_examples(examples, config)
+        if Path(config.template).suffix:  # a custom template file travels with the records it rendered
+            shutil.copyfile(config.template, staging / "template.yaml")
         renderer = Renderer(examples, template, config.domain, config.seed)
         advance = on_progress and _counter(on_progress, "records", len(examples.target))
         files = {}

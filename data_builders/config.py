@@ -8,7 +8,7 @@ from pathlib import Path
 from tallrec_cli.config import option
 
 SOURCES = ("movielens-100k", "movielens-1m", "movielens-latest", "bookcrossing", "amazon", "csv")
-SPLITS = ("tallrec", "leave-last-out", "temporal", "user")
+SPLITS = ("tallrec", "leave-last-out", "last-n", "temporal", "user")
 FORMATS = ("jsonl", "tallrec-json")
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -37,8 +37,10 @@ class BuildConfig:
     format: str = option("jsonl", "jsonl (records with metadata) or tallrec-json (TALLRec's JSON arrays)",
                          choices=FORMATS)
     split: str = option("tallrec", "tallrec: by position 80/10/10 like TALLRec; leave-last-out: each user's last "
-                        "record to test, second last to valid; temporal: by time quantiles; user: random users",
-                        choices=SPLITS)
+                        "record to test, second last to valid; last-n: each user's last `split_last` records to "
+                        "test and the `split_last` before them to valid (many users, per-user AUC); temporal: by "
+                        "time quantiles; user: random users", choices=SPLITS)
+    split_last: int = option(5, "records per user in test, and in valid, for the last-n split")
     split_ratios: list[float] = option([0.8, 0.1, 0.1], "train/valid/test fractions (tallrec, temporal, user)")
     history_len: int = option(10, "previous interactions shown per record")
     min_history: int | None = option(
@@ -65,6 +67,8 @@ class BuildConfig:
             problems.append("history_len: must be at least 1")
         if self.min_history is not None and not 0 <= self.min_history <= self.history_len:
             problems.append("min_history: must be between 0 and history_len")
+        if self.split_last < 1:
+            problems.append("split_last: must be at least 1")
         if self.max_records is not None and self.max_records < 1:
             problems.append("max_records: must be at least 1 (null for all records)")
         if len(self.split_ratios) != 3 or any(r < 0 for r in self.split_ratios) or \

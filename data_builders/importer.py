@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from data_builders.dataset import read_records, write_tallrec_json
+from data_builders.structure import has_structure, parse_input
+from data_builders.templates import Template, load_template, template_names
 from tallrec_cli.errors import ConfigError, DataError
 from tallrec_cli.io import sha256_file, staged_dir, write_jsonl_atomic, write_manifest
 
@@ -26,20 +28,27 @@ def import_tallrec(paths: list[str | os.PathLike], output: str | os.PathLike, fm
         if path.suffix != ".json":
             raise DataError(f"{path} is not a TALLRec .json file", "pass TALLRec's JSON arrays, e.g. valid.json")
     splits = {}
+    # TALLRec's own templates first: paraphrase sets repeat their wording as variant 0
+    templates = [load_template(name) for name in sorted(template_names(), key=lambda n: not n.startswith("tallrec-"))]
     with staged_dir(output, overwrite=overwrite) as staging:
         for path in files:
-            records = read_records(path)
+            records = [_with_structure(record, templates) for record in read_records(path)]
+            parsed = sum(has_structure(record) for record in records)
             name = f"{path.stem}.jsonl" if fmt == "jsonl" else f"{path.stem}.json"
             if fmt == "jsonl":
                 write_jsonl_atomic(staging / name, records)
             else:
                 write_tallrec_json(staging / name, records)
             positives = sum(r["label"] for r in records)
-            splits[path.stem] = {"records": len(records), "positives": positives,
+            splits[path.stem] = {"records": len(records), "positives": positives, "structured": parsed,
                                  "negatives": len(records) - positives,
                                  "positive_rate": round(positives / len(records), 6) if records else None}
         payload = {
             "source": "tallrec-json",
+            "structure": "history, target_title and template parsed from each input at import and checked by "
+                         "re-rendering (liked then disliked, as TALLRec printed them: time order lost); "
+                         "records that did not re-render exactly carry none (counted per split as "
+                         "records - structured)",
             "source_files": [{"path": str(p.resolve()), "sha256": sha256_file(p), "bytes": p.stat().st_size}
                              for p in files],
             "format": fmt,
@@ -49,3 +58,9 @@ def import_tallrec(paths: list[str | os.PathLike], output: str | os.PathLike, fm
         }
         write_manifest(staging, "dataset", payload)
     return payload
+
+
+def _with_structure(record: dict, templates: list[Template]) -> dict:
+    if has_structure(record):
+        return record
+    return {**record, **(parse_input(record, templates) or {})}

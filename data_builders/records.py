@@ -75,19 +75,21 @@ def order_interactions(interactions: Interactions) -> tuple[np.ndarray, np.ndarr
 
 
 def assign_splits(users: np.ndarray, timestamps: np.ndarray | None, strategy: str, ratios: list[float],
-                  seed: int) -> np.ndarray:
-    """0/1/2 (train/valid/test) per record; records come grouped by user, in time order within a user."""
+                  seed: int, last: int = 5) -> np.ndarray:
+    """0/1/2 (train/valid/test) per record; records come grouped by user, in time order within a user.
+    ``last``: records per user in test, and in valid before them, for the ``last-n`` strategy."""
     count = len(users)
     codes = np.zeros(count, dtype=np.int8)
     cuts = np.cumsum(ratios)[:2]
     if strategy == "tallrec":
         first, second = (int(count * cut) for cut in cuts)
         codes[first:second], codes[second:] = 1, 2
-    elif strategy == "leave-last-out":
+    elif strategy in ("leave-last-out", "last-n"):
         group_end = np.flatnonzero(np.r_[users[1:] != users[:-1], True])
         ends = np.repeat(group_end, np.diff(np.r_[-1, group_end]))
         from_end = ends - np.arange(count)
-        codes[from_end == 1], codes[from_end == 0] = 1, 2
+        held = 1 if strategy == "leave-last-out" else last
+        codes[(from_end >= held) & (from_end < 2 * held)], codes[from_end < held] = 1, 2
     elif strategy == "temporal":
         if timestamps is None:
             raise ConfigError("the temporal split needs timestamps and this source has none",
@@ -104,12 +106,12 @@ def assign_splits(users: np.ndarray, timestamps: np.ndarray | None, strategy: st
         split_of_user[shuffled[first:second]], split_of_user[shuffled[second:]] = 1, 2
         codes = split_of_user[users]
     else:
-        raise ConfigError(f"unknown split '{strategy}'", "use tallrec, leave-last-out, temporal or user")
+        raise ConfigError(f"unknown split '{strategy}'", "use tallrec, leave-last-out, last-n, temporal or user")
     return codes
 
 
 def make_examples(interactions: Interactions, like_threshold: float, history_len: int, min_history: int,
-                  max_records: int | None, split: str, ratios: list[float], seed: int) -> Examples:
+                  max_records: int | None, split: str, ratios: list[float], seed: int, split_last: int = 5) -> Examples:
     order, position, repeats = order_interactions(interactions)
     target = np.flatnonzero(position >= min_history)
     if max_records is not None:
@@ -120,7 +122,7 @@ def make_examples(interactions: Interactions, like_threshold: float, history_len
         interactions=interactions, order=order, position=position,
         liked=interactions.rating[order] > like_threshold, target=target,
         history_len=np.minimum(position[target], history_len),
-        split=assign_splits(interactions.user_code[rows], times, split, ratios, seed), repeats_dropped=repeats,
+        split=assign_splits(interactions.user_code[rows], times, split, ratios, seed, split_last), repeats_dropped=repeats,
     )
 
 
@@ -148,27 +150,30 @@ class Renderer:
         """The records of one split in record order: TALLRec's three parts, then metadata."""
         examples, template, liked, items = self.examples, self.template, self.liked, self.items
         user_ids, item_ids = examples.interactions.user_ids, examples.interactions.item_ids
-        join, history_text = template.separator.join, self.history_text
+        titles, history_text = examples.interactions.item_text, self.history_text
         chosen = np.flatnonzero(examples.split == split_code)
         for count, index in enumerate(chosen.tolist(), start=1):
             row = int(examples.target[index]) - self.base
             start = row - int(examples.history_len[index])
             history = range(start, row)
-            variant = template.variants[self.variant_of[index]]
+            variant = int(self.variant_of[index])
             label = int(liked[row])
             yield {
-                "instruction": variant["instruction"],
-                "input": variant["input"].format(
-                    liked=join([history_text[items[h]] for h in history if liked[h]]),
-                    disliked=join([history_text[items[h]] for h in history if not liked[h]]),
-                    target=self.target_text[items[row]]),
+                "instruction": template.variants[variant]["instruction"],
+                "input": template.fill_input(
+                    variant, [history_text[items[h]] for h in history if liked[h]],
+                    [history_text[items[h]] for h in history if not liked[h]], self.target_text[items[row]]),
                 "output": template.output(label),
                 "id": f"{user_ids[self.users[row]]}:{self.positions[row]}",
                 "user_id": user_ids[self.users[row]],
                 "item_id": item_ids[items[row]],
                 "label": label,
                 "timestamp": None if self.timestamps is None else self.timestamps[row],
-                "history_item_ids": [item_ids[items[h]] for h in history],
+                "history": [{"item_id": item_ids[items[h]], "title": titles[items[h]], "liked": bool(liked[h])}
+                            for h in history],
+                "target_title": titles[items[row]],
+                "template": template.name,
+                "variant": variant,
                 "domain": self.domain,
             }
             if on_progress and count % chunk == 0:

@@ -28,7 +28,7 @@ def dataset_stats(dataset_dir: str | os.PathLike, tokenizer=None) -> list[dict[s
     for split in splits:
         records = load_split(folder, split)
         chars = np.array([len(prompt_text(r)) for r in records])
-        histories = [len(r["history_item_ids"]) for r in records if "history_item_ids" in r]
+        histories = [len(r["history"]) for r in records if r.get("history") is not None]
         row = {
             "split": split,
             "records": len(records),

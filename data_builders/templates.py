@@ -30,6 +30,11 @@ class Template:
     def output(self, label: int) -> str:
         return self.yes if label else self.no
 
+    def fill_input(self, variant: int, liked: list[str], disliked: list[str], target: str) -> str:
+        """The input text from already wrapped item texts (see ``structure.render_input`` for titles)."""
+        return self.variants[variant]["input"].format(
+            liked=self.separator.join(liked), disliked=self.separator.join(disliked), target=target)
+
 
 def template_names() -> list[str]:
     return sorted(path.stem for path in TEMPLATES_DIR.glob("*.yaml"))

@@ -1,131 +1,182 @@
-"""Classic baselines fitted on exactly the few-shot records an LLM cell trains on.
+"""Reference scorers a tuned model must beat, behind one interface: ``fit(train records)``, then
+``score(records)`` -> P(like) per record. They read the structure records carry (``history``,
+``target_title``, ``user_id``, ``item_id``), never the prompt text.
 
-TALLRec compares against sequential recommenders that stay near AUC 0.5 with 16-256 samples; these
-two cheap baselines give a sweep the same kind of reference row, computed on identical records.
+- ``history-share``: the share of liked items in the record's own history, (liked + 1) / (n + 2). No
+  training. On TALLRec's movie test it beats TALLRec-7B's published 256-shot AUC.
+- ``popularity``: smoothed like-rate of the target item, counting its labelled occurrences as a
+  training target and its mentions in training histories.
+- ``logreg``: logistic regression on one-hot user / item / liked-history / disliked-history / target
+  (and target-title word) features; the few-shot reference TALLRec used.
+- ``bias``: mu + b_user + b_item, a logistic regression on one-hot user and item (L2): the classic
+  bias-only collaborative model, hard to beat on MovieLens.
+- ``gbdt``: scikit-learn's ``HistGradientBoostingClassifier`` on user and item like-rates and counts
+  (ordered statistics inside training: a training row sees only earlier rows), history share, the
+  like-share of the three most recent history items, the mean like-rate of the history's items, and
+  the target's age in days since its first training rating.
+- ``mf``: logistic matrix factorisation (biases + 32 factors, torch, AdamW) of the training split's
+  user x item like matrix.
 
-Item keys. Metadata records (``tallrec data build``) carry ``user_id``, ``item_id`` and
-``history_item_ids``, but the liked / disliked split of the history exists only in the prompt text.
-So both baselines also parse the prompt: the quoted titles on the "User Preference:" and
-"User Unpreference:" lines and the target after "the target <movie|book|item>". A title key is the
-text with double quotes removed, which makes the TALLRec movie (``"Title"``) and book
-(``"Title" written by Author``, target wrapped in one more pair of quotes) forms match between
-history and target. Records imported from TALLRec JSON have no metadata: they are described by
-these parsed titles alone (the ``features`` field of the result says which features were used).
-
-- Popularity: smoothed positive rate of the target item,
-  ``(positives + smoothing * global_rate) / (occurrences + smoothing)``. Evidence per item: its
-  labelled occurrences as a training target, plus its mentions in training histories (a liked
-  mention counts as a positive, a disliked one as a negative). With 16 records almost no test
-  target appears as a training target, so the history mentions carry most of the signal. Items
-  are keyed by parsed title, else by ``item_id``; unseen items get the global rate.
-- LogReg: scikit-learn logistic regression (C=1) on one-hot features: ``user=<id>``,
-  ``item=<id>``, ``hist=<id>`` per history item (metadata), ``liked=<title>`` /
-  ``disliked=<title>`` / ``target=<title>`` and the target title's lower-cased words (parsed text).
-  The vocabulary is the features seen in the training sample: a feature met only at test time would
-  get no weight anyway, and exact one-hot columns avoid hashing collisions.
-  A single-class training sample cannot fit a classifier: every test record then gets the
-  training positive rate (AUC 0.5) and ``note`` says so.
+Items are keyed by ``item_id``, else by title (TALLRec's imported JSON has titles only); users by
+``user_id``. Users and items absent from training are cold: their statistics fall back to the
+training prior, and ``info()`` counts them.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from tallrec_cli.metrics import safe_auc
+from tallrec_cli.errors import ConfigError, DataError
+from tallrec_cli.metrics import compute_metrics, safe_auc
 
-BASELINE_NAMES = ("Popularity", "LogReg")
-_PREFERENCE = re.compile(r"^\s*User Preference:(.*)$", re.M)
-_UNPREFERENCE = re.compile(r"^\s*User Unpreference:(.*)$", re.M)
-_TARGET = re.compile(r"the target \w+ (.+?)\?\s*$", re.S)
-_ITEM_SPLIT = re.compile(r',\s*(?=")')  # items start with a quote; titles with ', "' inside are rare
-_WORD = re.compile(r"[a-z0-9]+")
+PRIOR_WEIGHT = 5.0  # pseudo-ratings at the training mean that shrink small user/item counts
+RECENT = 3  # history items that count as "recent"
 
 
-def _title_key(text: str) -> str:
-    return " ".join(text.replace('"', "").split())
-
-
-def _titles(line_match: re.Match | None) -> list[str]:
-    if line_match is None:
-        return []
-    return [key for key in (_title_key(part) for part in _ITEM_SPLIT.split(line_match.group(1))) if key]
-
-
-def parse_prompt_items(record: dict) -> dict[str, Any]:
-    """Liked / disliked history titles and the target title from a TALLRec-style input text."""
-    text = record.get("input", "") or ""
-    target = _TARGET.search(text.splitlines()[-1] if text.strip() else "")
-    return {
-        "liked": _titles(_PREFERENCE.search(text)),
-        "disliked": _titles(_UNPREFERENCE.search(text)),
-        "target": _title_key(target.group(1)) if target else None,
-    }
-
-
-def _target_key(record: dict, parsed: dict) -> str | None:
-    if parsed["target"]:
-        return "title:" + parsed["target"]
-    return None if record.get("item_id") is None else f"id:{record['item_id']}"
-
-
-def popularity_scores(train_records: Sequence[dict], test_records: Sequence[dict],
-                      smoothing: float = 1.0) -> np.ndarray:
-    """Smoothed positive rate of each test record's target item (see the module doc for the evidence)."""
-    positives: dict[str, float] = defaultdict(float)
-    occurrences: dict[str, float] = defaultdict(float)
-    for record in train_records:
-        parsed = parse_prompt_items(record)
-        key = _target_key(record, parsed)
-        if key is not None:
-            positives[key] += int(record["label"])
-            occurrences[key] += 1
-        for title in parsed["liked"]:
-            positives["title:" + title] += 1
-            occurrences["title:" + title] += 1
-        for title in parsed["disliked"]:
-            occurrences["title:" + title] += 1
-    total = sum(occurrences.values())
-    if total:
-        global_rate = sum(positives.values()) / total
-    else:
-        global_rate = float(np.mean([int(r["label"]) for r in train_records])) if train_records else 0.5
-    scores = np.empty(len(test_records), dtype=np.float64)
-    for index, record in enumerate(test_records):
-        key = _target_key(record, parse_prompt_items(record))
-        count = occurrences.get(key, 0.0)
-        scores[index] = (positives.get(key, 0.0) + smoothing * global_rate) / (count + smoothing)
-    return scores
-
-
-def record_features(record: dict) -> tuple[list[str], set[str]]:
-    """Feature strings of one record, and the feature families that were available."""
-    features: list[str] = []
-    families: set[str] = set()
-    if record.get("user_id") is not None:
-        features.append(f"user={record['user_id']}")
-        families.add("user_id")
+def item_key(record: dict) -> str | None:
     if record.get("item_id") is not None:
-        features.append(f"item={record['item_id']}")
-        families.add("item_id")
-    history_ids = record.get("history_item_ids") or []
-    if history_ids:
-        features.extend(f"hist={item}" for item in history_ids)
-        families.add("history_item_ids")
-    parsed = parse_prompt_items(record)
-    if parsed["liked"] or parsed["disliked"]:
-        features.extend(f"liked={title}" for title in parsed["liked"])
-        features.extend(f"disliked={title}" for title in parsed["disliked"])
-        families.add("history titles (text)")
-    if parsed["target"]:
-        features.append(f"target={parsed['target']}")
-        features.extend(f"word={word}" for word in set(_WORD.findall(parsed["target"].lower())))
-        families.add("target title (text)")
-    return features, families
+        return f"id:{record['item_id']}"
+    return None if record.get("target_title") is None else f"title:{record['target_title']}"
+
+
+def history_key(item: dict) -> str:
+    return f"id:{item['item_id']}" if item.get("item_id") is not None else f"title:{item['title']}"
+
+
+def user_key(record: dict) -> str | None:
+    return None if record.get("user_id") is None else str(record["user_id"])
+
+
+def labels_of(records: Sequence[dict]) -> np.ndarray:
+    return np.array([int(record["label"]) for record in records], dtype=np.int64)
+
+
+def require_structure(records: Sequence[dict], what: str) -> None:
+    missing = sum(record.get("history") is None or record.get("target_title") is None for record in records)
+    if missing:
+        raise DataError(f"{what}: {missing} of {len(records)} records carry no history structure",
+                        "build them with `tallrec data build` or `tallrec data import` (which store history, "
+                        "target_title and template beside the prompt)")
+
+
+class Baseline:
+    """A reference scorer. ``needs_train``: ``fit`` needs labelled training records."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    needs_train: ClassVar[bool] = True
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.notes: list[str] = []
+        self.cold: dict[str, int] = {}
+        self.train_size = 0
+
+    def fit(self, train: Sequence[dict]) -> Baseline:
+        require_structure(train, f"{self.name} training records")
+        self.train_size = len(train)
+        self._fit(list(train))
+        return self
+
+    def score(self, records: Sequence[dict]) -> np.ndarray:
+        require_structure(records, f"{self.name} scoring")
+        return np.asarray(self._score(list(records)), dtype=np.float64)
+
+    def info(self) -> dict[str, Any]:
+        return {"baseline": self.name, "label": self.label, "train_records": self.train_size,
+                "cold": self.cold, "notes": self.notes}
+
+    def _fit(self, train: list[dict]) -> None:
+        pass
+
+    def _score(self, records: list[dict]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class HistoryShare(Baseline):
+    name, label, needs_train = "history-share", "History share", False
+
+    def _score(self, records: list[dict]) -> np.ndarray:
+        return np.array([history_share(record["history"]) for record in records])
+
+
+def history_share(items: Sequence[dict]) -> float:
+    liked = sum(bool(item["liked"]) for item in items)
+    return (liked + 1) / (len(items) + 2)
+
+
+class RateTable:
+    """Like counts per key from training. Training rows read *ordered* statistics (only rows before
+    them in time, CatBoost's ordered target statistics): leave-one-out rates are anti-correlated with a
+    row's own label, which a tree model learns and then loses on every test set."""
+
+    def __init__(self, keys: Sequence[str | None], labels: np.ndarray, prior: float):
+        self.positives: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, float] = defaultdict(float)
+        for key, label in zip(keys, labels.tolist()):
+            if key is not None:
+                self.positives[key] += label
+                self.counts[key] += 1
+        self.prior = prior
+
+    def _smooth(self, positives: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return (positives + PRIOR_WEIGHT * self.prior) / (counts + PRIOR_WEIGHT)
+
+    def read(self, keys: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Smoothed like-rate and count per key over all of training (for records scored later)."""
+        positives = np.array([self.positives.get(key, 0.0) if key is not None else 0.0 for key in keys])
+        counts = np.array([self.counts.get(key, 0.0) if key is not None else 0.0 for key in keys])
+        return self._smooth(positives, counts), counts
+
+    def ordered(self, keys: Sequence[str | None], labels: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rate and count per training row from the rows before it in ``order``."""
+        positives, counts = np.zeros(len(keys)), np.zeros(len(keys))
+        seen_positives: dict[str, float] = defaultdict(float)
+        seen: dict[str, float] = defaultdict(float)
+        for row in order.tolist():
+            key = keys[row]
+            if key is None:
+                continue
+            positives[row], counts[row] = seen_positives[key], seen[key]
+            seen_positives[key] += labels[row]
+            seen[key] += 1
+        return self._smooth(positives, counts), counts
+
+    def known(self, key: str | None) -> bool:
+        return key is not None and key in self.counts
+
+
+def _cold_counts(records: Sequence[dict], users: RateTable | None, items: RateTable) -> dict[str, int]:
+    cold = {"records": len(records),
+            "cold_items": len({item_key(r) for r in records if not items.known(item_key(r))}),
+            "records_with_cold_item": sum(not items.known(item_key(r)) for r in records)}
+    if users is not None:
+        cold.update(cold_users=len({user_key(r) for r in records if not users.known(user_key(r))}),
+                    records_with_cold_user=sum(not users.known(user_key(r)) for r in records))
+    return cold
+
+
+class Popularity(Baseline):
+    name, label = "popularity", "Popularity"
+
+    def _fit(self, train: list[dict]) -> None:
+        keys, labels = [], []
+        for record in train:
+            keys.append(item_key(record))
+            labels.append(int(record["label"]))
+            for item in record["history"]:
+                keys.append(history_key(item))
+                labels.append(int(item["liked"]))
+        labels = np.asarray(labels, dtype=np.float64)
+        self.items = RateTable(keys, labels, float(labels.mean()) if labels.size else 0.5)
+
+    def _score(self, records: list[dict]) -> np.ndarray:
+        self.cold = _cold_counts(records, None, self.items)
+        return self.items.read([item_key(record) for record in records])[0]
 
 
 def _one_hot(rows: Sequence[list[str]], vocabulary: dict[str, int]):
@@ -141,34 +192,208 @@ def _one_hot(rows: Sequence[list[str]], vocabulary: dict[str, int]):
                       shape=(len(rows), max(len(vocabulary), 1)))
 
 
-def logistic_regression_scores(train_records: Sequence[dict], test_records: Sequence[dict],
-                               seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-    """P(like) from a logistic regression on one-hot user / item / history features, and what it used."""
-    from sklearn.linear_model import LogisticRegression
+class OneHotLogistic(Baseline):
+    """Logistic regression over the one-hot features ``_features`` names; a single-class training set
+    gets its positive rate for every record (noted)."""
 
-    train_features = [record_features(record) for record in train_records]
-    families = sorted(set().union(*(found for _, found in train_features)))
-    labels = np.array([int(record["label"]) for record in train_records])
-    info: dict[str, Any] = {"features": families}
-    if np.unique(labels).size < 2:
-        rate = float(labels.mean()) if labels.size else 0.5
-        info["note"] = "single-class training sample: constant score"
-        return np.full(len(test_records), rate), info
-    vocabulary = {name: index for index, name in enumerate(sorted({f for features, _ in train_features for f in features}))}
-    model = LogisticRegression(C=1.0, solver="liblinear", max_iter=1000, random_state=seed)
-    model.fit(_one_hot([features for features, _ in train_features], vocabulary), labels)
-    test_matrix = _one_hot([record_features(record)[0] for record in test_records], vocabulary)
-    return model.predict_proba(test_matrix)[:, 1], info
+    C: ClassVar[float] = 1.0
+
+    def _features(self, record: dict) -> list[str]:
+        raise NotImplementedError
+
+    def _fit(self, train: list[dict]) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        labels = labels_of(train)
+        self.constant = None
+        if np.unique(labels).size < 2:
+            self.constant = float(labels.mean()) if labels.size else 0.5
+            self.notes.append("single-class training sample: constant score")
+            return
+        rows = [self._features(record) for record in train]
+        self.vocabulary = {name: index for index, name in enumerate(sorted({f for row in rows for f in row}))}
+        self.model = LogisticRegression(C=self.C, solver="liblinear", max_iter=1000, random_state=self.seed)
+        self.model.fit(_one_hot(rows, self.vocabulary), labels)
+
+    def _score(self, records: list[dict]) -> np.ndarray:
+        if self.constant is not None:
+            return np.full(len(records), self.constant)
+        matrix = _one_hot([self._features(record) for record in records], self.vocabulary)
+        return self.model.predict_proba(matrix)[:, 1]
 
 
-def evaluate_baselines(train_records: Sequence[dict], test_records: Sequence[dict],
-                       seed: int = 0) -> dict[str, dict[str, Any]]:
-    """AUC of every baseline on ``test_records`` after fitting on ``train_records``."""
-    labels = [int(record["label"]) for record in test_records]
-    base = {"n": len(labels), "positives": int(sum(labels))}
-    popularity = popularity_scores(train_records, test_records)
-    logreg, info = logistic_regression_scores(train_records, test_records, seed)
-    return {
-        "Popularity": {**base, "auc": safe_auc(labels, popularity)},
-        "LogReg": {**base, "auc": safe_auc(labels, logreg), **info},
-    }
+class LogReg(OneHotLogistic):
+    name, label = "logreg", "LogReg"
+
+    def _features(self, record: dict) -> list[str]:
+        features = [f"target={item_key(record)}"]
+        features.extend(f"word={word}" for word in set(str(record["target_title"]).lower().split()))
+        if record.get("user_id") is not None:
+            features.append(f"user={record['user_id']}")
+        features.extend(("liked=" if item["liked"] else "disliked=") + history_key(item) for item in record["history"])
+        return features
+
+
+class Bias(OneHotLogistic):
+    name, label = "bias", "Bias (user+item)"
+
+    def _features(self, record: dict) -> list[str]:
+        user = user_key(record)
+        return [f"item={item_key(record)}"] + ([f"user={user}"] if user is not None else [])
+
+
+GBDT_FEATURES = ("user_rate", "user_count", "item_rate", "item_count", "history_share", "history_len",
+                 "recent_share", "history_item_rate", "item_age_days")
+
+
+class GradientBoosting(Baseline):
+    name, label = "gbdt", "GBDT"
+
+    def _fit(self, train: list[dict]) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        labels = labels_of(train).astype(np.float64)
+        prior = float(labels.mean()) if labels.size else 0.5
+        self.users = RateTable([user_key(r) for r in train], labels, prior)
+        self.items = RateTable([item_key(r) for r in train], labels, prior)
+        self.first_seen: dict[str, int] = {}
+        for record in train:
+            if record.get("timestamp") is not None:
+                key = item_key(record)
+                self.first_seen[key] = min(self.first_seen.get(key, record["timestamp"]), record["timestamp"])
+        self.model = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, random_state=self.seed)
+        # time order where records have times (stable: record order breaks ties and stands in without them)
+        order = np.argsort([r.get("timestamp") or 0 for r in train], kind="stable")
+        matrix = self.features(train, (labels, order))
+        # a feature the source cannot give (no timestamps: no item age) is all missing: left out
+        self.usable = ~np.all(np.isnan(matrix), axis=0)
+        self.notes.append("features: " + ", ".join(np.asarray(GBDT_FEATURES)[self.usable]))
+        self.model.fit(matrix[:, self.usable], labels.astype(np.int64))
+
+    def features(self, records: Sequence[dict], training: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """One row of GBDT_FEATURES per record, from training statistics only. ``training`` (labels, time
+        order) marks the training rows themselves: their user/item rates are ordered statistics."""
+        users, items = [user_key(r) for r in records], [item_key(r) for r in records]
+        if training is None:
+            (user_rate, user_count), (item_rate, item_count) = self.users.read(users), self.items.read(items)
+        else:
+            (user_rate, user_count), (item_rate, item_count) = (self.users.ordered(users, *training),
+                                                                self.items.ordered(items, *training))
+        rows = []
+        for record in records:
+            history = record["history"]
+            recent = history[-RECENT:]
+            seen = self.first_seen.get(item_key(record))
+            stamp = record.get("timestamp")
+            rows.append([
+                history_share(history), len(history),
+                (sum(i["liked"] for i in recent) + 1) / (len(recent) + 2),
+                float(np.mean(self.items.read([history_key(i) for i in history])[0])) if history else np.nan,
+                (stamp - seen) / 86400 if seen is not None and stamp is not None else np.nan,
+            ])
+        return np.column_stack([user_rate, user_count, item_rate, item_count, np.asarray(rows, dtype=np.float64)])
+
+    def _score(self, records: list[dict]) -> np.ndarray:
+        self.cold = _cold_counts(records, self.users, self.items)
+        return self.model.predict_proba(self.features(records)[:, self.usable])[:, 1]
+
+
+class MatrixFactorization(Baseline):
+    name, label = "mf", "MF"
+    factors, epochs, weight_decay = 32, 60, 0.05
+
+    def _fit(self, train: list[dict]) -> None:
+        import torch
+
+        self.user_index = {key: i for i, key in enumerate(dict.fromkeys(user_key(r) for r in train)) if key is not None}
+        self.item_index = {key: i for i, key in enumerate(dict.fromkeys(item_key(r) for r in train))}
+        users, items = self._indices(train)
+        labels = torch.tensor(labels_of(train), dtype=torch.float32)
+        generator = torch.Generator().manual_seed(self.seed)
+        # one extra zero row for cold users/items: never in a training batch, so it stays zero
+        self.user_factors = torch.nn.Parameter(
+            torch.cat([torch.randn(len(self.user_index), self.factors, generator=generator) * 0.01,
+                       torch.zeros(1, self.factors)]))
+        self.item_factors = torch.nn.Parameter(
+            torch.cat([torch.randn(len(self.item_index), self.factors, generator=generator) * 0.01,
+                       torch.zeros(1, self.factors)]))
+        self.user_bias = torch.nn.Parameter(torch.zeros(len(self.user_index) + 1))
+        self.item_bias = torch.nn.Parameter(torch.zeros(len(self.item_index) + 1))
+        rate = float(labels.mean()) if len(labels) else 0.5
+        self.global_bias = torch.nn.Parameter(torch.tensor(float(np.log(rate / (1 - rate))) if 0 < rate < 1 else 0.0))
+        parameters = [self.user_factors, self.item_factors, self.user_bias, self.item_bias, self.global_bias]
+        optimizer = torch.optim.AdamW(parameters, lr=0.05, weight_decay=0.0)
+        for _ in range(self.epochs):
+            optimizer.zero_grad()
+            logits = self._logits(users, items)
+            # L2 on the rows in use only, scaled per rating like the usual MF objective
+            penalty = (self.user_factors[users].pow(2).sum(1) + self.item_factors[items].pow(2).sum(1)).mean()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels) + self.weight_decay * penalty
+            loss.backward()
+            optimizer.step()
+
+    def _indices(self, records: Sequence[dict]):
+        import torch
+
+        users = [self.user_index.get(user_key(r), len(self.user_index)) for r in records]
+        items = [self.item_index.get(item_key(r), len(self.item_index)) for r in records]
+        return torch.tensor(users), torch.tensor(items)
+
+    def _logits(self, users, items):
+        return (self.global_bias + self.user_bias[users] + self.item_bias[items]
+                + (self.user_factors[users] * self.item_factors[items]).sum(1))
+
+    def _score(self, records: list[dict]) -> np.ndarray:
+        import torch
+
+        self.cold = {"records": len(records),
+                     "records_with_cold_user": sum(user_key(r) not in self.user_index for r in records),
+                     "records_with_cold_item": sum(item_key(r) not in self.item_index for r in records)}
+        with torch.no_grad():
+            return torch.sigmoid(self._logits(*self._indices(records))).numpy()
+
+
+BASELINES: dict[str, type[Baseline]] = {cls.name: cls for cls in (
+    HistoryShare, Popularity, LogReg, Bias, GradientBoosting, MatrixFactorization)}
+FEW_SHOT_BASELINES = ("popularity", "logreg")  # fitted on the same samples as a LoRA cell
+FULL_DATA_REFERENCES = ("history-share", "gbdt")  # shown beside every sweep
+
+
+def make_baseline(name: str, seed: int = 0) -> Baseline:
+    if name not in BASELINES:
+        raise ConfigError(f"unknown baseline {name!r}", f"use one of {', '.join(BASELINES)}")
+    return BASELINES[name](seed)
+
+
+def check_baseline_names(names: Sequence[str], has_train: bool) -> list[str]:
+    """Problems with the requested baselines before any work (unknown names, training data missing)."""
+    problems = [f"unknown baseline {name!r} (use {', '.join(BASELINES)})" for name in names if name not in BASELINES]
+    needing = [name for name in names if name in BASELINES and BASELINES[name].needs_train]
+    if needing and not has_train:
+        problems.append(f"{', '.join(needing)} need training records: pass --train DATASET (a dataset folder or "
+                        "records file; its train split is used)")
+    return problems
+
+
+def fit_and_score(name: str, train: Sequence[dict] | None, records: Sequence[dict],
+                  seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    baseline = make_baseline(name, seed)
+    if baseline.needs_train:
+        if not train:
+            raise ConfigError(f"baseline {name} needs training records", "pass --train DATASET")
+        baseline.fit(train)
+    return baseline.score(records), baseline.info()
+
+
+def evaluate_baselines(train_records: Sequence[dict], test_records: Sequence[dict], seed: int = 0,
+                       names: Sequence[str] = FEW_SHOT_BASELINES) -> dict[str, dict[str, Any]]:
+    """AUC and GAUC of each baseline on ``test_records`` after fitting on ``train_records``, by label."""
+    labels = labels_of(test_records)
+    users = [r.get("user_id") for r in test_records] if all(r.get("user_id") is not None for r in test_records) else None
+    results = {}
+    for name in names:
+        scores, info = fit_and_score(name, train_records, test_records, seed)
+        metrics = compute_metrics(labels, scores, users, resamples=0)
+        results[BASELINES[name].label] = {"n": len(labels), "positives": int(labels.sum()),
+                                          "auc": safe_auc(labels, scores), "gauc": metrics["gauc"], **info}
+    return results

@@ -133,9 +133,13 @@ def model_description(inference) -> dict[str, Any]:
 
 
 def write_eval_folder(folder: Path, records: Sequence[dict], scores: np.ndarray, metrics: dict,
-                      inputs: dict[str, Any], plots: bool = False, overwrite: bool = False) -> Path:
-    """metrics.json, predictions.jsonl, optional roc.png / reliability.png, then manifest.json, atomically."""
+                      inputs: dict[str, Any], plots: bool = False, overwrite: bool = False,
+                      extra: Callable[[Path], None] | None = None) -> Path:
+    """metrics.json, predictions.jsonl, optional roc.png / reliability.png, whatever ``extra(staging)``
+    writes, then manifest.json, atomically."""
     with staged_dir(folder, overwrite=overwrite) as staging:
+        if extra:
+            extra(staging)
         write_json_atomic(staging / "metrics.json", metrics)
         write_jsonl_atomic(staging / "predictions.jsonl", (
             {"id": record.get("id"), "user_id": record.get("user_id"), "item_id": record.get("item_id"),
@@ -144,7 +148,8 @@ def write_eval_folder(folder: Path, records: Sequence[dict], scores: np.ndarray,
         if plots:
             write_plots(staging, [record["label"] for record in records], scores, f"{folder.name} ({metrics['score_mode']})")
         write_manifest(staging, "eval", {**inputs, "metrics": {key: metrics[key] for key in (
-            "score_mode", "records", "positives", "auc", "auc_ci95", "gauc", "log_loss", "accuracy", "brier", "ece")},
+            "score_mode", "records", "positives", "auc", "auc_ci95", "gauc", "gauc_ci95", "users", "gauc_users",
+            "log_loss", "accuracy", "brier", "ece")},
             "files": sorted(path.name for path in staging.iterdir())})
     return folder
 
@@ -208,11 +213,16 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
                    label_words: Sequence[str] | None = None, mode: str = "pair", batch_size: int | None = None,
                    prefix_cache: str = "auto", resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                    plots: bool = False, overwrite: bool = False,
-                   on_start: Callable[[str, int], Callable[[int], None] | None] | None = None) -> list[dict]:
-    """Evaluate each test into ``output_root/<test-name>/``; returns one {test, source, folder, metrics} each.
+                   on_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
+                   references: Sequence[str] = (), train_records: Sequence[dict] | None = None) -> list[dict]:
+    """Evaluate each test into ``output_root/<test-name>/``; returns one {test, source, folder, metrics} each
+    (and ``comparison`` when ``references`` are given: baselines fitted on ``train_records``, or ``base``,
+    the model with its adapter off; see ``tallrec_cli.compare``).
 
     ``on_start(name, records)`` may return a per-batch progress callback.
     """
+    from tallrec_cli.compare import BASE_MODEL, Scored, compare, score_baselines, write_comparison
+
     prompt_template, labels = scoring_setup(inference, template, label_words)
     model = model_description(inference)
     results = []
@@ -225,9 +235,26 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
                                     "limit": test.limit,
                                     "sha256": sha256_file(test.path) if test.path.is_file() else None},
                   "prompt": {"template": prompt_template.name}, "labels": labels.as_dict(), "score_mode": mode}
+        extra, comparison = None, None
+        if references:
+            scorers = [Scored("model", "tuned model" if inference.adapter else "model", scores)]
+            if BASE_MODEL in references:
+                progress = on_start(f"{test.name} without adapter", len(test.records)) if on_start else None
+                with inference.model.disable_adapter():
+                    base_scores, _ = evaluate_records(inference, test.records, prompt_template, labels, mode,
+                                                      batch_size, prefix_cache, 0, seed, progress)
+                scorers.append(Scored(BASE_MODEL, "zero-shot base", base_scores))
+            scorers += score_baselines([name for name in references if name != BASE_MODEL], train_records,
+                                       test.records, seed)
+            comparison = compare(test.records, scorers[0], scorers[1:], resamples, seed)
+            inputs["compare"] = list(references)
+
+            def extra(staging: Path, comparison=comparison, scorers=scorers, test=test) -> None:
+                write_comparison(staging, test.records, comparison, scorers)
         folder = write_eval_folder(Path(output_root) / test.name, test.records, scores, metrics, inputs, plots,
-                                   overwrite)
-        results.append({"test": test.name, "source": str(test.path), "folder": str(folder), "metrics": metrics})
+                                   overwrite, extra)
+        results.append({"test": test.name, "source": str(test.path), "folder": str(folder), "metrics": metrics,
+                        "comparison": comparison})
     return results
 
 

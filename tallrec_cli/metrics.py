@@ -8,6 +8,7 @@ import numpy as np
 
 CALIBRATION_BINS = 10
 BOOTSTRAP_RESAMPLES = 1000
+MIN_GAUC_USERS = 30  # fewer users carrying a per-user AUC than this gets a warning
 
 
 def safe_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
@@ -20,25 +21,80 @@ def safe_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
 
 
-def group_auc(labels: Sequence[int], scores: Sequence[float], groups: Sequence) -> tuple[float | None, int, int]:
-    """Per-user AUC averaged with weights = the user's record count (GAUC).
-
-    Returns (gauc, users used, users skipped); users with a single class have no AUC and are skipped.
-    """
+def user_aucs(labels: Sequence[int], scores: Sequence[float], groups: Sequence) -> tuple[np.ndarray, np.ndarray, int]:
+    """AUC and record count of every user with both classes (in first-seen order), and how many users
+    were skipped for having one class."""
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    codes = np.unique(np.asarray([str(group) for group in groups]), return_inverse=True)[1]
-    total = weighted = 0.0
-    used = skipped = 0
-    for code in range(codes.max() + 1 if codes.size else 0):
+    keys = np.asarray([str(group) for group in groups])
+    _, first, codes = np.unique(keys, return_index=True, return_inverse=True)
+    aucs, counts, skipped = [], [], 0
+    for code in np.argsort(first):
         member = codes == code
         auc = safe_auc(labels[member], scores[member])
         if auc is None:
             skipped += 1
             continue
-        used += 1
-        total += member.sum()
-        weighted += auc * member.sum()
-    return (float(weighted / total) if used else None), used, skipped
+        aucs.append(auc)
+        counts.append(int(member.sum()))
+    return np.asarray(aucs, dtype=np.float64), np.asarray(counts, dtype=np.float64), skipped
+
+
+def group_auc(labels: Sequence[int], scores: Sequence[float], groups: Sequence) -> tuple[float | None, int, int]:
+    """Per-user AUC averaged with weights = the user's record count (GAUC).
+
+    Returns (gauc, users used, users skipped); users with a single class have no AUC and are skipped.
+    """
+    aucs, counts, skipped = user_aucs(labels, scores, groups)
+    return (float(aucs @ counts / counts.sum()) if aucs.size else None), int(aucs.size), skipped
+
+
+def user_bootstrap_gaucs(aucs: np.ndarray, counts: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """GAUC of each resample of the users (a user's AUC does not change when the user is drawn again)."""
+    weights = np.zeros((resamples, aucs.size))
+    first = 0
+    for drawn in bootstrap_samples(aucs.size, resamples, seed):
+        rows = np.arange(first, first + drawn.shape[0])[:, None]
+        np.add.at(weights, (np.broadcast_to(rows, drawn.shape), drawn), 1.0)
+        first += drawn.shape[0]
+    weights *= counts
+    return weights @ aucs / weights.sum(axis=1)
+
+
+def _percentiles(values: np.ndarray, level: float = 0.95) -> list[float]:
+    tail = (1 - level) / 2 * 100
+    return [float(v) for v in np.nanpercentile(values, [tail, 100 - tail])]
+
+
+def gauc_interval(labels: Sequence[int], scores: Sequence[float], groups: Sequence,
+                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[float] | None:
+    """Percentile interval of GAUC over users drawn with replacement; None with under two users."""
+    aucs, counts, _ = user_aucs(labels, scores, groups)
+    if resamples <= 0 or aucs.size < 2:
+        return None
+    return _percentiles(user_bootstrap_gaucs(aucs, counts, resamples, seed))
+
+
+def paired_difference(labels: Sequence[int], scores: Sequence[float], reference: Sequence[float],
+                      groups: Sequence | None = None, resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> dict:
+    """AUC and GAUC of ``scores`` minus those of ``reference`` on the same records, with paired bootstrap
+    95% intervals: records are drawn once and both score sets are read on the same draw (AUC); for GAUC
+    users are drawn (a user's records stay together). ``better``: the interval lies above zero."""
+    auc_a, auc_b = safe_auc(labels, scores), safe_auc(labels, reference)
+    result: dict = {"auc_diff": None, "auc_diff_ci95": None, "gauc_diff": None, "gauc_diff_ci95": None}
+    if auc_a is not None and auc_b is not None:
+        result["auc_diff"] = auc_a - auc_b
+        if resamples > 0:
+            diffs = bootstrap_aucs(labels, scores, resamples, seed) - bootstrap_aucs(labels, reference, resamples, seed)
+            result["auc_diff_ci95"] = _percentiles(diffs)
+    if groups is not None:
+        aucs_a, counts, _ = user_aucs(labels, scores, groups)
+        aucs_b, _, _ = user_aucs(labels, reference, groups)
+        if aucs_a.size:
+            result["gauc_diff"] = float((aucs_a - aucs_b) @ counts / counts.sum())
+            if resamples > 0 and aucs_a.size >= 2:
+                result["gauc_diff_ci95"] = _percentiles(user_bootstrap_gaucs(aucs_a - aucs_b, counts, resamples, seed))
+    return result
 
 
 def expected_calibration_error(labels: Sequence[int], scores: Sequence[float], bins: int = CALIBRATION_BINS) -> float:
@@ -105,10 +161,8 @@ def auc_interval(labels: Sequence[int], scores: Sequence[float], resamples: int 
     """Percentile bootstrap interval for AUC; None when AUC itself is undefined."""
     if resamples <= 0 or safe_auc(labels, scores) is None:
         return None
-    aucs = bootstrap_aucs(labels, scores, resamples, seed)
-    tail = (1 - level) / 2 * 100
-    low, high = np.nanpercentile(aucs, [tail, 100 - tail])
-    return float(low), float(high)
+    low, high = _percentiles(bootstrap_aucs(labels, scores, resamples, seed), level)
+    return low, high
 
 
 def compute_metrics(labels: Sequence[int], scores: Sequence[float], users: Sequence | None = None,
@@ -135,7 +189,7 @@ def compute_metrics(labels: Sequence[int], scores: Sequence[float], users: Seque
         "positives": int(labels.sum()),
         "auc": auc,
         "auc_ci95": list(interval) if interval else None,
-        "gauc": None, "gauc_users": None, "gauc_users_skipped": None,
+        "gauc": None, "gauc_ci95": None, "users": None, "gauc_users": None, "gauc_users_skipped": None,
         "log_loss": float(log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1])),
         "accuracy": float(accuracy_score(labels, scores >= 0.5)),
         "brier": float(brier_score_loss(labels, scores, labels=[0, 1])),
@@ -144,9 +198,13 @@ def compute_metrics(labels: Sequence[int], scores: Sequence[float], users: Seque
     }
     if users is not None:
         gauc, used, skipped = group_auc(labels, scores, users)
-        metrics.update(gauc=gauc, gauc_users=used, gauc_users_skipped=skipped)
+        metrics.update(gauc=gauc, gauc_ci95=gauc_interval(labels, scores, users, resamples, seed),
+                       users=used + skipped, gauc_users=used, gauc_users_skipped=skipped)
         if gauc is None:
             notes.append(f"GAUC is undefined: none of the {skipped} users has both classes")
+        elif used < MIN_GAUC_USERS:
+            notes.append(f"GAUC rests on {used} users with both labels (of {used + skipped}): under "
+                         f"{MIN_GAUC_USERS}, it mostly reflects a few users; use a many-user split (--preset many-users)")
     metrics["notes"] = notes
     return metrics
 

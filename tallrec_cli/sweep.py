@@ -512,7 +512,8 @@ class LocalCellRunner:
                 inference, tests, cell_dir / "eval", template=config.prompt.template,
                 label_words=(config.labels.positive, config.labels.negative), mode=config.training.score_mode,
                 batch_size=config.training.eval_batch_size, seed=cell.seed or 0, overwrite=True, on_start=on_start)
-        keep = ("records", "positives", "auc", "auc_ci95", "gauc", "log_loss", "accuracy")
+        keep = ("records", "positives", "auc", "auc_ci95", "gauc", "gauc_ci95", "users", "gauc_users", "log_loss",
+                "accuracy")
         return {label: {"path": path, "folder": str(Path(result["folder"]).relative_to(cell_dir)),
                         **{key: result["metrics"].get(key) for key in keep}}
                 for label, path, result in zip(labels, paths, results)}
@@ -837,7 +838,7 @@ def compute_baselines(spec: SweepSpec, cells: list[Cell], configs: dict[str, Any
     in SWEEP/baselines/ and reused on resume. Returns their observations."""
     from data_builders import load_split, sample_records
 
-    from tallrec_cli.baselines import evaluate_baselines
+    from tallrec_cli.baselines import FULL_DATA_REFERENCES, evaluate_baselines
     from tallrec_cli.evaluate import load_test_records
 
     samples = {}
@@ -872,6 +873,29 @@ def compute_baselines(spec: SweepSpec, cells: list[Cell], configs: dict[str, Any
                 f"{label} {name} {_fmt(metrics['auc'])}" for label, by_name in results.items()
                 for name, metrics in by_name.items()))
         observations.extend(baseline_observations(stored))
+    # full-data references: fitted once per training pool on all of it, shown beside every shots column
+    shots_columns = sorted({cell.shots for cell in cells if not cell.zero_shot})
+    references = {(cell.domain, _absolute(configs[cell.id].data.train)): cell for cell in cells}
+    for (domain, train), cell in references.items():
+        digest = hashlib.sha256(f"{train}".encode()).hexdigest()[:8]
+        path = sweep_dir / "baselines" / f"{_slug(domain) + '_' if domain else ''}reference-{digest}.json"
+        fingerprint = _json_hash([train, list(FULL_DATA_REFERENCES), cell.eval_fingerprint()])
+        stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if stored is None or stored.get("fingerprint") != fingerprint:
+            if train not in pools:
+                pools[train] = load_split(train, "train")
+            results = {}
+            for label, test_path in cell.tests.items():
+                if test_path not in tests:
+                    tests[test_path] = load_test_records(test_path, limit=spec.test_limit)
+                results[label] = evaluate_baselines(pools[train], tests[test_path], 0, FULL_DATA_REFERENCES)
+            stored = {"fingerprint": fingerprint, "kind": "reference", "domain": domain, "train": train,
+                      "train_records": len(pools[train]), "tests": results}
+            write_json_atomic(path, stored)
+            log(f"full-data references{f' ({domain})' if domain else ''}: " + ", ".join(
+                f"{label} {name} {_fmt(metrics['auc'])}" for label, by_name in results.items()
+                for name, metrics in by_name.items()))
+        observations.extend(reference_observations(stored, shots_columns))
     return observations
 
 
@@ -885,14 +909,25 @@ def cell_observations(results) -> list[dict]:
             for label, metrics in result["tests"].items():
                 rows.append({"method": method, "kind": "zero-shot" if result["shots"] == 0 else "lora",
                              "domain": result["domain"], "test": label, "shots": result["shots"], "seed": result["seed"],
-                             "auc": metrics.get("auc"), "records": metrics.get("records"), "cell": result["id"]})
+                             "auc": metrics.get("auc"), "gauc": metrics.get("gauc"), "records": metrics.get("records"),
+                             "cell": result["id"]})
     return rows
 
 
 def baseline_observations(stored: dict) -> list[dict]:
     return [{"method": name, "kind": "baseline", "domain": stored["domain"], "test": label, "shots": stored["shots"],
-             "seed": stored["seed"], "auc": metrics.get("auc"), "records": metrics.get("n"), "cell": None}
+             "seed": stored["seed"], "auc": metrics.get("auc"), "gauc": metrics.get("gauc"),
+             "records": metrics.get("n"), "cell": None}
             for label, by_name in stored["tests"].items() for name, metrics in by_name.items()]
+
+
+def reference_observations(stored: dict, shots_columns: list[int]) -> list[dict]:
+    """A full-data reference's result repeated in every shots column (it does not depend on shots)."""
+    return [{"method": f"{name} (full data)" if name != "History share" else name, "kind": "reference",
+             "domain": stored["domain"], "test": label, "shots": shots, "seed": None, "auc": metrics.get("auc"),
+             "gauc": metrics.get("gauc"), "records": metrics.get("n"), "cell": None}
+            for label, by_name in stored["tests"].items() for name, metrics in by_name.items()
+            for shots in shots_columns]
 
 
 def collect_observations(sweep_dir: str | Path) -> list[dict]:
@@ -901,12 +936,21 @@ def collect_observations(sweep_dir: str | Path) -> list[dict]:
     results = [json.loads(path.read_text(encoding="utf-8"))
                for path in sorted((sweep_dir / "cells").glob(f"*/{CELL_RESULT_NAME}"))
                if (path.parent / MANIFEST_NAME).is_file()]
-    baselines = [baseline_observations(json.loads(path.read_text(encoding="utf-8")))
-                 for path in sorted((sweep_dir / "baselines").glob("*.json"))]
+    results = list(results)
+    shots_columns = sorted({result["shots"] for result in results if result["shots"] > 0})
+    stored = [json.loads(path.read_text(encoding="utf-8")) for path in sorted((sweep_dir / "baselines").glob("*.json"))]
+    baselines = [reference_observations(item, shots_columns) if item.get("kind") == "reference"
+                 else baseline_observations(item) for item in stored]
     return cell_observations(results) + [row for rows in baselines for row in rows]
 
 
-_KIND_ORDER = {"lora": 0, "zero-shot": 0, "baseline": 1}
+_KIND_ORDER = {"lora": 0, "zero-shot": 0, "baseline": 1, "reference": 2}
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    mean = sum(values) / len(values) if values else None
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return mean, std
 
 
 def summarize(observations: list[dict]) -> list[dict]:
@@ -918,10 +962,11 @@ def summarize(observations: list[dict]) -> list[dict]:
     for (method, test, shots), rows in groups.items():
         rows = sorted(rows, key=lambda row: (row["seed"] is None, row["seed"] or 0))
         aucs = [row["auc"] for row in rows if row["auc"] is not None]
-        mean = sum(aucs) / len(aucs) if aucs else None
-        std = math.sqrt(sum((a - mean) ** 2 for a in aucs) / (len(aucs) - 1)) if len(aucs) > 1 else None
-        kind = "baseline" if rows[0]["kind"] == "baseline" else "lora"
+        mean, std = _mean_std(aucs)
+        gauc_mean, gauc_std = _mean_std([row["gauc"] for row in rows if row.get("gauc") is not None])
+        kind = rows[0]["kind"] if rows[0]["kind"] in ("baseline", "reference") else "lora"
         summary.append({"method": method, "kind": kind, "test": test, "shots": shots, "auc_mean": mean, "auc_std": std,
+                        "gauc_mean": gauc_mean, "gauc_std": gauc_std,
                         "n": len(aucs), "seeds": [row["seed"] for row in rows], "aucs": [row["auc"] for row in rows],
                         "records": rows[0]["records"], "best": False})
     columns: dict[tuple, list[dict]] = defaultdict(list)
@@ -949,12 +994,14 @@ def _columns(summary: list[dict]) -> list[tuple[str, int]]:
     return sorted({(row["test"], row["shots"]) for row in summary})
 
 
-def results_table(summary: list[dict], title: str = "AUC by training samples (mean ± std over seeds, n)"):
-    """A rich table shaped like TALLRec's Table 1: methods x (test, shots); * marks each column's best."""
+def results_table(summary: list[dict],
+                  title: str = "AUC (GAUC under it) by training samples (mean ± std over seeds, n)"):
+    """A rich table shaped like TALLRec's Table 1: methods x (test, shots), per-user AUC under each AUC;
+    * marks each column's best AUC."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", caption="shots 0 = zero-shot base model; * = best in column",
-                  caption_justify="left")
+    table = Table(title=title, title_justify="left", caption="shots 0 = zero-shot base model; * = best AUC in column; "
+                  "full-data references are fitted on the whole training split", caption_justify="left", show_lines=True)
     table.add_column("method")
     columns = _columns(summary)
     for test, shots in columns:
@@ -969,7 +1016,10 @@ def results_table(summary: list[dict], title: str = "AUC by training samples (me
                 continue
             text = _fmt(row["auc_mean"]) + (f" ± {row['auc_std']:.4f}" if row["auc_std"] is not None else "")
             text += f" ({row['n']})"
-            line.append(f"[bold]{text} *[/]" if row["best"] else text)
+            text = f"[bold]{text} *[/]" if row["best"] else text
+            if row.get("gauc_mean") is not None:
+                text += "\ng " + _fmt(row["gauc_mean"]) + (f" ± {row['gauc_std']:.4f}" if row["gauc_std"] is not None else "")
+            line.append(text)
         table.add_row(*line)
     return table
 
@@ -989,7 +1039,7 @@ def write_report(sweep_dir: str | Path, summary: list[dict], observations: list[
                "summary": summary, "observations": ordered}
     write_json_atomic(sweep_dir / "results.json", payload)
     buffer = io.StringIO()
-    fields = ["method", "kind", "test", "shots", "auc_mean", "auc_std", "n", "best"]
+    fields = ["method", "kind", "test", "shots", "auc_mean", "auc_std", "gauc_mean", "gauc_std", "n", "best"]
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(summary)
@@ -1000,8 +1050,9 @@ def write_report(sweep_dir: str | Path, summary: list[dict], observations: list[
 
 
 def plot_results(summary: list[dict], path: str | Path) -> None:
-    """AUC vs training samples (log2 x), one panel per test: mean ± std per method, zero-shot as a
-    dotted line in its method's colour, baselines dashed, chance at 0.5."""
+    """AUC (top) and per-user AUC (bottom) vs training samples (log2 x), one column per test: mean ± std
+    per method, zero-shot as a dotted line in its method's colour, few-shot baselines dashed, full-data
+    references as dash-dot lines, chance at 0.5."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1010,34 +1061,48 @@ def plot_results(summary: list[dict], path: str | Path) -> None:
     tests = sorted({row["test"] for row in summary}) or ["(no results)"]
     methods = _methods(summary)
     colours = {method: plt.get_cmap("tab10")(number % 10) for number, method in enumerate(methods)}
-    figure, axes = plt.subplots(1, len(tests), figsize=(5.5 * len(tests), 4.2), squeeze=False)
-    for axis, test in zip(axes[0], tests):
-        shots_seen = sorted({row["shots"] for row in summary if row["test"] == test and row["shots"] > 0})
-        for method in methods:
-            rows = sorted((row for row in summary if row["test"] == test and row["method"] == method
-                           and row["auc_mean"] is not None), key=lambda row: row["shots"])
-            trained = [row for row in rows if row["shots"] > 0]
-            baseline = bool(rows) and rows[0]["kind"] == "baseline"
-            if trained:
-                axis.errorbar([row["shots"] for row in trained], [row["auc_mean"] for row in trained],
-                              yerr=[row["auc_std"] or 0.0 for row in trained], label=method, color=colours[method],
-                              marker="s" if baseline else "o", linestyle="--" if baseline else "-", capsize=3,
-                              linewidth=1.0 if baseline else 1.8)
-            for row in rows:
-                if row["shots"] == 0:
-                    axis.axhline(row["auc_mean"], color=colours[method], linestyle=":", linewidth=1.5,
-                                 label=f"{method} zero-shot")
-        axis.axhline(0.5, color="grey", linewidth=0.8, linestyle="-", alpha=0.6, label="chance (0.5)")
-        if shots_seen:
-            axis.set_xscale("log", base=2)
-            axis.set_xticks(shots_seen, [str(value) for value in shots_seen])
-            axis.minorticks_off()
-        axis.set(title=test, xlabel="training samples (log2)", ylabel="AUC")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="best")
+    figure, axes = plt.subplots(2, len(tests), figsize=(5.5 * len(tests), 8.0), squeeze=False)
+    for metric, axis_row in zip(("auc", "gauc"), axes):
+        for axis, test in zip(axis_row, tests):
+            _plot_panel(axis, [row for row in summary if row["test"] == test], methods, colours, metric)
+            axis.set(title=f"{test}: {'AUC' if metric == 'auc' else 'per-user AUC (GAUC)'}",
+                     ylabel="AUC" if metric == "auc" else "GAUC")
     figure.tight_layout()
     figure.savefig(path, dpi=120, format="png")
     plt.close(figure)
+
+
+def _plot_panel(axis, summary: list[dict], methods: list[str], colours: dict, metric: str) -> None:
+    mean, std = f"{metric}_mean", f"{metric}_std"
+    shots_seen = sorted({row["shots"] for row in summary if row["shots"] > 0})
+    for method in methods:
+        rows = sorted((row for row in summary if row["method"] == method and row.get(mean) is not None),
+                      key=lambda row: row["shots"])
+        if not rows:
+            continue
+        kind = rows[0]["kind"]
+        if kind == "reference":
+            axis.axhline(rows[0][mean], color=colours[method], linestyle="-.", linewidth=1.4, label=method)
+            continue
+        trained = [row for row in rows if row["shots"] > 0]
+        baseline = kind == "baseline"
+        if trained:
+            axis.errorbar([row["shots"] for row in trained], [row[mean] for row in trained],
+                          yerr=[row[std] or 0.0 for row in trained], label=method, color=colours[method],
+                          marker="s" if baseline else "o", linestyle="--" if baseline else "-", capsize=3,
+                          linewidth=1.0 if baseline else 1.8)
+        for row in rows:
+            if row["shots"] == 0:
+                axis.axhline(row[mean], color=colours[method], linestyle=":", linewidth=1.5,
+                             label=f"{method} zero-shot")
+    axis.axhline(0.5, color="grey", linewidth=0.8, linestyle="-", alpha=0.6, label="chance (0.5)")
+    if shots_seen:
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(shots_seen, [str(value) for value in shots_seen])
+        axis.minorticks_off()
+    axis.set(xlabel="training samples (log2)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
 
 
 def build_report(sweep_dir: str | Path) -> list[dict]:

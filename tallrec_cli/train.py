@@ -10,13 +10,14 @@ The run folder layout and manifest keys follow docs/CONTRACTS.md ("Train run fol
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_builders.structure import find_template, has_structure, shortened
+from data_builders.templates import Template
 from tallrec_cli.config import load_config, option, to_dict
 from tallrec_cli.errors import ArtifactError, ConfigError, DataError, ModelError, ResourceError, TallrecError
 from tallrec_cli.models import DTYPES, QUANTIZATIONS
@@ -293,36 +294,7 @@ def _sample(records: list[dict], count: int | None, seed: int, stratify: bool) -
     return sample_records(records, count, seed, stratify=stratify)
 
 
-_HISTORY_LINE = re.compile(r"^(User (?:Preference|Unpreference): ?)(.*)$")
-_TITLE_SPLIT = re.compile(r',\s+(?=")')
-
-
-def _history_lists(text: str) -> tuple[list[str], dict[int, tuple[str, list[str]]]]:
-    lines = text.split("\n")
-    lists = {}
-    for number, line in enumerate(lines):
-        match = _HISTORY_LINE.match(line)
-        if match:
-            items = [item for item in _TITLE_SPLIT.split(match.group(2)) if item.strip()]
-            lists[number] = (match.group(1), items)
-    return lines, lists
-
-
-def _drop_oldest(text: str, count: int) -> str:
-    """The input with ``count`` history titles removed, oldest (listed first) first, from the longer list."""
-    lines, lists = _history_lists(text)
-    remaining = {number: list(items) for number, (_, items) in lists.items()}
-    for _ in range(count):
-        longest = max(remaining, key=lambda n: len(remaining[n]), default=None)
-        if longest is None or not remaining[longest]:
-            break
-        remaining[longest].pop(0)
-    for number, (prefix, _) in lists.items():
-        lines[number] = prefix + ", ".join(remaining[number])
-    return "\n".join(lines)
-
-
-def _largest_fitting(low: int, high: int, fits) -> int | None:
+def _smallest_fitting(low: int, high: int, fits) -> int | None:
     """Smallest k in [low, high] with fits(k) (fits is monotone), or None."""
     if not fits(high):
         return None
@@ -335,11 +307,13 @@ def _largest_fitting(low: int, high: int, fits) -> int | None:
     return low
 
 
-def fit_record(record: dict, tokenizer, template, completion: str, max_length: int) -> tuple[dict, bool]:
+def fit_record(record: dict, tokenizer, template, completion: str, max_length: int,
+               record_template: Template | None = None) -> tuple[dict, bool]:
     """Shorten ``record``'s input so prompt + completion fits ``max_length`` tokens; never cut the answer.
 
-    First drop history titles (oldest first) from "User Preference:" / "User Unpreference:" lines,
-    then, as a fallback, cut the input text from the left (the target question sits at its end).
+    A record with structure drops history items (the oldest of the longer liked/disliked list first)
+    and is re-rendered through its own ``record_template``; without structure, or when even an empty
+    history is too long, the input text is cut from the left (the target question sits at its end).
     """
     def length(candidate: dict) -> int:
         return len(tokenizer(template.render(candidate, tokenizer) + completion)["input_ids"])
@@ -347,19 +321,19 @@ def fit_record(record: dict, tokenizer, template, completion: str, max_length: i
     if length(record) <= max_length:
         return record, False
     text = record.get("input") or ""
-    _, lists = _history_lists(text)
-    titles = sum(len(items) for _, items in lists.values())
-    if titles:
-        dropped = _largest_fitting(1, titles, lambda k: length({**record, "input": _drop_oldest(text, k)}) <= max_length)
+    items = len(record["history"]) if record_template is not None and has_structure(record) else 0
+    if items:
+        dropped = _smallest_fitting(1, items, lambda k: length(shortened(record, k, record_template)) <= max_length)
         if dropped is not None:
-            return {**record, "input": _drop_oldest(text, dropped)}, True
-        text = _drop_oldest(text, titles)
+            return shortened(record, dropped, record_template), True
+        record = shortened(record, items, record_template)
+        text = record["input"]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def cut(k: int) -> dict:
         return {**record, "input": tokenizer.decode(ids[k:]).lstrip()}
 
-    start = _largest_fitting(0, len(ids), lambda k: length(cut(k)) <= max_length)
+    start = _smallest_fitting(0, len(ids), lambda k: length(cut(k)) <= max_length)
     if start is None:
         raise DataError(f"record {record.get('id', '?')}: the instruction and answer alone exceed prompt.max_length={max_length} tokens",
                         "raise prompt.max_length")
@@ -375,20 +349,27 @@ def prepare_data(config: TrainConfig, tokenizer, template) -> PreparedData:
     valid = _sample(valid, data.max_valid, data.sample_seed, stratify=True)
     eos = tokenizer.eos_token or ""
     truncated = 0
+    templates: dict[tuple, Template | None] = {}
+
+    def fitted(record: dict, completion: str, near: str) -> dict:
+        nonlocal truncated
+        key = (record.get("template"), near)
+        if key not in templates:
+            templates[key] = find_template(record.get("template"), near)
+        record, was_cut = fit_record(record, tokenizer, template, completion, config.prompt.max_length,
+                                     templates[key])
+        truncated += was_cut
+        return record
+
     train_prompts, completions, lengths = [], [], []
     for record in train:
         completion = record["output"] + eos
-        fitted, was_cut = fit_record(record, tokenizer, template, completion, config.prompt.max_length)
-        truncated += was_cut
-        prompt = template.render(fitted, tokenizer)
+        prompt = template.render(fitted(record, completion, data.train), tokenizer)
         train_prompts.append(prompt)
         completions.append(completion)
         lengths.append(len(tokenizer(prompt + completion)["input_ids"]))
-    valid_prompts = []
-    for record in valid:
-        fitted, was_cut = fit_record(record, tokenizer, template, record["output"] + eos, config.prompt.max_length)
-        truncated += was_cut
-        valid_prompts.append(template.render(fitted, tokenizer))
+    valid_prompts = [template.render(fitted(record, record["output"] + eos, data.valid or data.train), tokenizer)
+                     for record in valid]
     return PreparedData(train, valid, train_prompts, completions, valid_prompts,
                         [int(record["label"]) for record in valid], truncated, lengths)
 

@@ -1,4 +1,5 @@
-"""Classic baselines: prompt parsing, popularity evidence, logistic-regression features and fallbacks."""
+"""Baselines: the history-share formula, popularity evidence, learned references on training data only,
+cold fallbacks, and the sweep's few-shot samples and full-data references."""
 
 from __future__ import annotations
 
@@ -6,53 +7,113 @@ import json
 
 import numpy as np
 
+import pytest
+
 from tallrec_cli import baselines
+from tallrec_cli.errors import DataError
 from tallrec_cli.metrics import safe_auc
 from tests.test_sweep_run import FakeRunner, make_spec, movie_record, write_dataset
 
-BOOK = {"instruction": "...", "output": "No.", "label": 0, "id": "b0",
-        "input": 'User Preference: "The Bean Trees" written by Barbara Kingsolver, "Sula" written by Toni Morrison\n'
-                 'User Unpreference: \nWhether the user will like the target book ""Sula" written by Toni Morrison"?'}
-
-
-def test_parse_prompt_items_movie_and_book_forms_share_keys():
-    movie = baselines.parse_prompt_items(movie_record(0))
-    assert movie == {"liked": ["Fargo (1996)"],
-                     "disliked": ["Heat (1995)", "Casino (1995)"], "target": "Toy Story (1995)"}
-    book = baselines.parse_prompt_items(BOOK)
-    assert book["liked"] == ["The Bean Trees written by Barbara Kingsolver", "Sula written by Toni Morrison"]
-    assert book["disliked"] == [] and book["target"] == "Sula written by Toni Morrison"
+def test_history_share_is_the_formula_on_hand_built_records():
+    records = [movie_record(i) for i in range(6)]
+    for record in records:
+        record["input"] = "(prompt text is never read)"
+    expected = [(sum(i["liked"] for i in r["history"]) + 1) / (len(r["history"]) + 2) for r in records]
+    scores, info = baselines.fit_and_score("history-share", None, records)
+    assert np.allclose(scores, expected) and info["train_records"] == 0
+    assert baselines.history_share([]) == 0.5
 
 
 def test_popularity_counts_targets_and_history_mentions():
     train = [movie_record(i) for i in range(6)]
     test = [movie_record(100 + i) for i in range(12)]
-    scores = baselines.popularity_scores(train, test)
-    labels = [r["label"] for r in test]
+    scores, _ = baselines.fit_and_score("popularity", train, test)
     # the label follows the item and histories mention liked items as liked: popularity separates perfectly
-    assert safe_auc(labels, scores) == 1.0
-    unseen = dict(movie_record(0), input='User Preference: \nUser Unpreference: \nWhether the user will like the target movie "New (2020)"?')
-    global_rate = baselines.popularity_scores(train, [unseen])[0]
-    assert 0 < global_rate < 1
+    assert safe_auc([r["label"] for r in test], scores) == 1.0
+    unseen = dict(movie_record(0), item_id="new", target_title="New (2020)")
+    model = baselines.make_baseline("popularity").fit(train)
+    assert 0 < model.score([unseen])[0] < 1 and model.info()["cold"]["records_with_cold_item"] == 1
 
 
-def test_logreg_uses_metadata_and_falls_back_to_text_titles():
+def test_logreg_reads_structure_with_and_without_ids():
     train = [movie_record(i) for i in range(12)]
     test = [movie_record(200 + i) for i in range(12)]
-    scores, info = baselines.logistic_regression_scores(train, test)
-    assert {"user_id", "item_id", "history_item_ids", "history titles (text)"} <= set(info["features"])
+    scores, _ = baselines.fit_and_score("logreg", train, test)
     assert safe_auc([r["label"] for r in test], scores) == 1.0
-    bare = [{key: r[key] for key in ("instruction", "input", "output", "label", "id")} for r in train]
-    _, info = baselines.logistic_regression_scores(bare, test)
-    assert info["features"] == ["history titles (text)", "target title (text)"]
+    bare = [movie_record(i, metadata=False) for i in range(12)]  # imported TALLRec JSON: titles only
+    scores, _ = baselines.fit_and_score("logreg", bare, [movie_record(200 + i, metadata=False) for i in range(12)])
+    assert safe_auc([r["label"] for r in test], scores) == 1.0
 
 
 def test_single_class_sample_gives_constant_scores_and_says_so():
     train = [movie_record(i) for i in (0, 2, 4)]  # all liked
-    scores, info = baselines.logistic_regression_scores(train, [movie_record(1), movie_record(2)])
-    assert np.all(scores == 1.0) and "single-class" in info["note"]
+    scores, info = baselines.fit_and_score("logreg", train, [movie_record(1), movie_record(2)])
+    assert np.all(scores == 1.0) and "single-class" in info["notes"][0]
     result = baselines.evaluate_baselines(train, [movie_record(1), movie_record(2)])
     assert result["LogReg"]["auc"] == 0.5 and result["LogReg"]["n"] == 2
+
+
+def test_records_without_structure_are_refused_with_a_hint():
+    bare = {key: movie_record(0)[key] for key in ("instruction", "input", "output", "label", "id")}
+    with pytest.raises(DataError, match="no history structure"):
+        baselines.fit_and_score("history-share", None, [bare])
+
+
+def _many_users(count: int, seed: int) -> list[dict]:
+    """Records of 20 users x 12 items whose labels follow a user and an item effect."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for index in range(count):
+        user, item = int(rng.integers(20)), int(rng.integers(12))
+        label = int(rng.random() < 0.15 + 0.35 * (user % 2) + 0.4 * (item % 3 == 0))
+        record = movie_record(index)
+        record.update(user_id=f"u{user}", item_id=f"i{item}", target_title=f"Item {item}", label=label,
+                      timestamp=1000 + index)
+        records.append(record)
+    return records
+
+
+@pytest.mark.parametrize("name", ["bias", "gbdt", "mf", "popularity", "logreg"])
+def test_full_data_baselines_learn_and_read_no_test_label(name):
+    train, test = _many_users(1200, 0), _many_users(300, 1)
+    scores, info = baselines.fit_and_score(name, train, test)
+    assert safe_auc([r["label"] for r in test], scores) > 0.7
+    flipped = [dict(record, label=1 - record["label"]) for record in test]
+    again, _ = baselines.fit_and_score(name, train, flipped)
+    assert np.allclose(scores, again, rtol=0, atol=1e-6)  # torch sums in threads: last-bit noise only
+
+
+def test_gbdt_features_use_training_data_only_and_ordered_statistics():
+    train, test = _many_users(400, 0), _many_users(50, 1)
+    model = baselines.make_baseline("gbdt").fit(train)
+    flipped = [dict(record, label=1 - record["label"]) for record in test]
+    assert np.array_equal(model.features(test), model.features(flipped))
+    # a training row's user/item rates come from rows before it: its own label never reaches them
+    labels = baselines.labels_of(train).astype(float)
+    order = np.arange(len(train))
+    changed = labels.copy()
+    changed[-1] = 1 - changed[-1]
+    users = [baselines.user_key(r) for r in train]
+    before = model.users.ordered(users, labels, order)[0]
+    after = model.users.ordered(users, changed, order)[0]
+    assert np.array_equal(before, after)
+
+
+def test_cold_users_and_items_fall_back_and_are_counted():
+    train = _many_users(400, 0)
+    cold = [dict(record, user_id="stranger", item_id="unseen", target_title="Unseen") for record in _many_users(5, 1)]
+    for name in ("gbdt", "mf", "bias"):
+        model = baselines.make_baseline(name).fit(train)
+        scores = model.score(cold)
+        assert np.all((scores > 0) & (scores < 1))
+        if name != "bias":
+            assert model.info()["cold"]["records_with_cold_item"] == 5
+
+
+def test_baselines_that_learn_need_training_records():
+    assert baselines.check_baseline_names(["history-share"], has_train=False) == []
+    problems = baselines.check_baseline_names(["gbdt", "nope"], has_train=False)
+    assert any("unknown baseline 'nope'" in p for p in problems) and any("--train" in p for p in problems)
 
 
 def test_sweep_baselines_use_the_records_training_draws(tmp_path, tiny_model_dir):
@@ -68,7 +129,7 @@ def test_sweep_baselines_use_the_records_training_draws(tmp_path, tiny_model_dir
     recipe.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{train: {data}, stratify: true}}\n")
     sweep_dir = tmp_path / "sweep"
     sweep.run_sweep(make_spec(recipe, data, shots=[8], seeds=[3]), sweep_dir, runner=FakeRunner())
-    (stored_path,) = (sweep_dir / "baselines").glob("*.json")
+    (stored_path,) = (sweep_dir / "baselines").glob("k8-*.json")
     stored = json.loads(stored_path.read_text())
     _, cells, configs = sweep.prepare_sweep(make_spec(recipe, data, shots=[8], seeds=[3]))
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -85,5 +146,9 @@ def test_baselines_see_the_same_test_slice_as_the_cells(tmp_path, tiny_model_dir
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{train: {data}}}\n")
     sweep.run_sweep(make_spec(recipe, data, shots=[4], seeds=[0], test_limit=10), tmp_path / "s", runner=FakeRunner())
-    (stored_path,) = (tmp_path / "s" / "baselines").glob("*.json")
+    (stored_path,) = (tmp_path / "s" / "baselines").glob("k4-*.json")
     assert json.loads(stored_path.read_text())["tests"]["movies"]["Popularity"]["n"] == 10
+    (reference_path,) = (tmp_path / "s" / "baselines").glob("reference-*.json")
+    reference = json.loads(reference_path.read_text())
+    assert reference["train_records"] == 40 and set(reference["tests"]["movies"]) == {"History share", "GBDT"}
+    assert reference["tests"]["movies"]["GBDT"]["n"] == 10

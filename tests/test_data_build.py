@@ -22,7 +22,7 @@ TALLREC_MOVIE_SHA256 = {
     "test.json": "474e02cde467c8c7001168a4a390a581217edcd8f4726c39aa88c9aa37c54d5e",
 }
 RECORD_KEYS = ["instruction", "input", "output", "id", "user_id", "item_id", "label", "timestamp",
-               "history_item_ids", "domain"]
+               "history", "target_title", "template", "variant", "domain"]
 
 
 def build(source: str, output: Path, preset: str | None = None, **values) -> dict:
@@ -44,7 +44,7 @@ def test_movielens_100k_jsonl_records_and_manifest(real_data, tmp_path):
     assert [len(splits[s]) for s in ("train", "valid", "test")] == [8000, 1000, 1000]
     first = splits["train"][0]
     assert list(first) == RECORD_KEYS
-    assert len(first["history_item_ids"]) == 10 and first["domain"] == "movie"
+    assert len(first["history"]) == 10 and first["domain"] == "movie" and first["template"] == "tallrec-movie"
     assert first["label"] == (first["output"] == "Yes.") and isinstance(first["timestamp"], int)
     assert len({r["id"] for s in splits.values() for r in s}) == 10000
     # the JSONL prompt parts equal TALLRec's file
@@ -81,7 +81,7 @@ def test_movielens_1m_reads_double_colon_latin1_and_keeps_tie_order(tmp_path):
     # stable sort by time: ties stay in file order
     expected = user1.assign(t=user1[3].astype(int)).sort_values("t", kind="stable")[1].tolist()
     by_id = {r["id"]: r for r in rows if r["user_id"] == "1"}
-    assert by_id["1:8"]["history_item_ids"] == expected[5:8] and by_id["1:8"]["item_id"] == expected[8]
+    assert [item["item_id"] for item in by_id["1:8"]["history"]] == expected[5:8] and by_id["1:8"]["item_id"] == expected[8]
 
 
 def test_bookcrossing_published_format(tmp_path):

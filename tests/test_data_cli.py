@@ -70,7 +70,7 @@ def test_import_tallrec_book_round_trips_byte_for_byte(real_data, tmp_path):
     result = invoke("import", *map(str, originals), "-o", str(tmp_path / "book"))
     assert result.exit_code == 0, result.output
     manifest = read_manifest(tmp_path / "book", "dataset")
-    assert manifest["splits"]["valid"] == {"records": 2427, "positives": 1011, "negatives": 1416,
+    assert manifest["splits"]["valid"] == {"records": 2427, "positives": 1011, "structured": 2427, "negatives": 1416,
                                            "positive_rate": round(1011 / 2427, 6)}
     for original in originals:
         records = load_split(tmp_path / "book", original.stem)

@@ -40,11 +40,11 @@ def _targets(examples, split_code: int) -> pd.DataFrame:
 
 def _build(log: pd.DataFrame, strategy: str, opts: dict):
     return make_examples(interactions_of(log), 3.0, opts["history_len"], opts["history_len"] // 2,
-                         opts["max_records"], strategy, opts["ratios"], opts["seed"])
+                         opts["max_records"], strategy, opts["ratios"], opts["seed"], split_last=2)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(log=logs, strategy=st.sampled_from(["tallrec", "leave-last-out", "temporal", "user"]), opts=options)
+@given(log=logs, strategy=st.sampled_from(["tallrec", "leave-last-out", "last-n", "temporal", "user"]), opts=options)
 def test_splits_never_leak_and_counts_add_up(log, strategy, opts):
     examples = _build(log, strategy, opts)
     eligible = int((examples.position >= opts["history_len"] // 2).sum())
@@ -75,8 +75,25 @@ def test_splits_never_leak_and_counts_add_up(log, strategy, opts):
                                          "split": examples.split}).groupby("user", sort=False):
             codes = group["split"].tolist()
             assert codes[-1] == 2 and (len(codes) < 2 or codes[-2] == 1) and set(codes[:-2]) <= {0}
+    if strategy == "last-n":
+        # each user's last 2 records are in test, the 2 before them in valid (split_last=2 in _build)
+        for user, group in pd.DataFrame({"user": examples.target_users(),
+                                         "split": examples.split}).groupby("user", sort=False):
+            codes = group["split"].tolist()
+            assert codes[-2:] == [2] * min(2, len(codes)) and codes[-4:-2] == [1] * min(2, max(len(codes) - 2, 0))
+            assert set(codes[:-4]) <= {0}
     if strategy == "tallrec":
         assert list(examples.split) == sorted(examples.split)
+
+
+def test_many_users_preset_gives_every_user_test_records(real_data, tmp_path):
+    from data_builders.build import build_config, build_dataset
+
+    manifest = build_dataset(build_config("movielens-100k", "many-users",
+                                          {"path": str(real_data / "ml-100k"), "output": str(tmp_path / "d")}))
+    assert manifest["config"]["split"] == "last-n" and manifest["config"]["max_records"] is None
+    assert manifest["splits"]["test"]["users"] == manifest["splits"]["valid"]["users"] == 943
+    assert manifest["splits"]["test"]["records"] == 943 * 5
 
 
 def test_tallrec_split_sizes_follow_ratios():

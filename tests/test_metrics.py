@@ -45,7 +45,9 @@ def test_compute_metrics_matches_sklearn_and_hand_values():
     assert metrics["brier"] == pytest.approx(np.mean((np.array(SCORES) - LABELS) ** 2))
     assert metrics["brier"] == pytest.approx(brier_score_loss(LABELS, SCORES))
     assert metrics["accuracy"] == pytest.approx(6 / 8)  # >= 0.5 means yes: positive 0.4 and negative 0.7 wrong
-    assert metrics["gauc_users"] == 3 and metrics["notes"] == []
+    assert metrics["gauc_users"] == 3 and metrics["notes"] == [
+        "GAUC rests on 3 users with both labels (of 3): under 30, it mostly reflects a few users; use a many-user "
+        "split (--preset many-users)"]
     low, high = metrics["auc_ci95"]
     assert low <= metrics["auc"] <= high
 
@@ -83,3 +85,32 @@ def test_hit_rate_and_ndcg_by_hand():
     assert result["hr@1"] == 0.0 and result["hr@2"] == 0.5 and result["hr@3"] == 1.0
     assert result["ndcg@2"] == pytest.approx((0 + 1 / np.log2(3)) / 2)
     assert result["ndcg@3"] == pytest.approx((1 / np.log2(4) + 1 / np.log2(3)) / 2)
+
+
+def test_paired_bootstrap_recovers_a_known_difference():
+    from tallrec_cli.metrics import paired_difference
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(200), 10)
+    labels = rng.integers(0, 2, users.size)
+    strong = labels + rng.normal(0, 1.0, users.size)
+    weak = labels + rng.normal(0, 2.0, users.size)
+    result = paired_difference(labels, strong, weak, users, resamples=500)
+    low, high = result["auc_diff_ci95"]
+    assert low < result["auc_diff"] < high and low > 0  # strong is better, and the interval says so
+    assert result["gauc_diff_ci95"][0] > 0
+    same = paired_difference(labels, strong, strong, users, resamples=200)
+    assert same["auc_diff"] == 0 and same["auc_diff_ci95"] == [0.0, 0.0] and same["gauc_diff_ci95"] == [0.0, 0.0]
+    swapped = paired_difference(labels, weak, strong, users, resamples=500)
+    assert swapped["auc_diff_ci95"][1] < 0
+
+
+def test_gauc_interval_and_user_counts_in_metrics():
+    rng = np.random.default_rng(1)
+    users = np.repeat(np.arange(40), 6)
+    labels = rng.integers(0, 2, users.size)
+    metrics = compute_metrics(labels, labels * 0.5 + rng.random(users.size) * 0.5, users)
+    low, high = metrics["gauc_ci95"]
+    assert low <= metrics["gauc"] <= high and metrics["users"] == 40
+    few = compute_metrics(labels[:60], rng.random(60), users[:60])
+    assert any("under 30" in note for note in few["notes"])

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from data_builders.structure import HistoryItem, render_input, structure_fields
 from tallrec_cli import sweep
 from tallrec_cli.config import to_dict
 from tallrec_cli.errors import ArtifactError, ConfigError, DataError, ResourceError, TallrecError
 from tallrec_cli.io import write_manifest
+from tests.train_helpers import MOVIE_TEMPLATE
 
 INSTRUCTION = ('Given the user\'s preference and unpreference, identify whether the user will like the target movie '
                'by answering "Yes." or "No.".')
@@ -22,19 +24,17 @@ TITLES = ["Toy Story (1995)", "Heat (1995)", "Fargo (1996)", "Casino (1995)", "B
 
 
 def movie_record(index: int, metadata: bool = True) -> dict:
-    """A TALLRec-style record; the label follows the target (items 0, 2, 4 liked) so baselines can learn it."""
+    """A TALLRec-style record with its structure; the label follows the target (items 0, 2, 4 liked) so
+    baselines can learn it. ``metadata=False``: no user/item ids, like records imported from TALLRec JSON."""
     target = index % len(TITLES)
-    history = [(index + k + 1) % len(TITLES) for k in range(3)]
-    liked = [h for h in history if h % 2 == 0]
-    disliked = [h for h in history if h % 2 == 1]
-    text = (f"User Preference: {', '.join(repr_title(h) for h in liked)}\n"
-            f"User Unpreference: {', '.join(repr_title(h) for h in disliked)}\n"
-            f"Whether the user will like the target movie {repr_title(target)}?")
+    history = [HistoryItem(TITLES[h], h % 2 == 0, str(h) if metadata else None)
+               for h in ((index + k + 1) % len(TITLES) for k in range(3))]
     label = int(target % 2 == 0)
-    record = {"instruction": INSTRUCTION, "input": text, "output": "Yes." if label else "No.", "label": label,
-              "id": f"r{index}"}
+    record = {"instruction": INSTRUCTION, "input": render_input(MOVIE_TEMPLATE, 0, history, TITLES[target]),
+              "output": "Yes." if label else "No.", "label": label, "id": f"r{index}",
+              **structure_fields(history, TITLES[target], MOVIE_TEMPLATE.name, 0)}
     if metadata:
-        record.update(user_id=f"u{index % 5}", item_id=str(target), history_item_ids=[str(h) for h in history])
+        record.update(user_id=f"u{index % 5}", item_id=str(target))
     return record
 
 

@@ -12,7 +12,7 @@ from tallrec_cli.train import (
     KNOWN_ARCHITECTURES, config_from_shape, count_parameters, dry_run, eval_interval, fit_record, load_train_config,
     preflight,
 )
-from tests.train_helpers import record, tiny_config, write_dataset
+from tests.train_helpers import MOVIE_TEMPLATE, record, tiny_config, write_dataset
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 
@@ -106,13 +106,13 @@ def test_truncation_drops_oldest_history_and_keeps_answer(tiny_model_dir):
     long_record = record(0, 1, history=30)
     completion = "Yes." + tokenizer.eos_token
     full = len(tokenizer(template.render(long_record, tokenizer) + completion)["input_ids"])
-    fitted, cut = fit_record(long_record, tokenizer, template, completion, full - 20)
+    fitted, cut = fit_record(long_record, tokenizer, template, completion, full - 20, MOVIE_TEMPLATE)
     assert cut
     assert len(tokenizer(template.render(fitted, tokenizer) + completion)["input_ids"]) <= full - 20
     assert fitted["input"].endswith('target movie "Toy Story (1995)"?')
     kept = fitted["input"].split("\n")[0]
     assert long_record["input"].split("\n")[0].endswith(kept.split("User Preference: ")[1])  # oldest dropped
-    same, cut = fit_record(long_record, tokenizer, template, completion, full)
+    same, cut = fit_record(long_record, tokenizer, template, completion, full, MOVIE_TEMPLATE)
     assert not cut and same is long_record
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from data_builders.structure import HistoryItem, render_input, structure_fields
+from data_builders.templates import load_template
 from tallrec_cli.train import TrainConfig, load_train_config
 
+MOVIE_TEMPLATE = load_template("tallrec-movie")
 INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will like the target movie "
                'by answering "Yes." or "No.".')
 LIKED = ["Toy Story (1995)", "Star Wars (1977)", "Fargo (1996)"]
@@ -14,13 +17,14 @@ DISLIKED = ["Heat (1995)"]
 
 
 def record(index: int, label: int, history: int = 2) -> dict:
-    """Label follows the target title, so a few LoRA steps can learn it."""
+    """Label follows the target title, so a few LoRA steps can learn it. Built like `data build` builds
+    records: structure first, the input rendered from it through the tallrec-movie template."""
     target = LIKED[index % len(LIKED)] if label else DISLIKED[0]
-    preference = ", ".join(f'"{LIKED[(index + k) % len(LIKED)]}"' for k in range(history))
-    text = (f"User Preference: {preference}\nUser Unpreference: \"Heat (1995)\"\n"
-            f'Whether the user will like the target movie "{target}"?')
-    return {"instruction": INSTRUCTION, "input": text, "output": "Yes." if label else "No.", "label": label,
-            "id": f"r{index}"}
+    items = [HistoryItem(LIKED[(index + k) % len(LIKED)], True) for k in range(history)]
+    items.append(HistoryItem("Heat (1995)", False))
+    return {"instruction": INSTRUCTION, "input": render_input(MOVIE_TEMPLATE, 0, items, target),
+            "output": "Yes." if label else "No.", "label": label, "id": f"r{index}",
+            **structure_fields(items, target, MOVIE_TEMPLATE.name, 0)}
 
 
 def write_dataset(folder: Path, train: int = 16, valid: int = 8, history: int = 2, valid_labels=None) -> Path:

@@ -31,6 +31,40 @@ def _check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
     return value
 
 
+def _interval(value, interval) -> str:
+    from tallrec_cli.compare import short_interval
+
+    return "-" if value is None else f"{value:.4f}" + ("\n" + short_interval(interval) if interval else "")
+
+
+def metrics_table(title: str, rows: list[tuple[str, dict]]):
+    """AUC and GAUC with their 95% intervals (under the value), users carrying GAUC, log-loss and ECE:
+    the eval summary at 80 columns."""
+    from rich.table import Table
+
+    result = Table(title=title, title_justify="left", show_lines=True)
+    for column in ("test", "records", "users\n(GAUC)", "AUC\n95% CI", "GAUC\n95% CI", "log-loss", "ECE"):
+        result.add_column(column, justify="left" if column == "test" else "right", no_wrap=column != "test")
+    for name, metrics in rows:
+        users = "-" if metrics.get("users") is None else f"{metrics['users']}\n({metrics['gauc_users']})"
+        result.add_row(name, str(metrics["records"]), users, _interval(metrics["auc"], metrics["auc_ci95"]),
+                       _interval(metrics["gauc"], metrics.get("gauc_ci95")), f"{metrics['log_loss']:.4f}",
+                       f"{metrics['ece']:.4f}")
+    return result
+
+
+def _train_records(train: str | None, adapter: str | None):
+    """Training records for baselines: --train, else the train split the run was trained on."""
+    from data_builders import load_split
+    from tallrec_cli.io import read_manifest
+
+    if train is None and adapter and (Path(adapter) / "manifest.json").is_file():
+        manifest = read_manifest(adapter)
+        if manifest.get("kind") == "train-run":
+            train = (manifest.get("config") or {}).get("data", {}).get("train")
+    return (load_split(train, "train"), train) if train else (None, None)
+
+
 def eval_command(
     test: list[str] = typer.Option(..., "--test", "-t", help="Test file (.jsonl, TALLRec .json) or dataset folder; repeatable."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
@@ -52,22 +86,53 @@ def eval_command(
     plots: bool = typer.Option(False, "--plots", help="Also write roc.png and reliability.png."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results of the same test."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
+    baseline: list[str] = typer.Option(None, "--baseline", "-b", help="Score with a baseline instead of a model "
+                                       "(history-share, popularity, logreg, bias, gbdt, mf); repeatable; "
+                                       "results in OUTPUT/<baseline>/<test>/."),
+    compare: list[str] = typer.Option(None, "--compare", "-c", help="References to put beside the model, comma-"
+                                      "separated: baselines and `base` (the model without its adapter); paired-"
+                                      "bootstrap intervals of the AUC and GAUC differences."),
+    train: str = typer.Option(None, "--train", help="Training data for baselines that learn (dataset folder or "
+                              "records file; its train split). Default: the run's training data."),
 ) -> None:
-    """Score labelled test records and report AUC, GAUC, log-loss, accuracy, Brier, ECE (one row per test).
+    """Score labelled test records and report AUC and GAUC with 95% intervals, log-loss and calibration,
+    for a model or for baselines, and compare a model with its references.
 
     Examples:
 
-    `tallrec eval --adapter runs/m64 --test data/movielens-100k --test data/book/test.jsonl --plots`
+    `tallrec eval --adapter runs/m64 --test data/movielens-100k --compare base,history-share,gbdt`
+
+    `tallrec eval --baseline history-share --baseline gbdt --train data/movie --test data/movie -o evals/ref`
 
     `tallrec eval --model smollm2-135m --test data/movielens-100k --limit 200 --score tallrec -o evals/zero-shot`
     """
+    from tallrec_cli.compare import check_references, comparison_table, evaluate_baseline_tests, parse_names
+    from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import eval_output_root, evaluate_tests, load_tests
     from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
 
     _check_choice(score, SCORE_MODES, "--score")
     _check_choice(prefix_cache, PREFIX_CACHE_MODES, "--prefix-cache")
+    baselines, references = parse_names(baseline), parse_names(compare)
+    has_model = bool(model or adapter)
+    if not has_model and not baselines:
+        raise ConfigError("nothing to evaluate", "pass --model and/or --adapter, or --baseline NAME")
+    if has_model and baselines:
+        raise ConfigError("--baseline scores without a model; with a model use --compare",
+                          f"e.g. --compare {','.join(baselines)}")
     root = eval_output_root(adapter, output)
     tests = load_tests(test, split, limit)
+    train_records, train_source = _train_records(train, adapter)
+    problems = check_references(baselines or references, train_records is not None, has_model=bool(adapter))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if baselines:
+        with err_console.status("fitting baselines") as status:
+            results = evaluate_baseline_tests(baselines, train_records, train_source, tests, root, bootstrap, seed,
+                                              plots, overwrite, lambda what: status.update(f"scoring {what}"))
+        console.print(metrics_table("baselines", [(f"{r['baseline']}\n{r['test']}", r["metrics"]) for r in results]))
+        _notes([(f"{r['baseline']}: {r['test']}", r) for r in results])
+        return
     inference = _load(model, adapter, dtype, quantization, trust_remote_code)
     with progress() as bar:
         def on_start(name: str, records: int):
@@ -75,20 +140,20 @@ def eval_command(
             return lambda done: bar.advance(task, done)
 
         results = evaluate_tests(inference, tests, root, template, _label_words(label_words), score, batch_size,
-                                 prefix_cache, bootstrap, seed, plots, overwrite, on_start)
-    rows = []
+                                 prefix_cache, bootstrap, seed, plots, overwrite, on_start, references, train_records)
+    console.print(metrics_table(f"eval ({score} scores)", [(r["test"], r["metrics"]) for r in results]))
     for result in results:
-        metrics = result["metrics"]
-        interval = metrics["auc_ci95"]
-        rows.append([result["test"], metrics["records"], metrics["positives"], metrics["auc"],
-                     f"{interval[0]:.4f}-{interval[1]:.4f}" if interval else "-", metrics["gauc"],
-                     metrics["log_loss"], metrics["accuracy"], metrics["brier"], metrics["ece"]])
-    console.print(table(f"eval ({score} scores)", ["test", "records", "positives", "AUC", "AUC 95% CI", "GAUC",
-                                                    "log-loss", "acc@0.5", "Brier", "ECE"], rows))
-    for result in results:
+        if result["comparison"]:
+            console.print(comparison_table(result["comparison"], f"{result['test']}: model vs references "
+                                           "(Δ = model - row, paired 95% CI)"))
+    _notes([(r["test"], r) for r in results])
+
+
+def _notes(results) -> None:
+    for name, result in results:
         for note in result["metrics"]["notes"]:
-            console.print(f"[yellow]{result['test']}:[/] {note}", highlight=False)
-        console.print(f"{result['test']}: {result['folder']}", highlight=False)
+            console.print(f"[yellow]{name}:[/] {note}", highlight=False)
+        console.print(f"{name}: {result['folder']}", highlight=False)
 
 
 def predict_command(

@@ -1,0 +1,166 @@
+"""A model beside its references on the same records: baselines scored like a model (eval folders of
+their own), and comparisons with paired-bootstrap intervals of the AUC and GAUC differences, so "is it
+better?" has an answer.
+
+A reference is a baseline name (``tallrec_cli.baselines``) or ``base``: the same model with its
+adapter switched off (zero-shot), scored in the same pass as the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tallrec_cli.baselines import BASELINES, check_baseline_names, fit_and_score, labels_of
+from tallrec_cli.errors import ConfigError, DataError
+from tallrec_cli.metrics import BOOTSTRAP_RESAMPLES, compute_metrics, paired_difference
+
+BASE_MODEL = "base"  # the model without its adapter
+
+
+@dataclass
+class Scored:
+    """One scorer's P(like) for a list of records."""
+
+    name: str
+    label: str
+    scores: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_names(values: Sequence[str] | None) -> list[str]:
+    """``--compare a,b --compare c`` -> [a, b, c], order kept, repeats dropped."""
+    names = [part.strip() for value in values or () for part in value.split(",") if part.strip()]
+    return list(dict.fromkeys(names))
+
+
+def check_references(names: Sequence[str], has_train: bool, has_model: bool) -> list[str]:
+    """Every problem with the requested references, before any loading."""
+    problems = check_baseline_names([name for name in names if name != BASE_MODEL], has_train)
+    if BASE_MODEL in names and not has_model:
+        problems.append("'base' (the model without its adapter) needs --adapter")
+    return problems
+
+
+def record_users(records: Sequence[dict]) -> list | None:
+    return [r["user_id"] for r in records] if all(r.get("user_id") is not None for r in records) else None
+
+
+def score_baselines(names: Sequence[str], train: Sequence[dict] | None, records: Sequence[dict],
+                    seed: int = 0) -> list[Scored]:
+    result = []
+    for name in names:
+        scores, info = fit_and_score(name, train, records, seed)
+        result.append(Scored(name, BASELINES[name].label, scores, info))
+    return result
+
+
+def compare(records: Sequence[dict], primary: Scored, references: Sequence[Scored],
+            resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """Metrics of every scorer and the paired differences primary - reference."""
+    lengths = {len(primary.scores), *(len(reference.scores) for reference in references)}
+    if lengths != {len(records)}:
+        raise DataError("the scorers were not run on the same records",
+                        "compare scores of one test file: same records, same order")
+    labels, users = labels_of(records), record_users(records)
+    rows = []
+    for scorer in (primary, *references):
+        metrics = compute_metrics(labels, scorer.scores, users, resamples, seed)
+        row = {"name": scorer.name, "label": scorer.label, "metrics": metrics, "info": scorer.info}
+        if scorer is not primary:
+            row["difference"] = paired_difference(labels, primary.scores, scorer.scores, users, resamples, seed)
+        rows.append(row)
+    return {"records": len(records), "primary": primary.name, "rows": rows,
+            "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95,
+                          "auc": "records drawn with replacement, the same draw for both scorers",
+                          "gauc": "users drawn with replacement (a user's records stay together)"}}
+
+
+def verdict(difference: dict) -> str:
+    """'win', 'loss' or 'tie' from the AUC and GAUC difference intervals: a win needs every available
+    interval above zero, a loss every one below."""
+    intervals = [difference.get(key) for key in ("auc_diff_ci95", "gauc_diff_ci95") if difference.get(key)]
+    if intervals and all(low > 0 for low, _ in intervals):
+        return "win"
+    if intervals and all(high < 0 for _, high in intervals):
+        return "loss"
+    return "tie"
+
+
+def write_comparison(folder: Path, records: Sequence[dict], comparison: dict, scorers: Sequence[Scored]) -> None:
+    """comparison.json and comparison_predictions.jsonl (every scorer's P(like) per record) in ``folder``."""
+    from tallrec_cli.io import write_json_atomic, write_jsonl_atomic
+
+    write_json_atomic(folder / "comparison.json", comparison)
+    write_jsonl_atomic(folder / "comparison_predictions.jsonl", (
+        {"id": record.get("id"), "user_id": record.get("user_id"), "label": record.get("label"),
+         **{scorer.name: float(scorer.scores[index]) for scorer in scorers}}
+        for index, record in enumerate(records)))
+
+
+def evaluate_baseline_tests(names: Sequence[str], train: Sequence[dict] | None, train_source: str | None, tests,
+                            output_root: str | Path, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                            plots: bool = False, overwrite: bool = False,
+                            on_start: Callable[[str], None] | None = None) -> list[dict]:
+    """Each baseline on each test into ``output_root/<baseline>/<test>/`` (metrics.json, predictions.jsonl,
+    manifest.json), like a model's eval; returns one {baseline, test, folder, metrics} each."""
+    from tallrec_cli.evaluate import write_eval_folder
+    from tallrec_cli.io import sha256_file
+
+    problems = check_references(names, train is not None, has_model=False)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    results = []
+    for name in names:
+        for test in tests:
+            if on_start:
+                on_start(f"{name} on {test.name}")
+            scores, info = fit_and_score(name, train, test.records, seed)
+            metrics = compute_metrics(labels_of(test.records), scores, record_users(test.records), resamples, seed)
+            metrics.update(test=test.name, source=str(test.path), score_mode=f"baseline:{name}", baseline=info)
+            inputs = {"baseline": name, "train": train_source,
+                      "test": {"name": test.name, "path": str(test.path.resolve()), "split": test.split,
+                               "limit": test.limit, "sha256": sha256_file(test.path) if test.path.is_file() else None}}
+            folder = write_eval_folder(Path(output_root) / name / test.name, test.records, scores, metrics, inputs,
+                                       plots, overwrite)
+            results.append({"baseline": name, "test": test.name, "folder": str(folder), "metrics": metrics})
+    return results
+
+
+def short_interval(interval: Sequence[float] | None, signed: bool = False) -> str:
+    """``.699-.757`` / ``-.010,+.034``: an interval in few characters, for 80-column tables."""
+    if not interval:
+        return ""
+    low, high = (f"{value:+.3f}" if signed else f"{value:.3f}" for value in interval)
+    low, high = (text.replace("0.", ".", 1) for text in (low, high))
+    return f"{low},{high}" if signed else f"{low}-{high}"
+
+
+def _value(value: float | None, interval: Sequence[float] | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:+.4f}" if signed else f"{value:.4f}"
+    return text + ("\n" + short_interval(interval, signed) if interval else "")
+
+
+def comparison_table(comparison: dict, title: str):
+    """One row per scorer: AUC and GAUC with their 95% intervals under them, then the differences of the
+    primary scorer minus that row (paired intervals) and the primary's verdict; fits 80 columns."""
+    from rich.table import Table
+
+    result = Table(title=title, title_justify="left", show_lines=True)
+    for column, justify in (("scorer", "left"), ("AUC", "right"), ("GAUC", "right"), ("ΔAUC", "right"),
+                            ("ΔGAUC", "right"), ("", "left")):
+        result.add_column(column, justify=justify, no_wrap=column != "scorer")
+    for row in comparison["rows"]:
+        metrics, difference = row["metrics"], row.get("difference")
+        result.add_row(
+            row["label"], _value(metrics["auc"], metrics["auc_ci95"]), _value(metrics["gauc"], metrics["gauc_ci95"]),
+            _value(difference["auc_diff"], difference["auc_diff_ci95"], True) if difference else "",
+            _value(difference["gauc_diff"], difference["gauc_diff_ci95"], True) if difference else "",
+            verdict(difference) if difference else "")
+    return result
