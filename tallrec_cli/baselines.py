@@ -370,8 +370,8 @@ def check_baseline_names(names: Sequence[str], has_train: bool) -> list[str]:
     problems = [f"unknown baseline {name!r} (use {', '.join(BASELINES)})" for name in names if name not in BASELINES]
     needing = [name for name in names if name in BASELINES and BASELINES[name].needs_train]
     if needing and not has_train:
-        problems.append(f"{', '.join(needing)} need training records: pass --train DATASET (a dataset folder or "
-                        "records file; its train split is used)")
+        problems.append(f"{', '.join(needing)} need{'s' if len(needing) == 1 else ''} training records: pass --train "
+                        "DATASET (a dataset folder or records file; its train split is used)")
     return problems
 
 

@@ -131,6 +131,17 @@ def evaluate_baseline_tests(names: Sequence[str], train: Sequence[dict] | None, 
     return results
 
 
+def cold_note(info: dict) -> str | None:
+    """'gbdt: 70 of 3050 records have a user and 113 an item unseen in training ...', or None."""
+    cold = info.get("cold") or {}
+    parts = [f"{cold[key]} {what}" for key, what in (("records_with_cold_user", "a user"),
+                                                     ("records_with_cold_item", "an item")) if cold.get(key)]
+    if not parts:
+        return None
+    return (f"{info['baseline']}: of {cold['records']} records, {' and '.join(parts)} unseen in training "
+            "(their statistics fall back to the training prior)")
+
+
 def short_interval(interval: Sequence[float] | None, signed: bool = False) -> str:
     """``.699-.757`` / ``-.010,+.034``: an interval in few characters, for 80-column tables."""
     if not interval:

@@ -198,3 +198,47 @@ def test_predict_builds_the_data_stage_wording_and_accepts_tallrec_records(model
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"liked": "x"}])
     assert "neither a candidate" in error_of(invoke("predict", "--model", model_dir, "--input", bad,
                                                     "--output", output)).message
+
+
+def test_baselines_alone_write_eval_folders_and_need_training_data(tmp_path):
+    from tests.test_sweep_run import write_dataset
+
+    data = write_dataset(tmp_path / "data")
+    out = tmp_path / "ref"
+    result = invoke("eval", "--baseline", "history-share", "--baseline", "popularity", "--train", data,
+                    "--test", data, "-o", out, "--bootstrap", "100")
+    assert result.exit_code == 0, result.output
+    records = read_jsonl(data / "test.jsonl")
+    metrics = json.loads((out / "history-share" / "data-test" / "metrics.json").read_text())
+    from sklearn.metrics import roc_auc_score
+    shares = [(sum(i["liked"] for i in r["history"]) + 1) / (len(r["history"]) + 2) for r in records]
+    assert metrics["auc"] == pytest.approx(roc_auc_score([r["label"] for r in records], shares))
+    assert metrics["score_mode"] == "baseline:history-share" and metrics["users"] == 5
+    manifest = read_manifest(out / "popularity" / "data-test", "eval")
+    assert manifest["baseline"] == "popularity" and manifest["train"] == str(data)
+    missing = invoke("eval", "--baseline", "gbdt", "--test", data, "-o", tmp_path / "x")
+    assert "--train" in error_of(missing).message and not (tmp_path / "x").exists()
+    both = invoke("eval", "--model", "smollm2-135m", "--baseline", "gbdt", "--test", data, "-o", tmp_path / "y")
+    assert "--compare" in error_of(both).message
+
+
+def test_compare_puts_model_base_and_baselines_on_the_same_records(model_dir, tmp_path):
+    from tests.test_sweep_run import write_dataset
+
+    data = write_dataset(tmp_path / "data")
+    run = make_run(model_dir, tmp_path / "run")
+    result = invoke("eval", "--adapter", run, "--test", data, "--train", data, "--dtype", "float32",
+                    "--compare", "base,history-share", "--compare", "gbdt", "--bootstrap", "200")
+    assert result.exit_code == 0, result.output
+    assert "ΔAUC" in result.output and "ΔGAUC" in result.output
+    folder = run / "eval" / "data-test"
+    comparison = json.loads((folder / "comparison.json").read_text())
+    assert [row["name"] for row in comparison["rows"]] == ["model", "base", "history-share", "gbdt"]
+    model_metrics = json.loads((folder / "metrics.json").read_text())
+    assert comparison["rows"][0]["metrics"]["auc"] == pytest.approx(model_metrics["auc"])
+    rows = read_jsonl(folder / "comparison_predictions.jsonl")
+    assert len(rows) == 24 and not np.allclose([r["model"] for r in rows], [r["base"] for r in rows], atol=1e-3)
+    diff = comparison["rows"][1]["difference"]
+    assert diff["auc_diff"] == pytest.approx(comparison["rows"][0]["metrics"]["auc"] - comparison["rows"][1]["metrics"]["auc"])
+    assert diff["auc_diff_ci95"][0] <= diff["auc_diff"] <= diff["auc_diff_ci95"][1]
+    assert {"comparison.json", "comparison_predictions.jsonl"} <= set(read_manifest(folder, "eval")["files"])

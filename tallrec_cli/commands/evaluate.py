@@ -150,8 +150,13 @@ def eval_command(
 
 
 def _notes(results) -> None:
+    from tallrec_cli.compare import cold_note
+
     for name, result in results:
-        for note in result["metrics"]["notes"]:
+        infos = [result["metrics"].get("baseline")] + [row["info"] for row in (result.get("comparison") or {})
+                                                       .get("rows", []) if row["info"].get("baseline")]
+        notes = result["metrics"]["notes"] + [cold_note(info) for info in infos if info]
+        for note in filter(None, notes):
             console.print(f"[yellow]{name}:[/] {note}", highlight=False)
         console.print(f"{name}: {result['folder']}", highlight=False)
 
