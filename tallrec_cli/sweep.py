@@ -910,6 +910,7 @@ def cell_observations(results) -> list[dict]:
                 rows.append({"method": method, "kind": "zero-shot" if result["shots"] == 0 else "lora",
                              "domain": result["domain"], "test": label, "shots": result["shots"], "seed": result["seed"],
                              "auc": metrics.get("auc"), "gauc": metrics.get("gauc"), "records": metrics.get("records"),
+                             "users": metrics.get("users"), "gauc_users": metrics.get("gauc_users"),
                              "cell": result["id"]})
     return rows
 
@@ -968,7 +969,8 @@ def summarize(observations: list[dict]) -> list[dict]:
         summary.append({"method": method, "kind": kind, "test": test, "shots": shots, "auc_mean": mean, "auc_std": std,
                         "gauc_mean": gauc_mean, "gauc_std": gauc_std,
                         "n": len(aucs), "seeds": [row["seed"] for row in rows], "aucs": [row["auc"] for row in rows],
-                        "records": rows[0]["records"], "best": False})
+                        "records": rows[0]["records"], "users": rows[0].get("users"),
+                        "gauc_users": rows[0].get("gauc_users"), "best": False})
     columns: dict[tuple, list[dict]] = defaultdict(list)
     for row in summary:
         if row["auc_mean"] is not None:
@@ -994,6 +996,23 @@ def _columns(summary: list[dict]) -> list[tuple[str, int]]:
     return sorted({(row["test"], row["shots"]) for row in summary})
 
 
+def test_users_line(summary: list[dict]) -> str:
+    """Per test: records, users, users carrying a per-user AUC, and a warning under MIN_GAUC_USERS."""
+    from tallrec_cli.metrics import MIN_GAUC_USERS
+
+    parts = []
+    for test in sorted({row["test"] for row in summary}):
+        row = next((r for r in summary if r["test"] == test and r.get("users") is not None), None)
+        if row is None:
+            parts.append(f"{test}: users unknown (records without user_id: no GAUC)")
+            continue
+        text = f"{test}: {row['records']} records, {row['users']} users ({row['gauc_users']} with both labels)"
+        if row["gauc_users"] < MIN_GAUC_USERS:
+            text += f" - under {MIN_GAUC_USERS}: GAUC mostly reflects a few users"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def results_table(summary: list[dict],
                   title: str = "AUC (GAUC under it) by training samples (mean ± std over seeds, n)"):
     """A rich table shaped like TALLRec's Table 1: methods x (test, shots), per-user AUC under each AUC;
@@ -1001,7 +1020,8 @@ def results_table(summary: list[dict],
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", caption="shots 0 = zero-shot base model; * = best AUC in column; "
-                  "full-data references are fitted on the whole training split", caption_justify="left", show_lines=True)
+                  "full-data references are fitted on the whole training split\n" + test_users_line(summary),
+                  caption_justify="left", show_lines=True)
     table.add_column("method")
     columns = _columns(summary)
     for test, shots in columns:

@@ -290,18 +290,22 @@ def test_report_rebuilt_from_folders_equals_live_one(recipe, dataset, tmp_path, 
     assert zero["n"] == 1 and zero["auc_std"] is None and zero["best"]
 
 
-def test_results_table_marks_best_per_column():
+def test_results_table_marks_best_per_column_and_shows_gauc_references_and_users():
     from rich.console import Console
 
     summary = sweep.summarize([
-        {"method": "LoRA m", "kind": "lora", "test": "t", "shots": 16, "seed": s, "auc": a, "records": 9, "cell": "c"}
-        for s, a in ((0, 0.7), (1, 0.8))] + [
+        {"method": "LoRA m", "kind": "lora", "test": "t", "shots": 16, "seed": s, "auc": a, "gauc": g, "records": 9,
+         "users": 3, "gauc_users": 2, "cell": "c"}
+        for s, a, g in ((0, 0.7, 0.6), (1, 0.8, 0.62))] + [
         {"method": "Popularity", "kind": "baseline", "test": "t", "shots": 16, "seed": 0, "auc": 0.55, "records": 9,
-         "cell": None}])
+         "cell": None}] + sweep.reference_observations(
+        {"domain": None, "tests": {"t": {"GBDT": {"auc": 0.9, "gauc": 0.58, "n": 9}}}}, [16]))
     console = Console(record=True, width=200)
     console.print(sweep.results_table(summary))
     text = console.export_text()
-    assert "0.7500 ± 0.0707 (2) *" in text and "0.5500 (1)" in text and "0.5500 (1) *" not in text
+    assert "0.9000 (1) *" in text and "0.7500 ± 0.0707 (2)" in text and "0.5500 (1)" in text
+    assert "g 0.6100 ± 0.0141" in text and "GBDT (full data)" in text and "g 0.5800" in text
+    assert "t: 9 records, 3 users (2 with both labels) - under 30" in " ".join(text.split())  # caption wraps
 
 
 # ------------------------------------------------------------------------------------ scheduling
