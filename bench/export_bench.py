@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Prompts for the merge's AUC check: 32 positives x 32 negatives, so one reordered pair moves AUC by 0.001,
+# well inside the 16-bit tolerance (with 8 prompts one pair moved it by 0.0625 and failed spuriously).
+VERIFY_SAMPLES = 64
 LLAMA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
             "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096}
 
@@ -45,18 +48,22 @@ def child(step: str, args: list[str]) -> None:
     started = time.perf_counter()
     result: dict = {}
     if step == "make-run":  # args: base run_dir dtype device
+        from data_builders.build import build_config, build_dataset
         from tests.export_helpers import make_train_run
 
-        make_train_run(Path(args[1]), args[0], r=16, dtype=args[2], device=args[3])
+        # Distinct labelled validation records (the bundled MovieLens sample) for the merge's AUC check.
+        dataset = Path(args[1]).parent / "movielens"
+        build_dataset(build_config("movielens-latest", None, {"output": str(dataset)}))
+        make_train_run(Path(args[1]), args[0], r=16, dtype=args[2], device=args[3], valid=dataset / "valid.jsonl")
     elif step == "make-7b":  # args: folder; random weights, real shapes: what a merge costs does not depend on values
-        from transformers import AutoModelForCausalLM, LlamaConfig
+        from transformers import LlamaConfig
 
+        from bench.common import random_model
         from tests.conftest import build_tiny_llama
 
         build_tiny_llama(Path(args[0]))  # tokenizer (ids < 600 fit any vocabulary); its tiny weights are replaced
         config = LlamaConfig(**LLAMA_7B, bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False)
-        with torch.device("cuda"):  # initialised directly in bf16 on the GPU: 13.5 GB, never 27 GB of fp32
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model = random_model(config, "cuda")
         for stale in Path(args[0]).glob("model*.safetensors*"):
             stale.unlink()
         model.save_pretrained(args[0], safe_serialization=True, max_shard_size="5GB")
@@ -69,9 +76,10 @@ def child(step: str, args: list[str]) -> None:
 
         if args[3] == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        exported = export_merged(args[0], args[1], dtype=args[2], device=args[3], verify_samples=8)
+        exported = export_merged(args[0], args[1], dtype=args[2], device=args[3], verify_samples=VERIFY_SAMPLES)
         result = {"merged_gb": round(exported.size_bytes / 1e9, 3), "shards": exported.shards,
-                  "max_abs_logit_diff": exported.verification.max_abs_logit_diff}
+                  "max_abs_logit_diff": exported.verification.max_abs_logit_diff,
+                  "auc_samples": exported.verification.auc_samples}
         if args[3] == "cuda":
             result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     result["seconds"] = round(time.perf_counter() - started, 2)

@@ -129,7 +129,7 @@ def model_description(inference) -> dict[str, Any]:
     from tallrec_cli.models import model_identity
 
     return {"base_model": model_identity(inference.base), "adapter": inference.adapter,
-            "dtype": str(next(inference.model.parameters()).dtype).replace("torch.", "")}
+            "dtype": inference.dtype, "quantization": inference.quantization}
 
 
 def write_eval_folder(folder: Path, records: Sequence[dict], scores: np.ndarray, metrics: dict,

@@ -607,8 +607,12 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
     _refuse_existing(output, overwrite)
     source = resolve_base(run, base_model)
     dtype = merge_dtype(dtype, source)
-    ensure_disk_space(output, estimate_merged_bytes(source, dtype))
+    merged_bytes = estimate_merged_bytes(source, dtype)
+    ensure_disk_space(output, merged_bytes)
     device = device or default_device()
+    # Weights load straight onto the device, so a GPU too small fails inside load_model with this advice.
+    oom_hint = (f"merge in host RAM instead: --device cpu (about {merged_bytes / 1e9:.1f} GB of RAM at {dtype})"
+                if device != "cpu" else "free host RAM or merge on a machine with more memory")
     quantization = run.manifest.get("quantization") or "none"
     quantized = None if quantization == "none" else quantization
 
@@ -622,7 +626,8 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
 
     with staged_dir(output, overwrite=overwrite) as staging:
         # Base reloaded unquantized at the merge dtype: merging into 4/8-bit weights would re-quantize the update.
-        model = PeftModel.from_pretrained(load_model(source, dtype, "none", device=device), str(run.adapter_dir))
+        model = PeftModel.from_pretrained(load_model(source, dtype, "none", device=device, oom_hint=oom_hint),
+                                          str(run.adapter_dir))
         model.eval()
         reference_logits = _full_logits(model, tokenizer, prompts[:LOGIT_PROMPTS])
         reference_scores = score_prompts(model, tokenizer, prompts, labels)
@@ -635,7 +640,8 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
         del model, merged
         gc.collect()
 
-        reloaded = load_model(ModelSource("local", str(staging), str(staging)), dtype, "none", device=device)
+        reloaded = load_model(ModelSource("local", str(staging), str(staging)), dtype, "none", device=device,
+                              oom_hint=oom_hint)
         merged_logits = _full_logits(reloaded, tokenizer, prompts[:LOGIT_PROMPTS])
         merged_scores = score_prompts(reloaded, tokenizer, prompts, labels)
         del reloaded
@@ -647,7 +653,8 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
                 f"the merged model does not reproduce base + adapter: max |logit diff| "
                 f"{verification.max_abs_logit_diff:.3g} (bound {verification.logit_bound:.3g}), AUC "
                 f"{verification.auc_adapter} vs {verification.auc_merged}; nothing was written",
-                "try --dtype float32; if it persists, report it with TALLREC_DEBUG=1",
+                "try --dtype float32 (with --device cpu where the GPU cannot hold fp32 weights); if it persists, "
+                "report it with TALLREC_DEBUG=1",
             )
         base = serving_name(source)
         name = name or output.name

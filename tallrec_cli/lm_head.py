@@ -57,13 +57,18 @@ def compact_log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return tuple(torch.cat(column) for column in zip(*parts))
 
 
-def install_compact_lm_head(model) -> bool:
+def install_compact_lm_head(model, device) -> bool:
     """Replace trl's fused-head forward on ``model`` (the base model, already patched by SFTTrainer) with
-    the compact one. Returns False (nothing changed) on Triton devices or models that need trl's path."""
+    the compact one. Returns False (nothing changed) where trl will run its Triton kernel or the model needs
+    trl's path.
+
+    ``device`` is the one training runs on (the Trainer's), not where the weights are now: under FSDP they are
+    still on the CPU here. trl itself decides per call by device type and whether Triton imports, so CUDA
+    without Triton gets its every-position fallback: the compact head is the better choice there too."""
+    from trl.kernels.chunked_logprob import _use_triton
     from trl.trainer.utils import FusedCausalLMOutput
 
-    device = model.get_output_embeddings().weight.device
-    if device.type in ("cuda", "xpu") or _needs_trl_path(model.config):
+    if _use_triton(device) or _needs_trl_path(model.config):
         return False
     trl_forward = model.forward
 

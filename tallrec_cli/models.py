@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tallrec_cli.errors import ConfigError, ModelError
+from tallrec_cli.errors import ConfigError, ModelError, ResourceError
 from tallrec_cli.io import read_manifest, sha256_file, staged_dir, tallrec_home, write_manifest
 
 EMBEDDED_MODELS = {
@@ -129,15 +129,23 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_dtype(name: str = "auto"):
-    """``auto``: bf16 on CUDA capability >= 8 and bf16-capable CPUs, fp16 on older CUDA, else fp32."""
+    """``auto``: bf16 on CUDA capability >= 8 and bf16-capable CPUs, fp16 on older CUDA, else fp32.
+
+    An explicit bfloat16 on a pre-Ampere GPU (T4, V100, RTX 20xx) is refused here, before any weights load:
+    transformers would otherwise fail deep inside loading or the first matmul with a traceback."""
     import torch
 
     if name not in DTYPES:
         raise ConfigError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    on_old_gpu = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8
+    if name == "bfloat16" and on_old_gpu:
+        major, minor = torch.cuda.get_device_capability()
+        raise ConfigError(f"dtype bfloat16 needs a GPU of compute capability 8.0 or newer (Ampere); this one is {major}.{minor}",
+                          "use dtype auto (float16 on this GPU) or float16")
     if name != "auto":
         return getattr(torch, name)
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+        return torch.float16 if on_old_gpu else torch.bfloat16
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
@@ -184,9 +192,16 @@ def quantization_config(quantization: str, compute_dtype):
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
+LOAD_OOM_HINT = "use 4-bit quantization (model.quantization=4bit / --quantization 4bit) or a smaller model"
+
+
 def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "none",
-               trust_remote_code: bool = False, device: str | None = None):
-    """Load a causal LM; weights in safetensors only (``use_safetensors`` refuses pickle files)."""
+               trust_remote_code: bool = False, device: str | None = None, oom_hint: str = LOAD_OOM_HINT):
+    """Load a causal LM; weights in safetensors only (``use_safetensors`` refuses pickle files).
+
+    With ``device`` (always for bitsandbytes: this process's device) the weights load straight onto it through
+    ``device_map``, so running out of memory happens here, inside the handling below, not in a later ``.to()``;
+    without, they stay in host RAM (the Trainer places them)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -199,23 +214,43 @@ def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "no
     bnb = quantization_config(quantization, torch_dtype)
     if bnb is not None:
         kwargs["quantization_config"] = bnb
-        kwargs["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}
+        device = device or default_device()
+    if device:
+        # A dict pins every module to this one device (a string such as "auto" would spread them).
+        kwargs["device_map"] = {"": device}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as exc:
         raise _load_error(source, exc) from None
-    except torch.OutOfMemoryError:
-        raise ModelError(f"out of memory loading {source.name} in {dtype}",
-                         "use --set model.quantization=4bit or a smaller model") from None
-    if bnb is None and device:
-        model.to(device)
-    return model
+    except (RuntimeError, MemoryError) as exc:
+        from tallrec_cli.scoring import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        raise ResourceError(f"out of memory loading {source.name} ({dtype}, quantization {quantization}) onto "
+                            f"{device or 'the CPU'}", oom_hint) from None
 
 
 def default_device() -> str:
+    """This process's device: under torchrun / accelerate launch each rank owns the GPU of its LOCAL_RANK
+    (plain "cuda" would put every rank's weights on GPU 0)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def release_memory() -> None:
+    """Free unreachable models now: patched forwards, trainers and callbacks hold them in reference cycles that
+    the garbage collector may leave for a long time; then hand their cached CUDA blocks back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @dataclass
@@ -227,6 +262,8 @@ class InferenceModel:
     adapter: str | None
     template: str | None  # from the run manifest, when the model came from a run or export
     labels: dict | None
+    dtype: str = "float32"  # compute dtype the weights were loaded in (recorded by eval manifests)
+    quantization: str = "none"  # bitsandbytes quantization of the base that was scored
 
 
 def _adapter_base_name(adapter_dir: Path) -> str | None:
@@ -264,16 +301,21 @@ def base_model_config_summary(model) -> dict[str, Any]:
 
 
 def load_for_inference(model: str | None = None, adapter: str | None = None, dtype: str = "auto",
-                       quantization: str = "none", trust_remote_code: bool = False,
+                       quantization: str | None = None, trust_remote_code: bool = False,
                        device: str | None = None) -> InferenceModel:
     """Base alone, base + adapter folder, a run folder (its manifest names base, template, labels),
-    or a merged model folder. ``model`` may be omitted when ``adapter`` is a run or export folder."""
+    or a merged model folder. ``model`` may be omitted when ``adapter`` is a run or export folder.
+
+    ``quantization`` None: the quantization the adapter was trained with (a QLoRA adapter is scored on the
+    4-bit base it learned on), else none."""
     template = labels = None
+    trained_quantization = "none"
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None:
         manifest = read_manifest(adapter_dir, ("train-run", "adapter-export"))
         template = manifest.get("prompt", {}).get("template")
         labels = manifest.get("labels")
+        trained_quantization = manifest.get("quantization") or "none"
         adapter_dir = adapter_dir / manifest.get("adapter_dir", "adapter" if manifest["kind"] == "train-run" else ".")
         model = model or manifest["base_model"]["name"]
     elif model is not None and Path(model, "manifest.json").exists():
@@ -283,6 +325,7 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, dty
             labels = manifest.get("labels")
     if model is None:
         raise ConfigError("no model given", "pass --model (a folder, .gguf, hub id or smollm2-135m) or --adapter RUN_DIR")
+    quantization = trained_quantization if quantization is None else quantization
     source = resolve_model_source(model)
     tokenizer = load_tokenizer(source, trust_remote_code)
     base = load_model(source, dtype, quantization, trust_remote_code, device or default_device())
@@ -294,4 +337,5 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, dty
         check_adapter_matches_base(Path(adapter) if adapter else adapter_dir, base)
         base = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     base.eval()
-    return InferenceModel(base, tokenizer, source, str(adapter_dir) if adapter_dir else None, template, labels)
+    return InferenceModel(base, tokenizer, source, str(adapter_dir) if adapter_dir else None, template, labels,
+                          str(resolve_dtype(dtype)).replace("torch.", ""), quantization)

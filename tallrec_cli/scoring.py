@@ -50,23 +50,31 @@ class ScoringResult:
                 "prompts_per_s": round(len(self.scores) / self.seconds, 3) if self.seconds else None}
 
 
+# Vocabulary rows projected at a time in ``tallrec`` mode: the fp32 copy of the head stays bounded
+# (8192 x 4096 x 4 bytes = 128 MiB) instead of a whole fp32 lm_head (2.2 GB for Qwen2.5-7B).
+HEAD_CHUNK_ROWS = 8192
+
+
 def label_probability(last_hidden, output_weight, labels: LabelTokens, mode: str = "pair"):
     """P(yes) from the final hidden state at the answer position (shape [batch, hidden]).
 
-    The output projection is done here in float32: a bf16 logit near 20 is only resolved to 0.125,
-    which turns many distinct P(yes) into ties and blunts AUC. Pair mode needs just two rows.
+    The output projection is done here in float32 (autocast off: validation during training runs under it):
+    a bf16 logit near 20 is only resolved to 0.125, which turns many distinct P(yes) into ties and blunts AUC.
+    Pair mode needs just two rows; ``tallrec`` mode projects the vocabulary in chunks of HEAD_CHUNK_ROWS rows.
     """
     import torch
 
     hidden = last_hidden.float()
     label_rows = [labels.positive_id, labels.negative_id]
-    if mode == "pair":
-        pair = hidden @ output_weight[label_rows].float().T
-    elif mode == "tallrec":
-        probs = (hidden @ output_weight.float().T).softmax(dim=-1)
-        pair = probs[:, label_rows]
-    else:
-        raise ValueError(f"unknown score mode {mode!r}")
+    with torch.autocast(hidden.device.type, enabled=False):
+        if mode == "pair":
+            pair = hidden @ output_weight[label_rows].float().T
+        elif mode == "tallrec":
+            logits = torch.cat([hidden @ output_weight[start:start + HEAD_CHUNK_ROWS].float().T
+                                for start in range(0, output_weight.shape[0], HEAD_CHUNK_ROWS)], dim=-1)
+            pair = logits.softmax(dim=-1)[:, label_rows]
+        else:
+            raise ValueError(f"unknown score mode {mode!r}")
     return torch.softmax(pair, dim=-1)[:, 0].cpu().numpy()
 
 
@@ -100,33 +108,46 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def auto_batch_size(model, longest_tokens: int) -> int:
+def auto_batch_size(model, longest_tokens: int, prefix_tokens: int = 0) -> int:
     """A batch size expected to fit: fixed on CPU, estimated from free memory on CUDA.
 
-    The estimate (one layer's activations plus eager attention scores per row) is deliberately rough;
-    the out-of-memory back-off in ``score_prompts`` corrects an overestimate.
+    Per row: one layer's activations over the suffix (``longest_tokens``) plus, with a shared prefix of
+    ``prefix_tokens``, the key/value cache of every layer over prefix + suffix (each layer's cache update
+    concatenates the broadcast prefix into a full per-row copy, kept until the forward ends). SDPA keeps no
+    seq^2 attention scores. The out-of-memory back-off in ``score_prompts`` corrects an overestimate.
     """
     import torch
 
-    parameter = next(model.parameters())
-    if parameter.device.type != "cuda":
+    device = next(model.parameters()).device
+    if device.type != "cuda":
         return CPU_BATCH_SIZE
-    config = model.config
-    free_bytes, _ = torch.cuda.mem_get_info(parameter.device)
-    width = parameter.element_size()
-    per_token = width * (8 * config.hidden_size + 3 * getattr(config, "intermediate_size", 4 * config.hidden_size)
-                         + config.num_attention_heads * longest_tokens)
-    rows = int(0.6 * free_bytes / max(1, longest_tokens * per_token))
-    return max(1, min(rows, MAX_AUTO_BATCH_SIZE))
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    per_row = scoring_row_bytes(model.config, model.get_input_embeddings().weight.element_size(), longest_tokens,
+                                prefix_tokens)
+    return max(1, min(int(0.6 * free_bytes / per_row), MAX_AUTO_BATCH_SIZE))
+
+
+def scoring_row_bytes(config, width: int, suffix_tokens: int, prefix_tokens: int = 0) -> int:
+    """Memory one prompt adds to a scoring batch (see ``auto_batch_size``); also used by the --dry-run estimate."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden, heads = text.hidden_size, text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv_width = 2 * (getattr(text, "num_key_value_heads", None) or heads) * head_dim
+    intermediate = getattr(text, "intermediate_size", 4 * hidden)
+    layer_activations = suffix_tokens * width * (8 * hidden + 3 * intermediate)
+    kv_cache = text.num_hidden_layers * (prefix_tokens + suffix_tokens) * kv_width * width if prefix_tokens else 0
+    return max(1, layer_activations + kv_cache)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
-    # CUDA raises OutOfMemoryError; the CPU allocator raises a RuntimeError saying it cannot allocate.
+    # CUDA raises OutOfMemoryError; the CPU allocator raises a RuntimeError saying it cannot allocate; cuBLAS and
+    # cuDNN, when the allocator cannot give them a workspace, report *_STATUS_ALLOC_FAILED.
     message = str(exc).lower()
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message))
+        isinstance(exc, RuntimeError) and any(sign in message for sign in (
+            "out of memory", "can't allocate memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed")))
 
 
 @functools.cache
@@ -221,7 +242,9 @@ def score_prompts_detailed(model, tokenizer, prompts: Sequence[str], labels: Lab
     # The last prompt token must stay in the suffix: its hidden state is the one scored.
     shared = min(common_prefix_length(encoded), min(len(ids) for ids in encoded) - 1)
     use_prefix = prefix_cache == "on" and shared > 0 or prefix_cache == "auto" and shared >= min_prefix_tokens
-    size = batch_size or auto_batch_size(model, max(len(ids) for ids in encoded))
+    longest = max(len(ids) for ids in encoded)
+    size = batch_size or (auto_batch_size(model, longest - shared, shared) if use_prefix
+                          else auto_batch_size(model, longest))
     retries = 0
     was_training = model.training
     model.eval()
@@ -236,6 +259,7 @@ def score_prompts_detailed(model, tokenizer, prompts: Sequence[str], labels: Lab
                 batch = order[done:done + size]
                 try:
                     hidden = _last_hidden(body, [sequences[i] for i in batch], tokenizer.pad_token_id, device, prefix)
+                    batch_scores = label_probability(hidden, output_weight, labels, mode)
                 except (RuntimeError, MemoryError) as exc:
                     if not is_out_of_memory(exc):
                         raise
@@ -248,7 +272,7 @@ def score_prompts_detailed(model, tokenizer, prompts: Sequence[str], labels: Lab
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
-                scores[batch] = label_probability(hidden, output_weight, labels, mode)
+                scores[batch] = batch_scores
                 done += len(batch)
                 if on_batch is not None:
                     on_batch(len(batch))

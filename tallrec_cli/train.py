@@ -255,12 +255,52 @@ def preflight(config: TrainConfig, resume: bool = False, check_output: bool = Tr
         problems.append(f"lora.init_adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json)")
     if config.model.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(f"model.quantization: {config.model.quantization} needs bitsandbytes (pip install bitsandbytes>=0.45)")
+    problems.extend(_cuda_problems(config))
     if check_output:
         problems.extend(_output_problems(config, resume))
     if problems:
         bullet = "\n  - "
         raise ConfigError(f"{len(problems)} problem{'s' * (len(problems) > 1)} before training:{bullet}{bullet.join(problems)}",
                           "fix the paths or options above; nothing was loaded or written")
+
+
+def _cuda_problems(config: TrainConfig) -> list[str]:
+    """What would fail on this machine's GPUs after the weights load: bf16 on a pre-Ampere card, several GPUs
+    in one process (trl refuses nn.DataParallel). A missing C compiler for Triton is a warning."""
+    import torch
+
+    from tallrec_cli.models import resolve_dtype
+
+    problems = []
+    try:
+        resolve_dtype(config.model.dtype)
+    except ConfigError as exc:
+        problems.append(f"model.dtype: {exc.message} ({exc.hint})")
+    if not torch.cuda.is_available():
+        return problems
+    gpus = torch.cuda.device_count()
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:
+        problems.append(f"{gpus} GPUs are visible to one process, which trl refuses to train on (no nn.DataParallel): "
+                        "use one GPU (CUDA_VISIBLE_DEVICES=0 tallrec train ...), all of them with "
+                        "`accelerate launch --multi_gpu -m tallrec_cli train ...`, or `tallrec sweep --devices 0,1`")
+    if triton_needs_missing_compiler() and is_main_process():
+        from tallrec_cli.console import err_console
+
+        err_console.print("[yellow]warning:[/] trl's Triton loss kernel compiles a small C launcher at the first step, "
+                          "and no C compiler was found (set CC, or install gcc)")
+    return problems
+
+
+def triton_needs_missing_compiler() -> bool:
+    """True when Triton is installed (so trl will use it on CUDA) but neither $CC nor cc/gcc/clang is on PATH."""
+    import shutil
+
+    from transformers.utils import is_triton_available
+
+    if not is_triton_available():
+        return False
+    candidates = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    return not any(shutil.which(candidate) for candidate in candidates)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -437,15 +477,19 @@ def build_model(config: TrainConfig, source):
     """Base model (quantized when asked) wrapped in a trainable LoRA adapter."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-    from tallrec_cli.models import load_model
+    from tallrec_cli.models import default_device, load_model, resolve_dtype
 
-    model = load_model(source, config.model.dtype, config.model.quantization, config.model.trust_remote_code, device=None)
+    # On CUDA straight onto this rank's GPU (an out-of-memory there is reported as such); on CPU the Trainer places it.
+    device = default_device() if default_device() != "cpu" else None
+    model = load_model(source, config.model.dtype, config.model.quantization, config.model.trust_remote_code,
+                       device=device, oom_hint=_OOM_HINT)
     model.config.use_cache = False
     if config.model.quantization != "none":
         _keep_4bit_layers_trainable(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.training.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+        _frozen_weights_to(model, resolve_dtype(config.model.dtype))
     if config.lora.init_adapter:
         return PeftModel.from_pretrained(model, config.lora.init_adapter, is_trainable=True)
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
@@ -458,6 +502,19 @@ def build_model(config: TrainConfig, source):
                           "name modules the model has (e.g. q_proj, v_proj) or use all-linear") from None
 
 
+def _frozen_weights_to(model, dtype) -> None:
+    """Undo prepare_model_for_kbit_training's fp32 upcast of the frozen embeddings, norms and lm_head.
+
+    In fp32 they turn the whole residual stream fp32 (an fp32 embedding output plus 16-bit layer outputs is fp32;
+    bitsandbytes layers return their input's dtype), doubling activations and the validation KV cache; frozen
+    weights gain nothing from fp32 (RMSNorm computes its variance in fp32 either way)."""
+    import torch
+
+    for parameter in model.parameters():
+        if parameter.dtype == torch.float32 and not parameter.requires_grad:
+            parameter.data = parameter.data.to(dtype)
+
+
 def _keep_4bit_layers_trainable(model) -> None:
     """bitsandbytes repacks a CPU Linear4bit into an AVX512-BF16 inference layout the first time it runs in
     eval mode, and from then on its matmul passes no gradient: after the first validation pass, QLoRA on CPU
@@ -467,7 +524,32 @@ def _keep_4bit_layers_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size: int, use_bf16: bool, use_fp16: bool):
+def mixed_precision(compute_dtype) -> str | None:
+    """The Trainer's autocast: bf16, fp16 (CUDA only: it brings a GradScaler) or none (fp32)."""
+    import torch
+
+    if compute_dtype == torch.bfloat16:
+        return "bf16"
+    if compute_dtype == torch.float16 and torch.cuda.is_available():
+        return "fp16"
+    return None
+
+
+def trainable_to_fp32(model) -> int:
+    """fp16 training scales the loss with a GradScaler, whose unscale has no bfloat16 kernel on CUDA; trl casts the
+    LoRA weights of a k-bit model to bfloat16 whatever fp16 says. fp32 master weights (the usual fp16 AMP setup:
+    autocast still runs the matmuls in fp16) keep the scaler working. Returns how many were cast."""
+    import torch
+
+    cast = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+            cast += 1
+    return cast
+
+
+def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size: int, precision: str | None):
     import torch
     from trl import SFTConfig
 
@@ -484,8 +566,8 @@ def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size:
         warmup_steps=training.warmup_steps,
         seed=training.seed,
         data_seed=training.seed,
-        bf16=use_bf16,
-        fp16=use_fp16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
         ddp_backend=None if torch.cuda.is_available() else ("gloo" if world_size > 1 else None),
         ddp_find_unused_parameters=False,
@@ -541,19 +623,14 @@ def check_adapter_trained(adapter_dir: Path) -> None:
                                 "train for more steps or raise training.lr")
 
 
+_OOM_HINT = ("lower --set training.micro_batch_size (batch_size stays: gradient accumulation makes up), "
+             "prompt.max_length, or use model.quantization=4bit / training.gradient_checkpointing=true")
+
+
 def _oom_error(config: TrainConfig) -> ResourceError:
     return ResourceError(
         f"out of memory with micro_batch_size={config.training.micro_batch_size}, "
-        f"max_length={config.prompt.max_length}, quantization={config.model.quantization}",
-        "lower --set training.micro_batch_size (batch_size stays: gradient accumulation makes up), "
-        "prompt.max_length, or use model.quantization=4bit / training.gradient_checkpointing=true")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+        f"max_length={config.prompt.max_length}, quantization={config.model.quantization}", _OOM_HINT)
 
 
 def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
@@ -584,9 +661,10 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     from tallrec_cli.console import err_console
     from tallrec_cli.io import write_manifest
     from tallrec_cli.lm_head import install_compact_lm_head
-    from tallrec_cli.models import (base_model_config_summary, load_tokenizer, model_identity, resolve_dtype,
-                                    resolve_model_source)
+    from tallrec_cli.models import (base_model_config_summary, load_tokenizer, model_identity, release_memory,
+                                    resolve_dtype, resolve_model_source)
     from tallrec_cli.prompts import load_template, resolve_label_tokens
+    from tallrec_cli.scoring import is_out_of_memory
 
     started = time.monotonic()
     preflight(config, resume)
@@ -614,43 +692,55 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
 
     set_seed(config.training.seed)
     compute_dtype = resolve_dtype(config.model.dtype)
-    model = build_model(config, source)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     eval_every = eval_interval(config.training.eval_every, len(data.train_records))
-    args = _sft_config(config, run_dir, eval_every, world_size, use_bf16=compute_dtype == torch.bfloat16,
-                       use_fp16=compute_dtype == torch.float16 and torch.cuda.is_available())
+    precision = mixed_precision(compute_dtype)
+    args = _sft_config(config, run_dir, eval_every, world_size, precision)
     status = TrainingStatus(selection_metric="val_loss" if one_class else "val_auc")
     if checkpoint:
         _restore_status(status, run_dir, checkpoint)
-    validation = ValidationCallback(status, run_dir, tokenizer, data.valid_prompts, data.valid_labels, label_tokens,
-                                    eval_every, config.training.patience, config.training.score_mode,
-                                    config.training.eval_batch_size, is_main, config.training.eval_at_start)
-    interrupt = InterruptCallback(status)
-    train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                         callbacks=[*callbacks, validation, interrupt])
-    trainer.remove_callback(PrinterCallback)
-    install_compact_lm_head(trainer.model.get_base_model())
-    if is_main:
-        trainer.add_callback(RichProgressCallback(status, config.training.batch_size))
+    release_memory()  # a previous in-process run (a sweep cell, its evaluation) may still hold a model
+    model = trainer = None
     try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    except Exception as exc:
-        if _is_oom(exc):
-            raise _oom_error(config) from None
-        raise
+        model = build_model(config, source)
+        validation = ValidationCallback(status, run_dir, tokenizer, data.valid_prompts, data.valid_labels,
+                                        label_tokens, eval_every, config.training.patience,
+                                        config.training.score_mode, config.training.eval_batch_size, is_main,
+                                        config.training.eval_at_start)
+        train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                             callbacks=[*callbacks, validation, InterruptCallback(status)])
+        trainer.remove_callback(PrinterCallback)
+        if precision == "fp16":
+            trainable_to_fp32(trainer.model)
+        install_compact_lm_head(trainer.model.get_base_model(), args.device)
+        if is_main:
+            trainer.add_callback(RichProgressCallback(status, config.training.batch_size))
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise _oom_error(config) from None
+            raise
+        base_config = base_model_config_summary(model.get_base_model())
+        steps, max_steps = trainer.state.global_step, trainer.state.max_steps
+    finally:
+        # Patched forwards, the trainer and its callbacks hold the model in reference cycles: collect them now,
+        # or the next in-process run (a sweep's next 7B cell) loads beside this one.
+        model = trainer = validation = None
+        release_memory()
     if status.interrupted_at is not None:
         raise TallrecError(
             f"interrupted at step {status.interrupted_at}; a checkpoint is saved in {run_dir / 'checkpoints'}",
             f"continue with: tallrec train --output {run_dir} --resume")
     wall_seconds = status.elapsed_before + time.monotonic() - started
-    summary = _summary(config, data, status, eval_every, trainer, wall_seconds, one_class, world_size)
+    summary = _summary(config, data, status, eval_every, steps, max_steps, wall_seconds, one_class, world_size)
     if is_main:
         check_adapter_trained(run_dir / "adapter")
         best = status.best_row or {}
         write_manifest(run_dir, RUN_KIND, {
             "base_model": model_identity(source),
-            "base_model_config": base_model_config_summary(model.get_base_model()),
+            "base_model_config": base_config,
             "adapter_dir": "adapter",
             "prompt": {"template": config.prompt.template},
             "labels": label_tokens.as_dict(),
@@ -678,16 +768,15 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     return summary
 
 
-def _summary(config: TrainConfig, data: PreparedData, status, eval_every: int, trainer, wall_seconds: float,
-             one_class: bool, world_size: int) -> dict[str, Any]:
+def _summary(config: TrainConfig, data: PreparedData, status, eval_every: int, steps: int, max_steps: int,
+             wall_seconds: float, one_class: bool, world_size: int) -> dict[str, Any]:
     best = status.best_row or {}
     losses = [row["train_loss"] for row in status.rows if row.get("train_loss") is not None]
-    steps = trainer.state.global_step
     return {
         "run_dir": str(config.output.dir),
         "steps": steps,
-        "max_steps": trainer.state.max_steps,
-        "stopped_early": steps < trainer.state.max_steps,
+        "max_steps": max_steps,
+        "stopped_early": steps < max_steps,
         "eval_every": eval_every,
         "best_step": status.best_step,
         "best_val_auc": best.get("val_auc"),
@@ -755,55 +844,82 @@ def count_parameters(model_config, lora: LoraSettings) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings()
     targets = lora.peft_targets()
-    linear = adapted = lora_params = 0
+    linear = adapted = lora_params = adapted_inputs = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or module is head:
             continue
         linear += module.weight.numel()
         if targets == ALL_LINEAR or name.rsplit(".", 1)[-1] in targets:
             adapted += 1
+            adapted_inputs += module.in_features
             lora_params += lora.r * (module.in_features + module.out_features)
             if lora.use_dora:
                 lora_params += module.out_features  # magnitude vector
-    return {"total": total, "quantizable": linear, "lora": lora_params, "adapted_modules": adapted}
+    return {"total": total, "quantizable": linear, "lora": lora_params, "adapted_modules": adapted,
+            "adapted_inputs": adapted_inputs}
 
 
-def estimate_memory(model_config, counts: dict[str, int], config: TrainConfig, seq_len: int) -> dict[str, float]:
-    """Peak GPU memory (bytes) for LoRA/QLoRA training, by part.
+# What `--dry-run` cannot see: the CUDA context (~0.5-1 GiB, outside torch's allocator) and fragmentation.
+CUDA_RESERVE_GIB = 1.0
+# Shared prompt prefix assumed for the validation cache when the tokenizer is not available offline
+# (the alpaca header and TALLRec's instruction are ~70 tokens for LLaMA tokenizers).
+ASSUMED_SHARED_PREFIX = 64
 
-    - weights: block linears at 1 byte (8bit) / ~0.516 byte (NF4 4 bits + double-quantized absmax) or
-      the dtype's width; other weights (embeddings, norms, lm_head) at 2 bytes, or 4 when
-      prepare_model_for_kbit_training upcasts them for k-bit training.
+
+def estimate_memory(model_config, counts: dict[str, int], config: TrainConfig, seq_len: int,
+                    valid_tokens: tuple[int, int] | None = None) -> dict[str, float]:
+    """Peak GPU memory (bytes) of LoRA/QLoRA training and of its validation pass, by part, as
+    ``torch.cuda.max_memory_allocated`` counts it: the CUDA context and fragmentation are extra
+    (CUDA_RESERVE_GIB). ``total`` is the larger of ``training`` and ``validation``.
+
+    - weights: block linears at 1 byte (8bit) / ~0.516 byte (NF4 4 bits + double-quantized absmax) or the dtype's
+      width; other weights (embeddings, norms, lm_head) at the compute dtype's width (k-bit runs keep them there,
+      see `_frozen_weights_to`).
     - LoRA: 16 bytes per parameter (fp32 weight + gradient + Adam m and v).
-    - activations per layer (Korthikanti et al. 2022, 16-bit, no recomputation):
-      micro_batch * seq * hidden * (34 + 5 * heads * seq / hidden) bytes; with gradient checkpointing only
-      each layer's input (2 * micro_batch * seq * hidden) is kept, plus one layer recomputed in full.
-    - logits: micro_batch * seq * vocab * 10 bytes (16-bit logits, fp32 copy for the loss, its gradient).
-    - overhead: ~1 GiB CUDA context + allocator fragmentation.
+    - activations per layer and token (Korthikanti et al. 2022, 16-bit): 34 * hidden bytes; SDPA keeps no
+      seq^2 attention scores. Each adapted module with dropout also keeps its dropped-out input and mask:
+      3 bytes per input feature, plus its rank-r intermediate. Gradient checkpointing keeps each layer's input
+      (2 * hidden bytes per token) plus one layer in full.
+    - logits: trl's fused head never holds [tokens, vocab]: it projects the labelled positions in tiles of at
+      most 4096 tokens x 32768 vocabulary entries (a 16-bit tile and its gradient tile).
+    - validation (still holding weights, LoRA and optimizer state): a scoring batch of ``eval_batch_size`` rows
+      of ``valid_tokens`` = (longest suffix, shared prefix) tokens, with the key/value cache of every layer
+      (tallrec_cli.scoring.scoring_row_bytes).
     """
+    from tallrec_cli.scoring import scoring_row_bytes
+
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
-    heads, vocab = model_config.num_attention_heads, model_config.vocab_size
+    vocab = model_config.vocab_size
     batch = config.training.micro_batch_size
     quantization = config.model.quantization
-    dtype_bytes = 4 if config.model.dtype == "float32" else 2
+    width = 4 if config.model.dtype == "float32" else 2
     other = counts["total"] - counts["quantizable"]
     if quantization == "none":
-        weights = counts["total"] * dtype_bytes
+        weights = counts["total"] * width
     else:
-        weights = counts["quantizable"] * (1.0 if quantization == "8bit" else 0.516) + other * 4
-    per_layer = batch * seq_len * hidden * (34 + 5 * heads * seq_len / hidden)
+        weights = counts["quantizable"] * (1.0 if quantization == "8bit" else 0.516) + other * width
+    tokens = batch * seq_len
+    lora_inputs = counts.get("adapted_inputs", 0) / layers
+    lora_per_token = (3 * lora_inputs if config.lora.dropout > 0 else 0) + 2 * config.lora.r * counts["adapted_modules"] / layers
+    per_layer = tokens * (34 * hidden + lora_per_token)
     if config.training.gradient_checkpointing:
-        activations = layers * 2 * batch * seq_len * hidden + per_layer
+        activations = layers * 2 * tokens * hidden + per_layer
     else:
         activations = layers * per_layer
+    labelled = tokens if config.prompt.loss == "full" else batch * 4  # answer tokens: "Yes." + EOS
+    lora_state = counts["lora"] * 16
+    suffix, prefix = valid_tokens or (seq_len - ASSUMED_SHARED_PREFIX, ASSUMED_SHARED_PREFIX)
+    scoring = config.training.eval_batch_size * scoring_row_bytes(model_config, width, suffix, prefix)
     parts = {
         "weights": weights,
-        "lora_and_optimizer": counts["lora"] * 16,
+        "lora_and_optimizer": lora_state,
         "activations": activations,
-        "logits": batch * seq_len * vocab * 10,
-        "overhead": 1.0 * GIB,
+        "logits": 2 * min(labelled, 4096) * min(vocab, 32768) * width,
     }
-    parts["total"] = sum(parts.values())
+    parts["training"] = sum(parts.values())
+    parts["validation_batch"] = scoring
+    parts["validation"] = weights + lora_state + scoring
+    parts["total"] = max(parts["training"], parts["validation"])
     return parts
 
 
@@ -830,24 +946,41 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
         data = prepare_data(config, tokenizer, load_template(config.prompt.template))
         lengths = np.asarray(data.train_token_lengths)
+        valid_tokens = _validation_tokens(tokenizer, data.valid_prompts)
         result["data"] = {"train_records": len(data.train_records), "valid_records": len(data.valid_records),
                           "truncated_records": data.truncated_records, "tokens_min": int(lengths.min()),
                           "tokens_mean": float(lengths.mean()), "tokens_max": int(lengths.max())}
         seq_len = int(lengths.max())
         result["eval_every"] = eval_interval(config.training.eval_every, len(data.train_records))
     else:
+        valid_tokens = None
         result["notes"].append(f"{config.model.name} is not available offline: its tokenizer was not loaded, so token "
                                f"lengths are not measured and the estimate assumes max_length={seq_len}")
-    memory = estimate_memory(model_config, counts, config, seq_len)
+    memory = estimate_memory(model_config, counts, config, seq_len, valid_tokens)
     result["memory_gib"] = {key: value / GIB for key, value in memory.items()}
     result["sequence_length"] = seq_len
     result["gpu_memory_gib"] = gpu_memory_gib
-    result["fits"] = memory["total"] <= gpu_memory_gib * GIB
+    result["fits"] = memory["total"] + CUDA_RESERVE_GIB * GIB <= gpu_memory_gib * GIB
+    peak = "validation" if memory["validation"] > memory["training"] else "training"
+    result["notes"].append(f"the peak is {peak}; the CUDA context and fragmentation (~{CUDA_RESERVE_GIB:g} GiB) come "
+                           "on top and are kept free in the fits verdict")
     if not result["fits"]:
-        result["notes"].append(f"estimated peak {memory['total'] / GIB:.1f} GiB exceeds the {gpu_memory_gib:g} GiB budget: "
-                               "lower training.micro_batch_size or prompt.max_length, set training.gradient_checkpointing=true, "
+        result["notes"].append(f"estimated peak {memory['total'] / GIB:.1f} GiB + {CUDA_RESERVE_GIB:g} GiB exceeds the "
+                               f"{gpu_memory_gib:g} GiB budget: lower training.micro_batch_size, "
+                               "training.eval_batch_size or prompt.max_length, set training.gradient_checkpointing=true, "
                                "or use model.quantization=4bit")
     return result
+
+
+def _validation_tokens(tokenizer, prompts: list[str]) -> tuple[int, int]:
+    """(longest suffix, shared prefix) in tokens of the validation prompts, as the scorer splits them."""
+    from tallrec_cli.scoring import MIN_PREFIX_TOKENS, common_prefix_length
+
+    encoded = tokenizer(prompts)["input_ids"]
+    shared = min(common_prefix_length(encoded), min(len(ids) for ids in encoded) - 1)
+    if shared < MIN_PREFIX_TOKENS:
+        shared = 0
+    return max(len(ids) for ids in encoded) - shared, shared
 
 
 def resume_config(output_dir: str | Path) -> TrainConfig:

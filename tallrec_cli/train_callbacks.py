@@ -73,6 +73,20 @@ def binary_log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def training_autocast(model, args):
+    """The autocast the Trainer trains under (bf16 / fp16 flags), for validation passes that call the model
+    outside its wrapped forward: without it a k-bit model validates with its fp32 norms and the activations
+    and key/value cache of scoring double, and the numbers differ from training's."""
+    import contextlib
+
+    import torch
+
+    dtype = torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+
+
 class ValidationCallback(TrainerCallback):
     """Every ``eval_every`` steps (and at the last step): P(yes) on the validation prompts with the
     same `score_prompts` eval uses, AUC and log loss, a metrics.jsonl row, the adapter saved when the
@@ -114,7 +128,7 @@ class ValidationCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         # Here rather than on_train_begin: the progress display is up by now.
         if self.eval_at_start and state.global_step == 0 and self.status.start_row is None:
-            self.pending = self._evaluate(model, state)
+            self.pending = self._evaluate(model, state, args)
             self.status.record(self.pending)
             self._write_pending()
 
@@ -122,7 +136,7 @@ class ValidationCallback(TrainerCallback):
         step = state.global_step
         if step % self.eval_every and step < state.max_steps:
             return
-        row = self._evaluate(model, state)
+        row = self._evaluate(model, state, args)
         if self.status.record(row) and self.is_main:
             self._save_adapter(model)
         if self.patience is not None and self.status.evals_since_best >= self.patience:
@@ -134,16 +148,35 @@ class ValidationCallback(TrainerCallback):
         if self.pending is not None:
             self._write_pending()
 
-    def _evaluate(self, model, state) -> dict:
+    def _evaluate(self, model, state, args) -> dict:
         self.status.phase = f"validating on {len(self.prompts)} records"
         try:
-            scores = score_prompts(model, self.tokenizer, self.prompts, self.label_tokens, mode=self.score_mode,
-                                   batch_size=self.eval_batch_size)
+            with training_autocast(model, args):
+                scores = self._shared_scores(model)
         finally:
             self.status.phase = ""
         return {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
                 "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
                 "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
+
+    def _shared_scores(self, model) -> np.ndarray:
+        """P(yes) for every validation prompt, the same on every rank: under DDP each rank scores every
+        world_size-th prompt and the parts are gathered, so all ranks compute one AUC and take one early-stopping
+        decision (separately computed scores can differ in the last bits and split the decision)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return score_prompts(model, self.tokenizer, self.prompts, self.label_tokens, mode=self.score_mode,
+                                 batch_size=self.eval_batch_size)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        mine = score_prompts(model, self.tokenizer, self.prompts[rank::world], self.label_tokens,
+                             mode=self.score_mode, batch_size=self.eval_batch_size)
+        parts: list = [None] * world
+        dist.all_gather_object(parts, mine)
+        scores = np.empty(len(self.prompts), dtype=np.float32)
+        for part_rank, part in enumerate(parts):
+            scores[part_rank::world] = part
+        return scores
 
     def _write_pending(self) -> None:
         row, self.pending = self.pending, None

@@ -11,6 +11,8 @@ from trl.trainer.utils import add_fused_lm_head
 from tallrec_cli import lm_head
 from tallrec_cli.lm_head import install_compact_lm_head
 
+CPU = torch.device("cpu")
+
 
 def _peft_model(model_dir):
     torch.manual_seed(0)
@@ -47,7 +49,7 @@ def test_compact_head_matches_trl(tiny_model_dir, monkeypatch, answer_only, chun
     model = _peft_model(tiny_model_dir)
     ids, mask, labels = _batch(model.config.vocab_size, answer_only)
     expected, expected_grads = _run(model, ids, mask, labels, num_items=torch.tensor(40))
-    assert install_compact_lm_head(model.get_base_model())
+    assert install_compact_lm_head(model.get_base_model(), CPU)
     actual, actual_grads = _run(model, ids, mask, labels, num_items=torch.tensor(40))
 
     torch.testing.assert_close(actual.loss, expected.loss, rtol=1e-5, atol=1e-6)
@@ -63,7 +65,7 @@ def test_plain_forward_and_all_masked_batches_still_work(tiny_model_dir):
     model = _peft_model(tiny_model_dir)
     ids, mask, labels = _batch(model.config.vocab_size, answer_only=True)
     logits_before = model(input_ids=ids, attention_mask=mask).logits
-    install_compact_lm_head(model.get_base_model())
+    install_compact_lm_head(model.get_base_model(), CPU)
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, logits_before)
     out, grads = _run(model, ids, mask, torch.full_like(labels, -100))
     assert out.loss.item() == 0.0 and all(torch.isfinite(g).all() for g in grads.values())
@@ -72,4 +74,15 @@ def test_plain_forward_and_all_masked_batches_still_work(tiny_model_dir):
 def test_models_that_scale_their_logits_keep_trls_head(tiny_model_dir):
     model = _peft_model(tiny_model_dir)
     model.config.final_logit_softcapping = 30.0
-    assert not install_compact_lm_head(model.get_base_model())
+    assert not install_compact_lm_head(model.get_base_model(), CPU)
+
+
+@pytest.mark.parametrize("triton", [True, False])
+def test_head_choice_follows_the_training_device_and_trls_backend(tiny_model_dir, monkeypatch, triton):
+    """Weights still on the CPU (FSDP shards them later) but training on CUDA: trl's Triton kernel runs there,
+    so the compact head must stay out; CUDA without Triton gets trl's every-position fallback: compact head."""
+    import trl.kernels.chunked_logprob as chunked
+
+    monkeypatch.setattr(chunked, "_TRITON_AVAILABLE", triton)
+    model = _peft_model(tiny_model_dir)
+    assert install_compact_lm_head(model.get_base_model(), torch.device("cuda", 0)) is not triton

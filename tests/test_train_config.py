@@ -36,7 +36,8 @@ def test_tallrec_recipe_matches_the_paper_setup():
     config = load_train_config(RECIPES[0].parent / "tallrec-llama-7b.yaml")
     assert (config.model.quantization, config.lora.r, config.lora.alpha, config.lora.dropout) == ("8bit", 8, 16, 0.05)
     assert config.lora.target_modules == ["q_proj", "v_proj"]
-    assert (config.training.lr, config.training.batch_size, config.training.micro_batch_size) == (1e-4, 128, 32)
+    # TALLRec's micro-batch 32 x 512 is at the edge of a 24 GiB card; 16 gives the same effective batch of 128
+    assert (config.training.lr, config.training.batch_size, config.training.micro_batch_size) == (1e-4, 128, 16)
     assert (config.training.epochs, config.training.patience, config.training.warmup_steps) == (200, 10, 20)
     assert (config.prompt.max_length, config.prompt.loss, config.prompt.template) == (512, "full", "tallrec-exact")
     assert config.training.eval_every == "auto" and config.training.group_by_length

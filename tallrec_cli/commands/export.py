@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         store: Path | None = typer.Option(None, "--store", envvar="TALLREC_ADAPTERS",
                                           help="Registry folder (default: $TALLREC_HOME/adapters)."),
         base_model: str | None = typer.Option(None, "--base-model", help="Use this base instead of the run's (must match)."),
+        device: str | None = typer.Option(None, "--device", help="Where to merge: cuda, cuda:1, cpu (default: the GPU "
+                                          "when there is one; cpu needs RAM for the whole model)."),
         verify_samples: int = typer.Option(32, "--verify-samples", min=2,
                                            help="Prompts scored to check the merged model's P(yes) AUC."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
@@ -49,7 +51,7 @@ def register(app: typer.Typer) -> None:
 
             with err_console.status("merging and verifying"):
                 result = export_merged(run_dir, output, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite,
-                                       base_model=base_model, verify_samples=verify_samples, name=name)
+                                       base_model=base_model, verify_samples=verify_samples, device=device, name=name)
             check = result.verification
             if result.quantized_training:
                 console.print(f"[yellow]note:[/] the adapter was trained on a {result.quantized_training} base; it was "
