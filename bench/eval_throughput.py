@@ -1,14 +1,25 @@
-"""Eval throughput: our scoring vs TALLRec's evaluate loop, same model + adapter + records.
+"""Eval throughput: `tallrec eval`'s scoring vs TALLRec's evaluate loop, same model, adapter and records.
 
-Baseline (TALLRec's evaluate.py, batched as in the issue): batches of 32 in file order, fp32, left
-padding, ``generate(max_new_tokens=128, greedy, output_scores=True)``, P(yes) = softmax over the two
-label probabilities of the first step's vocabulary softmax. Ours: ``score_prompts`` in ``tallrec`` mode
-(the same number), dtype auto (bf16 here), length-sorted batches, one forward pass, shared-prefix cache.
-The baseline is slow, so it runs on the first ``--baseline-limit`` records and its prompts/s is
-extrapolated per prompt; AUCs are compared on that shared subset.
+Baseline (TALLRec's evaluate.py, batched): batches of 32 in file order, fp32, left padding,
+``generate(max_new_tokens=128, greedy, output_scores=True)``, which stops once every row of the batch has
+emitted EOS; P(yes) = softmax over the two label probabilities of the first step's vocabulary softmax.
+The adapter is trained here first (briefly, on this CPU) to answer "Yes."/"No." + EOS as TALLRec's adapters
+do, so generation stops after a few tokens (pass --adapter RUN to reuse one).
 
-    .venv/bin/python bench/eval_throughput.py --limit 400 --baseline-limit 64
-    .venv/bin/python bench/eval_throughput.py --gpu    # LLaMA-7B-shaped random model on CUDA
+Then the work the baseline does is taken away one step at a time, each step measured on the same records
+in the same process (ratios only: the machine is shared):
+  1. TALLRec loop
+  2. one forward pass instead of generate (no decoding steps)
+  3. + length-sorted batches, hidden state of the answer position only (tallrec's scorer, fp32, no prefix cache)
+  4. + bf16 weights
+  5. + the shared-prompt-prefix key/value cache (= `tallrec eval` defaults)
+End to end = rendering + tokenising + scoring; scoring-only = the model's work. FLOP/s count the useful work
+(2 x matmul parameters x tokens that must be computed, + attention), and are given as a fraction of the bf16
+matmul peak measured in the same run. What else could be skipped (padding, tokens shared beyond the common
+prefix, repeated tokenisation) is measured and printed.
+
+    .venv/bin/python bench/eval_throughput.py --limit 128
+    .venv/bin/python bench/eval_throughput.py --gpu    # LLaMA-7B-shaped random model on CUDA, bf16
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,58 +61,35 @@ def matmul_params(model) -> int:
     return sum(p.numel() for p in base.parameters() if id(p) not in skipped)
 
 
-def load_records(data: str | None, limit: int) -> list[dict]:
-    from data_builders import load_split
+def build_dataset(data: str | None) -> Path:
+    """MovieLens-100K in TALLRec's format (from ../shared/data) unless a dataset folder is given."""
+    if data is not None:
+        return Path(data)
+    from data_builders.build import build_config, build_dataset as build
 
-    if data is None:
-        from data_builders.build import build_config, build_dataset
-
-        folder = Path(tempfile.mkdtemp(prefix="ml-100k-")) / "ml-100k"
-        build_dataset(build_config("movielens-100k", "tallrec", {"path": str(REPO.parent / "shared/data/ml-100k"),
-                                                                 "output": str(folder)}))
-        data = str(folder)
-    return load_split(data, "test")[:limit]
-
-
-def random_adapter(model, seed: int = 0):
-    """A LoRA adapter (r=8, q/v) with nonzero B, so it changes the outputs like a trained one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-    return peft_model.eval()
+    folder = Path(tempfile.mkdtemp(prefix="ml-100k-")) / "ml-100k"
+    build(build_config("movielens-100k", "tallrec", {"path": str(REPO.parent / "shared/data/ml-100k"),
+                                                     "output": str(folder)}))
+    return folder
 
 
-def load_pair(args):
-    """(fp32 model, fast-dtype model, template, labels) with the same adapter on both."""
-    from tallrec_cli.evaluate import scoring_setup
-    from tallrec_cli.models import InferenceModel, load_for_inference, load_model, load_tokenizer, resolve_model_source
+def train_adapter(dataset: Path, steps: int) -> Path:
+    """A SmolLM2 LoRA run trained to answer "Yes."/"No." + EOS (answer-only loss), like TALLRec's adapters."""
+    from tallrec_cli.train import load_train_config, run_training
 
-    if args.adapter:
-        fp32 = load_for_inference(args.model, args.adapter, dtype="float32")
-        fast = load_for_inference(args.model, args.adapter, dtype=args.dtype)
-    else:
-        from peft import PeftModel
-
-        source = resolve_model_source(args.model)
-        tokenizer = load_tokenizer(source)
-        adapted = random_adapter(load_model(source, "float32"))
-        folder = tempfile.mkdtemp(prefix="bench-adapter-")
-        adapted.save_pretrained(folder)
-        fp32 = InferenceModel(adapted, tokenizer, source, folder, None, None)
-        fast_model = PeftModel.from_pretrained(load_model(source, args.dtype), folder, is_trainable=False).eval()
-        fast = InferenceModel(fast_model, tokenizer, source, folder, None, None)
-    template, labels = scoring_setup(fast)
-    return fp32, fast, template, labels
+    run = Path(tempfile.mkdtemp(prefix="bench-eval-run-")) / "run"
+    run_training(load_train_config(None, {
+        "data": {"train": str(dataset), "shots": steps * 8, "max_valid": 16},
+        "training": {"max_steps": steps, "batch_size": 8, "micro_batch_size": 8, "eval_every": steps,
+                     "warmup_steps": 0, "eval_at_start": False},
+        "output": {"dir": str(run)},
+    }))
+    return run
 
 
 def tallrec_baseline(model, tokenizer, prompts, labels, batch_size: int = 32, max_new_tokens: int = 128):
-    """TALLRec's evaluate loop batched: file order, left padding, greedy generate, first-step double softmax."""
+    """TALLRec's evaluate loop batched: file order, left padding, greedy generate, first-step double softmax.
+    Returns (scores, seconds in generate, padded prompt tokens, generated tokens per prompt)."""
     import numpy as np
     import torch
     from transformers import GenerationConfig
@@ -108,81 +97,175 @@ def tallrec_baseline(model, tokenizer, prompts, labels, batch_size: int = 32, ma
     config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                               return_dict_in_generate=True, output_scores=True)
-    scores, generated_tokens, prompt_tokens = [], 0, 0
-    started = time.perf_counter()
+    scores, generated, padded, model_seconds = [], 0, 0, 0.0
     for start in range(0, len(prompts), batch_size):
         inputs = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True)
+        started = time.perf_counter()
         with torch.no_grad():
             output = model.generate(**inputs, generation_config=config)
+        model_seconds += time.perf_counter() - started
         first = output.scores[0].softmax(dim=-1)
         pair = torch.stack([first[:, labels.positive_id], first[:, labels.negative_id]], dim=-1).softmax(dim=-1)
         scores.extend(pair[:, 0].tolist())
-        prompt_tokens += int(inputs["attention_mask"].sum())
-        generated_tokens += (output.sequences.shape[1] - inputs["input_ids"].shape[1]) * len(pair)
-    return np.array(scores), time.perf_counter() - started, prompt_tokens, generated_tokens
+        padded += inputs["input_ids"].numel()
+        generated += (output.sequences.shape[1] - inputs["input_ids"].shape[1]) * len(pair)
+    return np.array(scores), model_seconds, padded, generated / len(prompts)
+
+
+@dataclass
+class Step:
+    name: str
+    end_to_end: float  # seconds: render + tokenise + model
+    scoring: float  # seconds: model work only
+    computed_tokens: int  # tokens run through the model (padding included)
+    scores: object
+    dtype: str
+
+
+def render(template, records, tokenizer) -> tuple[list[str], float]:
+    started = time.perf_counter()
+    prompts = [template.render(record, tokenizer) for record in records]
+    return prompts, time.perf_counter() - started
+
+
+def baseline_step(name, model, tokenizer, template, records, labels, max_new_tokens) -> tuple[Step, float]:
+    started = time.perf_counter()
+    prompts, _ = render(template, records, tokenizer)
+    scores, model_seconds, padded, generated = tallrec_baseline(model, tokenizer, prompts, labels,
+                                                                max_new_tokens=max_new_tokens)
+    return Step(name, time.perf_counter() - started, model_seconds, padded, scores, "float32"), generated
+
+
+def ours_step(name, model, tokenizer, template, records, labels, batch_size, prefix_cache, dtype) -> Step:
+    from tallrec_cli.scoring import score_prompts_detailed
+
+    started = time.perf_counter()
+    prompts, _ = render(template, records, tokenizer)
+    tokenise_started = time.perf_counter()
+    tokenizer(prompts)  # what score_prompts_detailed does first, timed apart so scoring-only excludes it
+    tokenise_seconds = time.perf_counter() - tokenise_started
+    before_scoring = time.perf_counter() - started
+    result = score_prompts_detailed(model, tokenizer, prompts, labels, "tallrec", batch_size,
+                                    prefix_cache=prefix_cache)
+    computed = result.prompt_tokens - result.prefix_tokens * (len(prompts) - 1)
+    return Step(name, before_scoring - tokenise_seconds + result.seconds, result.seconds - tokenise_seconds,
+                computed, result.scores, dtype)
+
+
+def useful_flops(model, tokenizer, prompts: list[str]) -> float:
+    """FLOPs that any exact method must spend: every token after the prompts' common prefix through the
+    transformer (linear layers + attention over its context), plus the common prefix once."""
+    from tallrec_cli.scoring import common_prefix_length
+
+    encoded = tokenizer(prompts)["input_ids"]
+    shared = common_prefix_length(encoded)
+    params = matmul_params(model)
+    config = model.config
+    attention_per_context = 4 * config.num_hidden_layers * config.hidden_size  # QK^T and AV, multiply-add
+    flops = 2 * params * shared + attention_per_context * shared * (shared + 1) / 2
+    for ids in encoded:
+        suffix = len(ids) - shared
+        flops += 2 * params * suffix + attention_per_context * sum(range(shared + 1, len(ids) + 1))
+    return flops
+
+
+def skippable_work(tokenizer, prompts: list[str], batch_size: int) -> dict[str, float]:
+    """Tokens beyond what the scorer already skips: padding left in length-sorted batches, and what a full
+    prefix tree (sharing every common prefix between records, not just the one all records share) would save."""
+    from tallrec_cli.scoring import common_prefix_length, length_sorted_batches
+
+    encoded = tokenizer(prompts)["input_ids"]
+    shared = common_prefix_length(encoded)
+    suffixes = [len(ids) - shared for ids in encoded]
+    padded = sum(len(batch) * max(suffixes[i] for i in batch) for batch in length_sorted_batches(suffixes, batch_size))
+    tree = {tuple(ids[:end]) for ids in encoded for end in range(shared + 1, len(ids) + 1)}
+    computed = sum(suffixes)
+    return {"computed": computed, "padding": (padded - computed) / padded, "prefix_tree": 1 - len(tree) / computed}
 
 
 def cpu_bench(args) -> None:
     import numpy as np
     import torch
 
+    from data_builders import load_split
+    from tallrec_cli.evaluate import scoring_setup
     from tallrec_cli.metrics import safe_auc
-    from tallrec_cli.scoring import score_prompts_detailed
+    from tallrec_cli.models import load_for_inference
 
-    records = load_records(args.data, args.limit)
-    fp32, fast, template, labels = load_pair(args)
-    tokenizer = fast.tokenizer
-    prompts = [template.render(record, tokenizer) for record in records]
+    dataset = build_dataset(args.data)
+    trained = time.perf_counter()
+    adapter = args.adapter or str(train_adapter(dataset, args.train_steps))
+    trained = time.perf_counter() - trained
+    records = load_split(dataset, "test")[:args.limit]
     truth = np.array([record["label"] for record in records])
-    shared = min(args.baseline_limit, len(prompts))
-    peak = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
-    params = matmul_params(fast.model)
+    fp32 = load_for_inference(args.model, adapter, dtype="float32")
+    fast = load_for_inference(args.model, adapter, dtype=args.dtype)
+    template, labels = scoring_setup(fast)
+    tokenizer = fast.tokenizer
+    for inference in (fp32, fast):  # warm-up: first calls allocate and pick kernels
+        ours_step("warm-up", inference.model, tokenizer, template, records[:8], labels, 8, "auto", "")
 
-    ours = score_prompts_detailed(fast.model, tokenizer, prompts, labels, "tallrec", args.batch_size)
-    plain = score_prompts_detailed(fast.model, tokenizer, prompts[:args.plain_limit], labels, "tallrec",
-                                   args.batch_size, prefix_cache="off")
-    ours_fp32 = score_prompts_detailed(fp32.model, tokenizer, prompts[:shared], labels, "tallrec", args.batch_size)
-    base_scores, base_seconds, base_prompt_tokens, base_generated = tallrec_baseline(
-        fp32.model, tokenizer, prompts[:shared], labels, args.baseline_batch, args.max_new_tokens)
+    names = ["1. TALLRec loop (fp32, file order, batch 32, generate <= 128)", "2. one forward pass instead of generate",
+             "3. + length-sorted batches, answer position only", f"4. + {args.dtype} weights",
+             "5. + shared-prefix cache (tallrec eval defaults)"]
+    # Round-robin over chunks of records: each chunk runs every step back to back (and a fresh matmul peak), so
+    # the load other jobs put on this shared machine falls on all steps alike.
+    rounds, peaks, generated = [], [], []
+    for start in range(0, len(records), args.chunk):
+        chunk = records[start:start + args.chunk]
+        peaks.append(matmul_peak(torch.bfloat16))
+        first, tokens = baseline_step(names[0], fp32.model, tokenizer, template, chunk, labels, args.max_new_tokens)
+        generated.append(tokens)
+        rounds.append([
+            first,
+            baseline_step(names[1], fp32.model, tokenizer, template, chunk, labels, 1)[0],
+            ours_step(names[2], fp32.model, tokenizer, template, chunk, labels, args.batch_size, "off", "float32"),
+            ours_step(names[3], fast.model, tokenizer, template, chunk, labels, args.batch_size, "off", args.dtype),
+            ours_step(names[4], fast.model, tokenizer, template, chunk, labels, args.batch_size, "auto", args.dtype),
+        ])
+    steps = [Step(name, sum(r[i].end_to_end for r in rounds), sum(r[i].scoring for r in rounds),
+                  sum(r[i].computed_tokens for r in rounds), np.concatenate([r[i].scores for r in rounds]),
+                  rounds[0][i].dtype) for i, name in enumerate(names)]
+    base, generated = steps[0], float(np.mean(generated))
+    peak = {"bfloat16": float(np.median(peaks)), "float32": matmul_peak(torch.float32)}
+    prompts, render_seconds = render(template, records, tokenizer)
+    work = sum(useful_flops(fast.model, tokenizer, prompts[start:start + args.chunk])
+               for start in range(0, len(prompts), args.chunk))
+    tokenise_started = time.perf_counter()
+    tokenizer(prompts)
+    tokenise_seconds = time.perf_counter() - tokenise_started
+    skip = skippable_work(tokenizer, prompts, args.batch_size or 16)
 
-    ours_computed = ours.prompt_tokens - ours.prefix_tokens * (len(prompts) - 1)
-    rows = [
-        ("TALLRec loop (fp32, batch 32, generate 128)", shared, shared / base_seconds,
-         2 * params * (base_prompt_tokens + base_generated) / base_seconds, peak["fp32"],
-         safe_auc(truth[:shared], base_scores)),
-        ("ours fp32 (sorted, prefix cache)", shared, shared / ours_fp32.seconds,
-         2 * params * (ours_fp32.prompt_tokens - ours_fp32.prefix_tokens * (shared - 1)) / ours_fp32.seconds,
-         peak["fp32"], safe_auc(truth[:shared], ours_fp32.scores)),
-        (f"ours {args.dtype} (sorted, no prefix cache)", len(plain.scores), len(plain.scores) / plain.seconds,
-         2 * params * plain.prompt_tokens / plain.seconds, peak["bf16"], safe_auc(truth[:len(plain.scores)], plain.scores)),
-        (f"ours {args.dtype} (sorted, prefix cache {ours.prefix_tokens} tok)", len(prompts), len(prompts) / ours.seconds,
-         2 * params * ours_computed / ours.seconds, peak["bf16"], safe_auc(truth, ours.scores)),
-    ]
-    print(f"\nmodel {args.model}{' + ' + args.adapter if args.adapter else ' + random LoRA r=8 q/v'}, "
-          f"{len(prompts)} MovieLens-100K test records, {ours.prompt_tokens / len(prompts):.0f} prompt tokens on "
-          f"average, {params / 1e6:.1f}M matmul parameters; peak (2048^3 matmul): bf16 {peak['bf16'] / 1e9:.0f}, "
-          f"fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s; baseline generated {base_generated / shared:.0f} tokens per prompt\n")
-    print("| method | records | prompts/s | speed-up | GFLOP/s | % of peak | AUC (own records) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    baseline_rate = rows[0][2]
-    for name, count, rate, flops, peak_flops, auc in rows:
-        print(f"| {name} | {count} | {rate:.2f} | {rate / baseline_rate:.1f}x | {flops / 1e9:.1f} | "
-              f"{100 * flops / peak_flops:.0f}% | {auc:.4f} |")
-    ours_shared = ours.scores[:shared]
-    print(f"\nshared first {shared} records, AUC: baseline {safe_auc(truth[:shared], base_scores):.4f}, "
-          f"ours fp32 {safe_auc(truth[:shared], ours_fp32.scores):.4f}, ours {args.dtype} "
-          f"{safe_auc(truth[:shared], ours_shared):.4f}; max |P(yes)| difference vs baseline: fp32 "
-          f"{np.abs(ours_fp32.scores - base_scores).max():.2e}, {args.dtype} {np.abs(ours_shared - base_scores).max():.2e}")
-    plain_rate = len(plain.scores) / plain.seconds
-    print(f"prefix cache speed-up ({args.dtype}): {(len(prompts) / ours.seconds) / plain_rate:.2f}x "
-          f"({ours.prefix_tokens} of {ours.prompt_tokens / len(prompts):.0f} tokens per prompt shared)")
+    print(f"\n{args.model} + LoRA adapter trained for {args.train_steps} steps ({trained:.0f} s; "
+          f"{'given' if args.adapter else 'trained here'}), {len(records)} MovieLens-100K test records (TALLRec "
+          f"preset), {np.mean([len(ids) for ids in tokenizer(prompts)['input_ids']]):.0f} prompt tokens on average; "
+          f"baseline generated {generated:.1f} tokens per prompt before every row of its batch hit EOS; "
+          f"{torch.get_num_threads()} threads; peak (2048^3 matmul, median of the rounds): bf16 "
+          f"{peak['bfloat16'] / 1e9:.0f}, fp32 {peak['float32'] / 1e9:.0f} GFLOP/s\n")
+    print("| step | end to end s | speed-up | scoring s | speed-up | tokens computed | useful GFLOP/s | "
+          "% of bf16 peak | AUC |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for step in steps:
+        rate = work / step.scoring
+        print(f"| {step.name} | {step.end_to_end:.1f} | {base.end_to_end / step.end_to_end:.2f}x | "
+              f"{step.scoring:.1f} | {base.scoring / step.scoring:.2f}x | {step.computed_tokens} | {rate / 1e9:.0f} | "
+              f"{100 * rate / peak['bfloat16']:.0f}% | {safe_auc(truth, step.scores):.4f} |")
+    ours = steps[-1]
+    print(f"\nmax |P(yes) - baseline|: fp32 scorer {np.abs(steps[2].scores - base.scores).max():.1e}, "
+          f"{args.dtype} scorer {np.abs(ours.scores - base.scores).max():.1e}")
+    print(f"left to skip: rendering {render_seconds:.2f} s and tokenising {tokenise_seconds:.2f} s "
+          f"({100 * (render_seconds + tokenise_seconds) / ours.end_to_end:.1f}% of our end to end); padding "
+          f"{100 * skip['padding']:.1f}% of the tokens in length-sorted batches; a prefix tree over all records "
+          f"would skip {100 * skip['prefix_tree']:.1f}% of the tokens computed after the common prefix")
 
 
 def gpu_bench(args) -> None:
     """Prompts/s of our scoring on a random LLaMA-7B-shaped model vs the compute bound."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
+    from bench.common import random_model
+    from data_builders import load_split
     from tallrec_cli.models import load_tokenizer, resolve_model_source
     from tallrec_cli.prompts import load_template, resolve_label_tokens
     from tallrec_cli.scoring import score_prompts_detailed
@@ -192,11 +275,10 @@ def gpu_bench(args) -> None:
     tokenizer = load_tokenizer(resolve_model_source(args.model))
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    model = random_model(config, "cuda")  # bf16 from the start: 13.5 GB, never a 25.6 GiB fp32 copy
     template = load_template("alpaca")
     labels = resolve_label_tokens(tokenizer, template)
-    prompts = [template.render(record) for record in load_records(args.data, args.limit)]
+    prompts = [template.render(record) for record in load_split(build_dataset(args.data), "test")[:args.limit]]
     peak = matmul_peak(torch.bfloat16, 8192, "cuda")
     params = matmul_params(model)
     score_prompts_detailed(model, tokenizer, prompts[:32], labels, "pair", args.batch_size)  # warm-up
@@ -209,26 +291,25 @@ def gpu_bench(args) -> None:
         bound = peak / (2 * params * computed / len(prompts))
         print(f"| prefix cache {prefix_cache} | {len(prompts)} | batch {result.batch_size} | "
               f"{len(prompts) / result.seconds:.1f} prompts/s | bound {bound:.1f} prompts/s | "
-              f"{100 * len(prompts) / result.seconds / bound:.0f}% of bound |")
-    print(f"peak bf16 matmul (8192^3): {peak / 1e12:.0f} TFLOP/s, {params / 1e9:.2f}B matmul parameters")
+              f"{100 * len(prompts) / result.seconds / bound:.0f}% of bound | oom retries {result.oom_retries} |")
+    print(f"peak bf16 matmul (8192^3): {peak / 1e12:.0f} TFLOP/s, {params / 1e9:.2f}B matmul parameters, "
+          f"peak allocated {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--adapter", help="a train run or adapter export folder (default: a random LoRA adapter)")
-    parser.add_argument("--data", help="dataset folder or test file (default: build MovieLens-100K from ../shared/data)")
-    parser.add_argument("--limit", type=int, default=1000, help="records scored by our method")
-    parser.add_argument("--plain-limit", type=int, default=None, help="records scored without the prefix cache")
-    parser.add_argument("--baseline-limit", type=int, default=64, help="records run through TALLRec's loop")
-    parser.add_argument("--baseline-batch", type=int, default=32)
+    parser.add_argument("--adapter", help="a train run or adapter export folder (default: train one here)")
+    parser.add_argument("--train-steps", type=int, default=8, help="steps of 8 records for the adapter trained here")
+    parser.add_argument("--data", help="dataset folder (default: build MovieLens-100K from ../shared/data)")
+    parser.add_argument("--limit", type=int, default=128, help="test records, scored by every step")
+    parser.add_argument("--chunk", type=int, default=32, help="records per round (every step runs on each)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=None, help="ours (default: auto)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--gpu", action="store_true", help="LLaMA-7B-shaped random model on CUDA")
     args = parser.parse_args()
-    args.plain_limit = args.plain_limit or args.limit
     from tallrec_cli.models import resolve_dtype
 
     args.dtype = str(resolve_dtype(args.dtype)).replace("torch.", "")

@@ -136,7 +136,8 @@ def test_dry_run_estimates_without_loading_weights(tmp_path, tiny_model_dir, mon
     config = tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run")
     result = dry_run(config, gpu_memory_gib=0.001)
     assert result["parameters"]["lora"] > 0 and result["data"]["train_records"] == 16
-    assert set(result["memory_gib"]) == {"weights", "lora_and_optimizer", "activations", "logits", "overhead", "total"}
+    assert set(result["memory_gib"]) == {"weights", "lora_and_optimizer", "activations", "logits", "training",
+                                         "validation_batch", "validation", "total"}
     assert not result["fits"] and "exceeds" in result["notes"][-1]
     assert not (tmp_path / "run").exists()
 
