@@ -12,7 +12,8 @@ in the same process (ratios only: the machine is shared):
   2. one forward pass instead of generate (no decoding steps)
   3. + length-sorted batches, hidden state of the answer position only (tallrec's scorer, fp32, no prefix cache)
   4. + bf16 weights
-  5. + the shared-prompt-prefix key/value cache (= `tallrec eval` defaults)
+  5. + the shared-prompt-prefix key/value cache
+  6. + the LoRA adapter folded into the weights (= `tallrec eval` defaults)
 End to end = rendering + tokenising + scoring; scoring-only = the model's work. FLOP/s count the useful work
 (2 x matmul parameters x tokens that must be computed, + attention), and are given as a fraction of the bf16
 matmul peak measured in the same run. What else could be skipped (padding, tokens shared beyond the common
@@ -198,16 +199,18 @@ def cpu_bench(args) -> None:
     trained = time.perf_counter() - trained
     records = load_split(dataset, "test")[:args.limit]
     truth = np.array([record["label"] for record in records])
-    fp32 = load_for_inference(args.model, adapter, dtype="float32")
-    fast = load_for_inference(args.model, adapter, dtype=args.dtype)
+    # TALLRec scores base + adapter unmerged; tallrec eval folds the adapter in (step 6).
+    fp32 = load_for_inference(args.model, adapter, dtype="float32", merge_adapter=False)
+    fast = load_for_inference(args.model, adapter, dtype=args.dtype, merge_adapter=False)
+    merged = load_for_inference(args.model, adapter, dtype=args.dtype)
     template, labels = scoring_setup(fast)
     tokenizer = fast.tokenizer
-    for inference in (fp32, fast):  # warm-up: first calls allocate and pick kernels
+    for inference in (fp32, fast, merged):  # warm-up: first calls allocate and pick kernels
         ours_step("warm-up", inference.model, tokenizer, template, records[:8], labels, 8, "auto", "")
 
     names = ["1. TALLRec loop (fp32, file order, batch 32, generate <= 128)", "2. one forward pass instead of generate",
              "3. + length-sorted batches, answer position only", f"4. + {args.dtype} weights",
-             "5. + shared-prefix cache (tallrec eval defaults)"]
+             "5. + shared-prefix cache", "6. + adapter folded into the weights (tallrec eval defaults)"]
     # Round-robin over chunks of records: each chunk runs every step back to back (and a fresh matmul peak), so
     # the load other jobs put on this shared machine falls on all steps alike.
     rounds, peaks, generated = [], [], []
@@ -222,6 +225,7 @@ def cpu_bench(args) -> None:
             ours_step(names[2], fp32.model, tokenizer, template, chunk, labels, args.batch_size, "off", "float32"),
             ours_step(names[3], fast.model, tokenizer, template, chunk, labels, args.batch_size, "off", args.dtype),
             ours_step(names[4], fast.model, tokenizer, template, chunk, labels, args.batch_size, "auto", args.dtype),
+            ours_step(names[5], merged.model, tokenizer, template, chunk, labels, args.batch_size, "auto", args.dtype),
         ])
     steps = [Step(name, sum(r[i].end_to_end for r in rounds), sum(r[i].scoring for r in rounds),
                   sum(r[i].computed_tokens for r in rounds), np.concatenate([r[i].scores for r in rounds]),
@@ -252,7 +256,8 @@ def cpu_bench(args) -> None:
               f"{100 * rate / peak['bfloat16']:.0f}% | {safe_auc(truth, step.scores):.4f} |")
     ours = steps[-1]
     print(f"\nmax |P(yes) - baseline|: fp32 scorer {np.abs(steps[2].scores - base.scores).max():.1e}, "
-          f"{args.dtype} scorer {np.abs(ours.scores - base.scores).max():.1e}")
+          f"{args.dtype} scorer {np.abs(steps[4].scores - base.scores).max():.1e}, {args.dtype} merged "
+          f"{np.abs(ours.scores - base.scores).max():.1e}")
     print(f"left to skip: rendering {render_seconds:.2f} s and tokenising {tokenise_seconds:.2f} s "
           f"({100 * (render_seconds + tokenise_seconds) / ours.end_to_end:.1f}% of our end to end); padding "
           f"{100 * skip['padding']:.1f}% of the tokens in length-sorted batches; a prefix tree over all records "

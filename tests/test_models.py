@@ -55,3 +55,21 @@ def test_embedded_model_converts_once_to_safetensors():
     assert models.embedded_model_dir("smollm2-135m") == folder  # cached: no second conversion
     tokenizer = models.load_tokenizer(models.resolve_model_source("smollm2-135m"))
     assert tokenizer.pad_token_id is not None and tokenizer.padding_side == "left"
+
+
+def test_inference_folds_the_adapter_into_the_weights_with_the_same_scores(tmp_path, tiny_model_dir):
+    import numpy as np
+
+    from tallrec_cli.evaluate import scoring_setup
+    from tallrec_cli.scoring import score_prompts
+    from tests.export_helpers import SAMPLE_RECORDS, make_train_run
+
+    run = make_train_run(tmp_path / "run", str(tiny_model_dir))
+    merged = models.load_for_inference(adapter=str(run), dtype="float32", device="cpu")
+    apart = models.load_for_inference(adapter=str(run), dtype="float32", device="cpu", merge_adapter=False)
+    assert not any("lora" in name for name, _ in merged.model.named_parameters())
+    assert any("lora" in name for name, _ in apart.model.named_parameters())
+    template, labels = scoring_setup(merged)
+    prompts = [template.render(record, merged.tokenizer) for record in SAMPLE_RECORDS]
+    np.testing.assert_allclose(score_prompts(merged.model, merged.tokenizer, prompts, labels),
+                               score_prompts(apart.model, apart.tokenizer, prompts, labels), atol=1e-5)
