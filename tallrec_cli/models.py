@@ -202,7 +202,6 @@ def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "no
     With ``device`` (always for bitsandbytes: this process's device) the weights load straight onto it through
     ``device_map``, so running out of memory happens here, inside the handling below, not in a later ``.to()``;
     without, they stay in host RAM (the Trainer places them)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)

@@ -656,8 +656,6 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     ``callbacks`` (extra TrainerCallbacks) run before tallrec's own. With ``resume`` the latest
     checkpoint under RUN/checkpoints is continued.
     """
-    import torch
-
     from tallrec_cli.console import err_console
     from tallrec_cli.io import write_manifest
     from tallrec_cli.lm_head import install_compact_lm_head
@@ -700,7 +698,6 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     if checkpoint:
         _restore_status(status, run_dir, checkpoint)
     release_memory()  # a previous in-process run (a sweep cell, its evaluation) may still hold a model
-    model = trainer = None
     try:
         model = build_model(config, source)
         validation = ValidationCallback(status, run_dir, tokenizer, data.valid_prompts, data.valid_labels,
