@@ -51,7 +51,7 @@ def model_rows(adapter: str, records: list[dict], train: list[dict]) -> list[dic
     from tallrec_cli.evaluate import evaluate_records, scoring_setup
     from tallrec_cli.models import load_for_inference
 
-    inference = load_for_inference(None, adapter)
+    inference = load_for_inference(None, adapter, merge_adapter=False)  # the base is scored with the adapter off
     template, labels = scoring_setup(inference)
     tuned, _ = evaluate_records(inference, records, template, labels, resamples=0)
     with inference.model.disable_adapter():

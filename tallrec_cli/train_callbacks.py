@@ -75,8 +75,9 @@ def binary_log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def training_autocast(model, args):
     """The autocast the Trainer trains under (bf16 / fp16 flags), for validation passes that call the model
-    outside its wrapped forward: without it a k-bit model validates with its fp32 norms and the activations
-    and key/value cache of scoring double, and the numbers differ from training's."""
+    outside its wrapped forward: without it whatever is fp32 (the trainable LoRA weights, fp32 master weights
+    under fp16) runs in fp32, activations and the scoring key/value cache grow, SDPA loses its fast kernels,
+    and the numbers differ from training's."""
     import contextlib
 
     import torch

@@ -16,11 +16,12 @@ def _label_words(text: str | None) -> list[str] | None:
     return [word.strip() for word in text.split(",")] if text else None
 
 
-def _load(model, adapter, dtype, quantization, trust_remote_code):
+def _load(model, adapter, dtype, quantization, trust_remote_code, merge_adapter: bool = True):
     from tallrec_cli.models import load_for_inference
 
     with err_console.status("loading the model"):
-        return load_for_inference(model, adapter, dtype, quantization, trust_remote_code)
+        return load_for_inference(model, adapter, dtype, quantization, trust_remote_code,
+                                  merge_adapter=merge_adapter)
 
 
 def _check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
@@ -133,7 +134,11 @@ def eval_command(
         console.print(metrics_table("baselines", [(f"{r['baseline']}\n{r['test']}", r["metrics"]) for r in results]))
         _notes([(f"{r['baseline']}: {r['test']}", r) for r in results])
         return
-    inference = _load(model, adapter, dtype, quantization, trust_remote_code)
+    from tallrec_cli.compare import BASE_MODEL
+
+    # `--compare base` scores with the adapter switched off, so it must stay apart from the weights
+    inference = _load(model, adapter, dtype, quantization, trust_remote_code,
+                      merge_adapter=BASE_MODEL not in references)
     with progress() as bar:
         def on_start(name: str, records: int):
             task = bar.add_task(f"scoring {name}", total=records)
