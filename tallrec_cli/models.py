@@ -140,7 +140,8 @@ def resolve_dtype(name: str = "auto"):
     on_old_gpu = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8
     if name == "bfloat16" and on_old_gpu:
         major, minor = torch.cuda.get_device_capability()
-        raise ConfigError(f"dtype bfloat16 needs a GPU of compute capability 8.0 or newer (Ampere); this one is {major}.{minor}",
+        raise ConfigError(f"dtype bfloat16 needs a GPU of compute capability 8.0 or newer (Ampere); "
+                          f"this one is {major}.{minor}",
                           "use dtype auto (float16 on this GPU) or float16")
     if name != "auto":
         return getattr(torch, name)

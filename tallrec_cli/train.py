@@ -897,7 +897,8 @@ def estimate_memory(model_config, counts: dict[str, int], config: TrainConfig, s
         weights = counts["quantizable"] * (1.0 if quantization == "8bit" else 0.516) + other * width
     tokens = batch * seq_len
     lora_inputs = counts.get("adapted_inputs", 0) / layers
-    lora_per_token = (3 * lora_inputs if config.lora.dropout > 0 else 0) + 2 * config.lora.r * counts["adapted_modules"] / layers
+    lora_per_token = ((3 * lora_inputs if config.lora.dropout > 0 else 0)
+                      + 2 * config.lora.r * counts["adapted_modules"] / layers)
     per_layer = tokens * (34 * hidden + lora_per_token)
     if config.training.gradient_checkpointing:
         activations = layers * 2 * tokens * hidden + per_layer
@@ -964,7 +965,8 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
     if not result["fits"]:
         result["notes"].append(f"estimated peak {memory['total'] / GIB:.1f} GiB + {CUDA_RESERVE_GIB:g} GiB exceeds the "
                                f"{gpu_memory_gib:g} GiB budget: lower training.micro_batch_size, "
-                               "training.eval_batch_size or prompt.max_length, set training.gradient_checkpointing=true, "
+                               "training.eval_batch_size or prompt.max_length, "
+                               "set training.gradient_checkpointing=true, "
                                "or use model.quantization=4bit")
     return result
 

@@ -223,7 +223,8 @@ def test_tallrec_mode_in_vocabulary_chunks_equals_the_full_softmax(monkeypatch):
 
 
 def test_cublas_allocation_failure_is_out_of_memory():
-    assert scoring.is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    message = "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+    assert scoring.is_out_of_memory(RuntimeError(message))
     assert not scoring.is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED"))
 
 
@@ -241,7 +242,8 @@ def _capture_from_pretrained(monkeypatch, error: Exception | None = None) -> dic
         return types.SimpleNamespace(to=lambda *a: pytest.fail("weights were moved after loading"))
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake)
-    monkeypatch.setattr(models, "quantization_config", lambda quantization, dtype: None if quantization == "none" else object())
+    monkeypatch.setattr(models, "quantization_config",
+                        lambda quantization, dtype: None if quantization == "none" else object())
     return captured
 
 
