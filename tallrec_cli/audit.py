@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from data_builders.structure import find_template, history, shortened
+from data_builders.structure import find_template, shortened
 from tallrec_cli.baselines import history_key, item_key, labels_of, require_structure, user_key
 from tallrec_cli.compare import _value, record_users
-from tallrec_cli.errors import ConfigError, DataError
+from tallrec_cli.errors import ArtifactError, ConfigError, DataError
 from tallrec_cli.metrics import BOOTSTRAP_RESAMPLES, compute_metrics, paired_difference
 
 Progress = Callable[[int], None]
@@ -61,13 +61,16 @@ def baseline_scorer(name: str, train: Sequence[dict] | None, seed: int = 0) -> S
             raise ConfigError(f"baseline {name} needs training records", "pass --train DATASET")
         baseline.fit(train)
 
+    info = baseline.info()
+
     def score(records: list[dict], on_progress: Progress | None = None) -> np.ndarray:
         scores = baseline.score(records)
+        info.update(baseline.info())  # cold-user/item counts are known only once records are scored
         if on_progress:
             on_progress(len(records))
         return scores
 
-    return Scorer(name, BASELINES[name].label, score, baseline.info())
+    return Scorer(name, BASELINES[name].label, score, info)
 
 
 def model_scorer(inference, template: str | None = None, label_words: Sequence[str] | None = None,
@@ -198,21 +201,21 @@ def target_in_history(records: Sequence[dict], split: str) -> dict:
                   f"{len(hits)} of {len(records)} {split} records list their target item in their history", hits)
 
 
-def duplicates_across(train: Sequence[dict], test: Sequence[dict]) -> list[dict]:
-    """Test records that also stand in training: by user + item + label (needs ids), and by prompt."""
-    checks = []
-    if all(user_key(r) is not None for r in (*train, *test)):
-        seen = {(user_key(r), item_key(r), int(r["label"])) for r in train}
+def duplicates_across(other: Sequence[dict], test: Sequence[dict], split: str = "train") -> list[dict]:
+    """Test records that also stand in split ``split``: by user + item + label (needs ids), and by prompt."""
+    checks, name = [], f"in {split} and test"
+    if all(user_key(r) is not None for r in (*other, *test)):
+        seen = {(user_key(r), item_key(r), int(r["label"])) for r in other}
         hits = [r.get("id") for r in test if (user_key(r), item_key(r), int(r["label"])) in seen]
-        checks.append(_check("same user+item+label in train and test", "leak" if hits else "ok", len(hits), len(test),
-                             f"{len(hits)} test records repeat a training record's user, item and label", hits))
+        checks.append(_check(f"same user+item+label {name}", "leak" if hits else "ok", len(hits), len(test),
+                             f"{len(hits)} test records repeat a {split} record's user, item and label", hits))
     else:
-        checks.append(_check("same user+item+label in train and test", "skipped", None, len(test),
+        checks.append(_check(f"same user+item+label {name}", "skipped", None, len(test),
                              "the records carry no user_id"))
-    prompts = {(r["instruction"], r["input"]) for r in train}
+    prompts = {(r["instruction"], r["input"]) for r in other}
     hits = [r.get("id") for r in test if (r["instruction"], r["input"]) in prompts]
-    checks.append(_check("same prompt in train and test", "leak" if hits else "ok", len(hits), len(test),
-                         f"{len(hits)} test prompts appear word for word in training", hits))
+    checks.append(_check(f"same prompt {name}", "leak" if hits else "ok", len(hits), len(test),
+                         f"{len(hits)} test prompts appear word for word in {split}", hits))
     return checks
 
 
@@ -222,7 +225,8 @@ def overlap(train: Sequence[dict], test: Sequence[dict]) -> list[dict]:
     for what, key in (("users", user_key), ("items", item_key)):
         test_keys = {key(r) for r in test} - {None}
         if not test_keys:
-            checks.append(_check(f"{what} in train and test", "skipped", None, None, f"the records carry no {what[:-1]} id"))
+            checks.append(_check(f"{what} in train and test", "skipped", None, None,
+                                 f"the records carry no {what[:-1]} id"))
             continue
         shared = test_keys & {key(r) for r in train}
         checks.append(_check(f"{what} in train and test", "fact", len(shared), len(test_keys),
@@ -273,20 +277,35 @@ def time_order(train: Sequence[dict], test: Sequence[dict], manifest: dict | Non
     return _check(name, "leak" if hits else "ok", len(hits), len(stamped), detail, hits)
 
 
-def leakage(train: Sequence[dict] | None, test: Sequence[dict], manifest: dict | None) -> list[dict]:
+def leakage(train: Sequence[dict] | None, test: Sequence[dict], manifest: dict | None,
+            valid: Sequence[dict] | None = None) -> list[dict]:
     checks = [target_in_history(test, "test")]
     if train is None:
         return checks + [_check("train/test checks", "skipped", None, None, "needs --train")]
     checks.append(target_in_history(train, "train"))
-    return checks + duplicates_across(train, test) + overlap(train, test) + [time_order(train, test, manifest)]
+    checks += duplicates_across(train, test) + (duplicates_across(valid, test, "valid") if valid else [])
+    return checks + overlap(train, test) + [time_order(train, test, manifest)]
+
+
+def valid_records(train_path: str | Path | None) -> list[dict] | None:
+    """The valid split beside the training data, when --train is a dataset folder that has one."""
+    from data_builders import load_split
+
+    folder = None if train_path is None else Path(train_path)
+    if folder is None or not folder.is_dir() or not any((folder / f"valid{suffix}").is_file()
+                                                        for suffix in (".jsonl", ".json")):
+        return None
+    return load_split(folder, "valid")
 
 
 # --- the audit ---------------------------------------------------------------------------------------------
 
 def run_audit(scorer: Scorer, test: Sequence[dict], train: Sequence[dict] | None = None, spec: AuditSpec = AuditSpec(),
               test_path: str | Path | None = None, train_path: str | Path | None = None,
-              on_stage: Callable[[str, int], Progress | None] | None = None) -> dict[str, Any]:
-    """Every section of the audit as one JSON-ready dict (see the module docstring)."""
+              on_stage: Callable[[str, int], Progress | None] | None = None,
+              valid: Sequence[dict] | None = None) -> dict[str, Any]:
+    """Every section of the audit as one JSON-ready dict (see the module docstring); ``valid`` (the
+    dataset's valid split) is checked for records repeated in the test too."""
     test = list(test)
     if not test:
         raise DataError("no test records to audit", "pass a non-empty test file")
@@ -325,12 +344,12 @@ def run_audit(scorer: Scorer, test: Sequence[dict], train: Sequence[dict] | None
         result["slices"] = slices
     order = sensitivity(labels, scores, score("shuffled histories", shuffled), users, spec)
     result["history_order"] = {**order, "records_reordered": reordered,
-                               "shuffle": f"one seeded permutation per history, never the original order (seed {spec.seed}), "
-                                          "re-rendered through the record's template"}
+                               "shuffle": f"one seeded permutation per history, never the original order "
+                                          f"(seed {spec.seed}), re-rendered through the record's template"}
     ablation = sensitivity(labels, scores, score("without history", ablated), users, spec)
     result["history_ablation"] = {**ablation, "auc_lift_share_from_history": _history_lift(overall["auc"],
                                                                                            ablation["auc"])}
-    result["leakage"] = leakage(train, test, dataset_manifest(test_path, train_path))
+    result["leakage"] = leakage(train, test, dataset_manifest(test_path, train_path), valid)
     result["leaks_found"] = [check["check"] for check in result["leakage"] if check["status"] == "leak"]
     result["notes"] = notes + overall["notes"]
     return result
@@ -338,8 +357,6 @@ def run_audit(scorer: Scorer, test: Sequence[dict], train: Sequence[dict] | None
 
 def check_output(folder: str | Path, overwrite: bool) -> None:
     """Refuse a non-empty output folder before any scoring (``staged_dir`` would refuse it only at the end)."""
-    from tallrec_cli.errors import ArtifactError
-
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
         raise ArtifactError(f"{folder} already exists and is not empty", "pass --overwrite or choose another --output")
@@ -361,11 +378,11 @@ def write_audit(folder: str | Path, audit: dict, inputs: dict[str, Any], plots: 
     return folder
 
 
-def _bars(axis, rows: list[dict], title: str) -> None:
-    names = [f"{row['group']}\n({row['train_records']})" for row in rows]
+def _bars(axis, rows: list[dict], names: list[str], title: str) -> None:
+    """AUC and GAUC bars per row with their 95% intervals (``auc_ci95`` / ``gauc_ci95``)."""
     positions = np.arange(len(rows))
     for offset, metric in ((-0.2, "auc"), (0.2, "gauc")):
-        values = [np.nan if row.get(metric) is None else row[metric] for row in rows]
+        values = np.array([np.nan if row.get(metric) is None else row[metric] for row in rows], dtype=np.float64)
         intervals = [row.get(f"{metric}_ci95") for row in rows]
         errors = np.array([[v - i[0], i[1] - v] if i else [0, 0] for v, i in zip(values, intervals)]).T
         axis.bar(positions + offset, values, width=0.4, yerr=errors, capsize=2, label=metric.upper())
@@ -375,8 +392,18 @@ def _bars(axis, rows: list[dict], title: str) -> None:
     axis.legend(loc="lower right", fontsize=7)
 
 
+def _changed_row(overall: dict, change: dict) -> dict:
+    """AUC/GAUC after a history change, its interval = the original value + the paired difference interval."""
+    row = {}
+    for metric in ("auc", "gauc"):
+        interval, original = change.get(f"{metric}_diff_ci95"), overall.get(metric)
+        row[metric] = change.get(metric)
+        row[f"{metric}_ci95"] = None if interval is None else [original + bound for bound in interval]
+    return row
+
+
 def write_audit_plots(folder: Path, audit: dict) -> list[Path]:
-    """slices.png (warm/cold bars, popularity deciles) and history.png (AUC as is, shuffled, without history)."""
+    """slices.png (warm/cold users and items, popularity deciles) and history.png (as is, shuffled, no history)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,22 +416,21 @@ def write_audit_plots(folder: Path, audit: dict) -> list[Path]:
                                                            ("items", "items by training records"),
                                                            ("popularity_deciles", "item-popularity deciles"))
                   if key in slices]
-        figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+        widths = [max(3, len(rows)) for rows, _ in panels]  # a bar pair per row, deciles get the room they need
+        figure, axes = plt.subplots(1, len(panels), figsize=(0.9 * sum(widths) + 1.5, 4), squeeze=False,
+                                    gridspec_kw={"width_ratios": widths})
         for axis, (rows, title) in zip(axes[0], panels):
-            _bars(axis, rows, title)
+            # deciles: the number over its range of training records; others: the band and its range
+            names = [f"{row['group'].removeprefix('decile ')}\n{row['train_records']}" for row in rows]
+            _bars(axis, rows, names, title)
         written.append(folder / "slices.png")
         figure.savefig(written[-1], dpi=110, bbox_inches="tight")
         plt.close(figure)
     figure, axis = plt.subplots(figsize=(5, 4))
-    overall, order, ablation = audit["overall"], audit["history_order"], audit["history_ablation"]
-    values = [overall["auc"], order["auc"], ablation["auc"]]
-    errors = [[0, 0]] + [[-d["auc_diff_ci95"][0], d["auc_diff_ci95"][1]] if d.get("auc_diff_ci95") else [0, 0]
-                         for d in (order, ablation)]
-    # the error bars show the paired interval of the difference from the original AUC
-    axis.bar(["as is", "shuffled\nhistory", "no\nhistory"], [np.nan if v is None else v for v in values],
-             yerr=np.abs(np.array(errors)).T, capsize=3, color=["C0", "C1", "C2"])
-    axis.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
-    axis.set(ylim=(0, 1), ylabel="AUC", title=f"history: {audit['scorer']['label']}")
+    overall = audit["overall"]
+    rows = [overall, _changed_row(overall, audit["history_order"]), _changed_row(overall, audit["history_ablation"])]
+    _bars(axis, rows, ["as is", "shuffled\nhistory", "no\nhistory"],
+          f"history: {audit['scorer']['label']} (paired 95% CI)")
     written.append(folder / "history.png")
     figure.savefig(written[-1], dpi=110, bbox_inches="tight")
     plt.close(figure)
@@ -430,13 +456,14 @@ def report_tables(audit: dict) -> list:
                 table.add_row(row["group"], row["train_records"], str(row["records"]),
                               _number(row["auc"], row["auc_ci95"]), _gauc(row))
         tables.append(table)
-    table = Table(title="history: re-scored with changed histories (Δ = changed - as is, paired 95% CI)",
-                  title_justify="left", show_lines=True)
-    for column in ("records", "AUC", "GAUC", "ΔAUC", "ΔGAUC", "mean |Δp|"):
-        table.add_column(column, justify="left" if column == "records" else "right", no_wrap=True)
+    table = Table(title="history re-scored (Δ = changed - as is, paired 95% CI)", title_justify="left",
+                  show_lines=True)
+    for column in ("history", "AUC", "GAUC", "ΔAUC", "ΔGAUC", "mean |Δp|"):
+        table.add_column(column, justify="left" if column == "history" else "right", no_wrap=True)
     table.add_row("as is", _number(overall["auc"]), _number(overall["gauc"]), "", "", "")
     for name, row in (("shuffled", audit["history_order"]), ("no history", audit["history_ablation"])):
-        table.add_row(name, _number(row["auc"]), _number(row["gauc"]), _number(row["auc_diff"], row["auc_diff_ci95"], True),
+        table.add_row(name, _number(row["auc"]), _number(row["gauc"]),
+                      _number(row["auc_diff"], row["auc_diff_ci95"], True),
                       _number(row["gauc_diff"], row["gauc_diff_ci95"], True), f"{row['mean_abs_score_change']:.4f}")
     tables.append(table)
     table = Table(title="leakage checks", title_justify="left", show_lines=True)

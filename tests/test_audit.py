@@ -43,12 +43,17 @@ def clean_split() -> tuple[list[dict], list[dict]]:
     return train, test
 
 
-def write_dataset(folder, train, test, split="temporal"):
+def write_dataset(folder, train, test, split="temporal", valid=()):
     write_jsonl_atomic(folder / "train.jsonl", train)
     write_jsonl_atomic(folder / "test.jsonl", test)
+    if valid:
+        write_jsonl_atomic(folder / "valid.jsonl", valid)
     write_manifest(folder, "dataset", {"config": {"split": split}, "files": {"train": "train.jsonl",
                                                                                "test": "test.jsonl"}})
     return folder
+
+
+VALID = [record("u3", 650, 1, 3000, [(10, True), (11, False)])]
 
 
 def planted() -> tuple[list[dict], list[dict]]:
@@ -56,7 +61,13 @@ def planted() -> tuple[list[dict], list[dict]]:
     test[0] = record("u0", 777, 1, 5000, [(777, True), (3, False)])  # target in its own history
     test[1] = dict(train[5])  # the same record in train and test (same user, item, label and prompt)
     test[2] = record("u1", 778, 0, 999, [(4, True)])  # older than every training interaction
+    test[3] = dict(VALID[0])  # a validation record again in the test
     return train, test
+
+
+PLANTED_LEAKS = {"target in own history (test)", "same user+item+label in train and test",
+                 "same prompt in train and test", "same user+item+label in valid and test",
+                 "same prompt in valid and test", "test older than train"}
 
 
 def statuses(audit) -> dict[str, dict]:
@@ -70,7 +81,8 @@ def history_share() -> Scorer:
 def test_every_planted_leak_is_reported(tmp_path):
     train, test = planted()
     folder = write_dataset(tmp_path, train, test)
-    audit = run_audit(history_share(), test, train, AuditSpec(resamples=50), folder / "test.jsonl", folder)
+    audit = run_audit(history_share(), test, train, AuditSpec(resamples=50), folder / "test.jsonl", folder,
+                      valid=VALID)
     checks = statuses(audit)
     assert checks["target in own history (test)"]["status"] == "leak"
     assert checks["target in own history (test)"]["count"] == 1
@@ -82,15 +94,17 @@ def test_every_planted_leak_is_reported(tmp_path):
     assert set(checks["test older than train"]["examples"]) == {"u1:999", train[5]["id"]}
     assert checks["users in train and test"] == {**checks["users in train and test"], "status": "fact",
                                                   "count": 6, "total": 6}
-    assert set(audit["leaks_found"]) == {"target in own history (test)", "same user+item+label in train and test",
-                                         "same prompt in train and test", "test older than train"}
+    assert checks["same prompt in valid and test"]["examples"] == [VALID[0]["id"]]
+    assert set(audit["leaks_found"]) == PLANTED_LEAKS
 
 
 def test_a_clean_split_reports_no_leak(tmp_path):
     train, test = clean_split()
-    folder = write_dataset(tmp_path, train, test)
-    audit = run_audit(history_share(), test, train, AuditSpec(resamples=0), folder / "test.jsonl", folder)
+    folder = write_dataset(tmp_path, train, test, valid=VALID)
+    audit = run_audit(history_share(), test, train, AuditSpec(resamples=0), folder / "test.jsonl", folder,
+                      valid=VALID)
     assert audit["leaks_found"] == []
+    assert statuses(audit)["same prompt in valid and test"]["status"] == "ok"
     assert statuses(audit)["items in train and test"]["count"] == 0
 
 
@@ -103,7 +117,8 @@ def test_time_order_is_checked_per_user_for_last_n_and_skipped_for_unordered_spl
         folder = tmp_path / split
         folder.mkdir()
         write_dataset(folder, train, test, split)
-        check = statuses(run_audit(history_share(), test, train, AuditSpec(resamples=0), folder))["test older than train"]
+        audit = run_audit(history_share(), test, train, AuditSpec(resamples=0), folder)
+        check = statuses(audit)["test older than train"]
         assert (check["status"], check["count"]) == (status, count), split
 
 
@@ -154,7 +169,7 @@ def test_shuffle_and_ablation_move_only_scorers_that_read_order_or_history():
 def test_changed_records_are_re_rendered_through_their_template():
     from tallrec_cli.audit import shuffled_histories, without_history
 
-    train, test = clean_split()
+    _, test = clean_split()
     shuffled, _ = shuffled_histories(test, seed=3)
     ablated = without_history(test)
     for original, changed, empty in zip(test, shuffled, ablated):
@@ -173,14 +188,15 @@ def invoke(*args):
 def test_cli_audits_a_baseline_and_writes_json_plots_and_manifest(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    write_dataset(data, *planted())
+    write_dataset(data, *planted(), valid=VALID)
     result = invoke("audit", "--baseline", "gbdt", "--train", data, "--test", data / "test.jsonl",
                     "-o", tmp_path / "audit", "--bootstrap", "50")
     assert result.exit_code == 0, result.output
     folder = tmp_path / "audit"
     assert sorted(p.name for p in folder.iterdir()) == ["audit.json", "history.png", "manifest.json", "slices.png"]
     audit = json.loads((folder / "audit.json").read_text())
-    assert audit["scorer"]["baseline"] == "gbdt" and len(audit["leaks_found"]) == 4
+    assert audit["scorer"]["baseline"] == "gbdt" and set(audit["leaks_found"]) == PLANTED_LEAKS
+    assert audit["scorer"]["cold"]["records"] == len(planted()[1])  # counted when the test was scored
     assert "LEAK" in result.output and "target in own history (test)" in result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80
 

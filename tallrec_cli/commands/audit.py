@@ -44,7 +44,7 @@ def audit_command(
     """
     from data_builders.dataset import split_file
     from tallrec_cli.audit import AuditSpec, baseline_scorer, model_scorer, report_tables, run_audit, summary_lines
-    from tallrec_cli.audit import check_output, write_audit
+    from tallrec_cli.audit import check_output, valid_records, write_audit
     from tallrec_cli.baselines import check_baseline_names
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import load_test_records
@@ -59,6 +59,7 @@ def audit_command(
         raise ConfigError("--warm-min must be at least 1")
     records = load_test_records(test, split, limit)
     train_records, train_source = _train_records(train, adapter)
+    valid = valid_records(train_source)
     if baseline:
         problems = check_baseline_names([baseline], train_records is not None)
         if problems:
@@ -77,7 +78,7 @@ def audit_command(
             return lambda done: bar.advance(task, done)
 
         audit = run_audit(scorer, records, train_records, AuditSpec(bootstrap, seed, warm_min), test, train_source,
-                          on_stage)
+                          on_stage, valid)
     inputs = {"scorer": audit["scorer"], "train": train_source,
               "test": {"path": str(Path(test).resolve()), "split": split, "limit": limit,
                        "sha256": sha256_file(test_path) if test_path.is_file() else None}}
