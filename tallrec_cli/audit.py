@@ -254,7 +254,8 @@ def time_order(train: Sequence[dict], test: Sequence[dict], manifest: dict | Non
     name = "test older than train"
     strategy = ((manifest or {}).get("config") or {}).get("split")
     if strategy not in TEMPORAL_SPLITS:
-        reason = "no dataset manifest beside the data" if manifest is None else f"split {strategy!r} is not temporal"
+        reason = ("no dataset manifest beside the data" if manifest is None else
+                  "the dataset manifest names no split" if strategy is None else f"split {strategy!r} is not temporal")
         return _check(name, "skipped", None, None, f"{reason}: no time order is claimed")
     stamped = [r for r in test if r.get("timestamp") is not None]
     train_times = [r["timestamp"] for r in train if r.get("timestamp") is not None]
