@@ -202,7 +202,7 @@ def test_cli_audits_a_baseline_and_writes_json_plots_and_manifest(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--baseline", "gbdt"], "need training records"),
+    (["--baseline", "gbdt"], "training records: pass --train"),
     (["--baseline", "gbdt", "--model", "m"], "audit one scorer"),
     ([], "audit one scorer"),
     (["--baseline", "nope"], "unknown baseline"),
