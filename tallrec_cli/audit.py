@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from data_builders.structure import find_template, shortened
+from data_builders.structure import find_template, has_structure, shortened
 from tallrec_cli.baselines import history_key, item_key, labels_of, require_structure, user_key
 from tallrec_cli.compare import _value, record_users
 from tallrec_cli.errors import ArtifactError, ConfigError, DataError
@@ -60,7 +60,6 @@ def baseline_scorer(name: str, train: Sequence[dict] | None, seed: int = 0) -> S
         if not train:
             raise ConfigError(f"baseline {name} needs training records", "pass --train DATASET")
         baseline.fit(train)
-
     info = baseline.info()
 
     def score(records: list[dict], on_progress: Progress | None = None) -> np.ndarray:
@@ -136,7 +135,8 @@ def _slice(name: str, member: np.ndarray, labels: np.ndarray, scores: np.ndarray
            spec: AuditSpec, **extra) -> dict:
     row = {"group": name, **extra, "records": int(member.sum())}
     if not member.any():
-        return {**row, "positives": 0, "auc": None, "auc_ci95": None, "gauc": None, "gauc_users": None}
+        return {**row, "positives": 0, "auc": None, "auc_ci95": None, "gauc": None, "gauc_ci95": None,
+                "users": None if users is None else 0, "gauc_users": None}
     metrics = compute_metrics(labels[member], scores[member],
                               None if users is None else [u for u, m in zip(users, member) if m],
                               spec.resamples, spec.seed)
@@ -283,7 +283,11 @@ def leakage(train: Sequence[dict] | None, test: Sequence[dict], manifest: dict |
     checks = [target_in_history(test, "test")]
     if train is None:
         return checks + [_check("train/test checks", "skipped", None, None, "needs --train")]
-    checks.append(target_in_history(train, "train"))
+    if all(has_structure(record) for record in train):
+        checks.append(target_in_history(train, "train"))
+    else:
+        checks.append(_check("target in own history (train)", "skipped", None, len(train),
+                             "training records without history structure"))
     checks += duplicates_across(train, test) + (duplicates_across(valid, test, "valid") if valid else [])
     return checks + overlap(train, test) + [time_order(train, test, manifest)]
 

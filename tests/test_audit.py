@@ -239,3 +239,14 @@ def test_cli_audits_the_tiny_offline_model(tiny_model_dir, tmp_path):
     assert audit["scorer"]["name"] == "model" and audit["overall"]["records"] == len(test)
     # the prompts really changed: a model reading them gives different P(yes) without the history
     assert audit["history_ablation"]["records_score_changed"] > 0
+
+
+def test_training_records_without_structure_skip_only_their_own_history_check():
+    train, test = clean_split()
+    bare = [{key: r[key] for key in ("instruction", "input", "output", "id", "user_id", "item_id", "label",
+                                     "timestamp")} for r in train]
+    audit = run_audit(last_liked(), test, bare, AuditSpec(resamples=0))
+    checks = statuses(audit)
+    assert checks["target in own history (train)"]["status"] == "skipped"
+    assert checks["same prompt in train and test"]["status"] == "ok"
+    assert sum(row["records"] for row in audit["slices"]["users"]) == len(test)
