@@ -94,6 +94,8 @@ def eval_command(
                                       "bootstrap intervals of the AUC and GAUC differences."),
     train: str = typer.Option(None, "--train", help="Training data for baselines that learn (dataset folder or "
                               "records file; its train split). Default: the run's training data."),
+    calibrated: bool = typer.Option(True, "--calibrated/--raw", help="Apply the calibration `tallrec calibrate` "
+                                    "stored with the adapter (if any), or report raw P(yes)."),
 ) -> None:
     """Score labelled test records and report AUC and GAUC with 95% intervals, log-loss and calibration,
     for a model or for baselines, and compare a model with its references.
@@ -106,6 +108,7 @@ def eval_command(
 
     `tallrec eval --model smollm2-135m --test data/movielens-100k --limit 200 --score tallrec -o evals/zero-shot`
     """
+    from tallrec_cli.calibration import calibration_for
     from tallrec_cli.compare import check_references, comparison_table, evaluate_baseline_tests, parse_names
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import eval_output_root, evaluate_tests, load_tests
@@ -140,7 +143,8 @@ def eval_command(
             return lambda done: bar.advance(task, done)
 
         results = evaluate_tests(inference, tests, root, template, _label_words(label_words), score, batch_size,
-                                 prefix_cache, bootstrap, seed, plots, overwrite, on_start, references, train_records)
+                                 prefix_cache, bootstrap, seed, plots, overwrite, on_start, references, train_records,
+                                 calibration_for(adapter or model) if calibrated else None)
     console.print(metrics_table(f"eval ({score} scores)", [(r["test"], r["metrics"]) for r in results]))
     for result in results:
         if result["comparison"]:
@@ -178,6 +182,7 @@ def predict_command(
     rank: bool = typer.Option(False, "--rank", help="Rank each user's candidates by P(yes); HR@K / NDCG@K with labels."),
     k: str = typer.Option("1,3,5,10", "--k", help="Cut-offs for HR@K / NDCG@K."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
+    calibrated: bool = typer.Option(True, "--calibrated/--raw", help="Apply the adapter's stored calibration (if any)."),
 ) -> None:
     """Write P(yes) for new user histories and candidate items; optionally rank candidates per user.
 
@@ -185,6 +190,7 @@ def predict_command(
 
     `tallrec predict --adapter runs/m64 --input candidates.csv --rank --k 1,5 -o scores.csv`
     """
+    from tallrec_cli.calibration import calibration_for
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import DOMAINS, predict_rows, read_candidates, write_predictions
     from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
@@ -205,8 +211,11 @@ def predict_command(
     with progress() as bar:
         task = bar.add_task("scoring", total=len(rows))
         scored, summary = predict_rows(inference, rows, domain, template, _label_words(label_words), score,
-                                       batch_size, prefix_cache, rank, ks, lambda done: bar.advance(task, done))
+                                       batch_size, prefix_cache, rank, ks, lambda done: bar.advance(task, done),
+                                       calibration_for(adapter or model) if calibrated else None)
     write_predictions(output, scored)
+    if summary["calibration_note"]:
+        console.print(summary["calibration_note"], highlight=False)
     console.print(f"wrote P(yes) ({score} scores) for {len(scored)} rows to {output}", highlight=False)
     if "ranking" in summary:
         ranking = summary["ranking"]
