@@ -76,7 +76,7 @@ def _require_both_classes(labels: np.ndarray) -> None:
 
 def fit(labels: Sequence[int], scores: Sequence[float], method: str, score_mode: str = "pair",
         fitted_on: dict[str, Any] | None = None) -> Calibration:
-    """Fit ``method`` by maximum likelihood (unregularised logistic regression on the logit)."""
+    """Fit ``method`` by maximum likelihood on the logit (Platt: logistic regression, lightly regularised)."""
     from scipy.optimize import minimize_scalar
     from sklearn.linear_model import LogisticRegression
 
@@ -91,7 +91,7 @@ def fit(labels: Sequence[int], scores: Sequence[float], method: str, score_mode:
         best = minimize_scalar(loss, bounds=(-6.0, 6.0), method="bounded")
         slope, intercept = float(np.exp(-best.x)), 0.0
     elif method == "platt":
-        model = LogisticRegression(C=np.inf, solver="lbfgs").fit(z[:, None], labels)
+        model = LogisticRegression(C=1.0).fit(z[:, None], labels)  # C=1: finite on separable validation
         slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
     else:
         raise ValueError(f"unknown calibration method {method!r}")

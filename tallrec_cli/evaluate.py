@@ -118,6 +118,19 @@ def evaluate_records(inference, records: Sequence[dict], template: PromptTemplat
     return scores, metrics
 
 
+def model_scorer(inference, template: str | None = None, label_words: Sequence[str] | None = None,
+                 mode: str = "pair", batch_size: int | None = None, prefix_cache: str = "auto",
+                 calibration: Calibration | None = None,
+                 on_start: Callable[[str, int], Callable[[int], None] | None] | None = None):
+    """``score(records, name)`` -> the P(yes) eval would report for them (e.g. validation records to fit
+    an ensemble on), with the same template, labels, score mode and calibration."""
+    def score(records: Sequence[dict], name: str = "validation") -> np.ndarray:
+        progress = on_start(name, len(records)) if on_start else None
+        return evaluate_records(inference, records, template, label_words, mode, batch_size, prefix_cache, 0, 0,
+                                progress, calibration)[0]
+    return score
+
+
 def _label(record: dict, index: int) -> int:
     label = record.get("label")
     if label not in (0, 1):
@@ -224,15 +237,17 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
                    plots: bool = False, overwrite: bool = False,
                    on_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
                    references: Sequence[str] = (), train_records: Sequence[dict] | None = None,
-                   calibration: Calibration | None = None) -> list[dict]:
+                   calibration: Calibration | None = None, ensembles: Sequence = ()) -> list[dict]:
     """Evaluate each test into ``output_root/<test-name>/``; returns one {test, source, folder, metrics} each
     (and ``comparison`` when ``references`` are given: baselines fitted on ``train_records``, or ``base``,
     the model with its adapter off; see ``tallrec_cli.compare``).
 
     ``on_start(name, records)`` may return a per-batch progress callback. ``calibration`` applies to the
-    model's scores (not to the zero-shot ``base`` reference).
+    model's scores (not to the zero-shot ``base`` reference). ``ensembles`` (``ensemble.FittedBlend``, fitted
+    on validation) add ``ensembles``: each blend compared with the model and its baseline.
     """
     from tallrec_cli.compare import BASE_MODEL, Scored, compare, score_baselines, write_comparison
+    from tallrec_cli.ensemble import compare_blends, write_blends
 
     prompt_template, labels = scoring_setup(inference, template, label_words)
     model = model_description(inference)
@@ -247,9 +262,10 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
                                     "sha256": sha256_file(test.path) if test.path.is_file() else None},
                   "prompt": {"template": prompt_template.name}, "labels": labels.as_dict(), "score_mode": mode,
                   "calibration": metrics.get("calibration")}
-        extra, comparison = None, None
+        comparison, model_label = None, "tuned model" if inference.adapter else "model"
+        writers = []
         if references:
-            scorers = [Scored("model", "tuned model" if inference.adapter else "model", scores)]
+            scorers = [Scored("model", model_label, scores)]
             if BASE_MODEL in references:
                 progress = on_start(f"{test.name} without adapter", len(test.records)) if on_start else None
                 with inference.model.disable_adapter():
@@ -260,13 +276,20 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
                                        test.records, seed)
             comparison = compare(test.records, scorers[0], scorers[1:], resamples, seed)
             inputs["compare"] = list(references)
+            writers.append(lambda staging, comparison=comparison, scorers=scorers, test=test:
+                           write_comparison(staging, test.records, comparison, scorers))
+        blends = compare_blends(ensembles, test.records, scores, model_label, resamples, seed) if ensembles else []
+        if blends:
+            inputs["ensembles"] = [blend["blend"] for blend in blends]
+            writers.append(lambda staging, blends=blends, test=test: write_blends(staging, test.records, blends))
 
-            def extra(staging: Path, comparison=comparison, scorers=scorers, test=test) -> None:
-                write_comparison(staging, test.records, comparison, scorers)
+        def extra(staging: Path, writers=writers) -> None:
+            for write in writers:
+                write(staging)
         folder = write_eval_folder(Path(output_root) / test.name, test.records, scores, metrics, inputs, plots,
                                    overwrite, extra)
         results.append({"test": test.name, "source": str(test.path), "folder": str(folder), "metrics": metrics,
-                        "comparison": comparison})
+                        "comparison": comparison, "ensembles": [blend["comparison"] for blend in blends]})
     return results
 
 
@@ -344,9 +367,10 @@ def predict_rows(inference, rows: Sequence[dict], domain: str = "movie", templat
                  label_words: Sequence[str] | None = None, mode: str = "pair", batch_size: int | None = None,
                  prefix_cache: str = "auto", rank: bool = False, ks: Sequence[int] = DEFAULT_RANK_KS,
                  on_batch: Callable[[int], None] | None = None,
-                 calibration: Calibration | None = None) -> tuple[list[dict], dict]:
+                 calibration: Calibration | None = None, blend=None) -> tuple[list[dict], dict]:
     """P(yes) per row (``p_yes`` added, calibrated when ``calibration`` is given; ``rank`` within the user
-    with ``rank=True``) and a summary (score mode, HR@K / NDCG@K when ranking rows that carry labels)."""
+    with ``rank=True``) and a summary (score mode, HR@K / NDCG@K when ranking rows that carry labels).
+    With ``blend`` (an ``ensemble.FittedBlend``) ``p_yes`` is the ensemble's and ``p_yes_model`` the model's."""
     from tallrec_cli.scoring import score_prompts_detailed
 
     prompt_template, labels = scoring_setup(inference, template, label_words)
@@ -356,9 +380,14 @@ def predict_rows(inference, rows: Sequence[dict], domain: str = "movie", templat
                                     on_batch, prefix_cache)
     scores, calibration_note = applied(calibration, result.scores, mode)
     output = [{**row, "p_yes": float(score)} for row, score in zip(rows, scores)]
+    if blend is not None:
+        model_scores, (scores, _) = scores, blend.score(rows, scores)
+        output = [{**row, "p_yes": float(score), "p_yes_model": float(model_score)}
+                  for row, score, model_score in zip(rows, scores, model_scores)]
     summary: dict[str, Any] = {"rows": len(output), "score_mode": mode, "template": prompt_template.name,
                                "labels": labels.as_dict(), "scoring": result.describe(),
-                               "calibration_note": calibration_note}
+                               "calibration_note": calibration_note,
+                               "ensemble": blend.blend.as_dict() if blend is not None else None}
     if rank:
         users = [row.get("user") for row in rows]
         if any(user in (None, "") for user in users):
