@@ -107,21 +107,21 @@ def check_ensemble_request(names: Sequence[str], run_manifest: dict[str, Any] | 
 
 def fit_blends(names: Sequence[str], run_manifest: dict[str, Any], train_records: Sequence[dict],
                train_source: str, score_valid: Callable[[list[dict]], np.ndarray], seed: int = 0,
-               on_fit: Callable[[str], None] | None = None) -> list[FittedBlend]:
-    """Fit each baseline on the training records and its blend on the run's validation split.
-
-    ``score_valid(records)`` returns the model's P(yes) for them (scored once for every blend).
+               limit: int | None = None, on_fit: Callable[[str], None] | None = None) -> list[FittedBlend]:
+    """Fit each baseline on the training records and its blend on the run's validation split (its first
+    ``limit`` records when given). ``score_valid(records)`` returns the model's P(yes) for them (scored
+    once for every blend).
     """
     from tallrec_cli.evaluate import load_test_records
     from tallrec_cli.train import _data_sha256
 
     data = run_manifest.get("data") or {}
     valid_source = data.get("valid") or data.get("train")
-    valid = load_test_records(valid_source, "valid")
+    valid = load_test_records(valid_source, "valid", limit)
     model_scores = score_valid(valid)
     labels = labels_of(valid)
     train = {"source": str(train_source), "sha256": _data_sha256(train_source, "train")}
-    fitted_on = {"source": str(valid_source), "split": "valid", "records": len(valid),
+    fitted_on = {"source": str(valid_source), "split": "valid", "records": len(valid), "limit": limit,
                  "sha256": _data_sha256(valid_source, "valid")}
     blends = []
     for name in names:

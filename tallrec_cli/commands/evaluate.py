@@ -84,7 +84,8 @@ def eval_command(
     prefix_cache: str = typer.Option("auto", help="Run the prompt prefix all records share once: auto, on, off."),
     dtype: str = typer.Option("auto", help="auto (bf16 where fast), bfloat16, float16, float32."),
     quantization: str = typer.Option("none", help="none, 8bit, 4bit."),
-    limit: int = typer.Option(None, help="Evaluate only the first N records of each test."),
+    limit: int = typer.Option(None, help="Evaluate only the first N records of each test (and of the "
+                              "validation split an --ensemble is fitted on)."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC 95% interval (0: none)."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
     plots: bool = typer.Option(False, "--plots", help="Also write roc.png and reliability.png."),
@@ -156,7 +157,7 @@ def eval_command(
 
         blends = fit_blends(ensembles, _run_manifest(adapter), train_records, train_source,
                             model_scorer(inference, template, _label_words(label_words), score, batch_size,
-                                         prefix_cache, calibration, on_start), seed) if ensembles else []
+                                         prefix_cache, calibration, on_start), seed, limit) if ensembles else []
         results = evaluate_tests(inference, tests, root, template, _label_words(label_words), score, batch_size,
                                  prefix_cache, bootstrap, seed, plots, overwrite, on_start, references, train_records,
                                  calibration, blends)
