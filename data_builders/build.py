@@ -13,11 +13,14 @@ import numpy as np
 
 from data_builders import amazon, bookcrossing, csv_source, movielens
 from data_builders.config import PRESETS_DIR, BuildConfig, preset_names
+from data_builders.context import FIELDS as CONTEXT_FIELDS
+from data_builders.context import ContextAdder
 from data_builders.dataset import write_tallrec_json
 from data_builders.download import ARCHIVES, fetch_movielens
 from data_builders.interactions import Interactions
 from data_builders.readers import Report
 from data_builders.records import SPLIT_NAMES, Examples, Renderer, make_examples
+from data_builders.selection import HistorySelector, ItemVectors, collaborative_vectors, text_vectors
 from data_builders.templates import load_template
 from tallrec_cli.config import deep_merge, from_dict, read_yaml, to_dict
 from tallrec_cli.errors import ConfigError, DataError
@@ -66,6 +69,8 @@ def resolve(config: BuildConfig) -> BuildConfig:
         min_history=min(config.history_len, config.min_history if config.min_history is not None
                         else defaults.min_history if defaults.min_history is not None else config.history_len),
         template=config.template or defaults.template,
+        history_pool=(config.history_len if config.history == "recent" else
+                      config.history_pool if config.history_pool is not None else 3 * config.history_len),
         domain=config.domain or defaults.domain,
         output=config.output or str(Path("data") / config.source),
     )
@@ -102,7 +107,7 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
     report = Report(skip_bad_rows=config.skip_bad_rows)
     with staged_dir(config.output, overwrite=config.overwrite) as staging:
         interactions = read_source(config, report, on_progress)
-        examples = make_examples(interactions, config.like_threshold, config.history_len, config.min_history,
+        examples = make_examples(interactions, config.like_threshold, config.history_pool, config.min_history,
                                  config.max_records, config.split, config.split_ratios, config.seed,
                                  config.split_last)
         if examples.repeats_dropped:
@@ -111,10 +116,18 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
         if Path(config.template).suffix:  # a custom template file travels with the records it rendered
             shutil.copyfile(config.template, staging / "template.yaml")
         renderer = Renderer(examples, template, config.domain, config.seed)
+        context = ContextAdder(examples) if template.uses_context else None
+        vectors = _item_vectors(config, examples, on_progress)
+        selector = (HistorySelector(config.history, config.history_len, vectors, interactions.item_ids, template)
+                    if vectors is not None or context is not None else None)
         advance = on_progress and _counter(on_progress, "records", len(examples.target))
         files = {}
         for code, split in enumerate(SPLIT_NAMES):
             records = renderer.records(code, advance)
+            if context is not None:
+                records = context.records(code, split, records)
+            if selector is not None:
+                records = selector.records(records, training=split == "train")
             if config.format == "jsonl":
                 files[split] = f"{split}.jsonl"
                 write_jsonl_atomic(staging / files[split], records)
@@ -132,12 +145,31 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
                          "outputs": {"yes": template.yes, "no": template.no}},
             "splits": _split_counts(examples),
             "records": int(len(examples.target)),
+            "history": {"strategy": config.history, "k": config.history_len, "n": config.history_pool,
+                        "similarity": vectors.source if vectors is not None else None,
+                        "training_views": 2 if config.history == "mixed" else 1},
+            "context": {"fields": list(CONTEXT_FIELDS), "from": "training split (ordered for training records)",
+                        "cold": context.cold} if context is not None else None,
             "ratings_used": len(interactions),
             "notes": report.notes,
             "skipped_rows": report.skipped,
         }
         write_manifest(staging, "dataset", payload)
     return payload
+
+
+def _item_vectors(config: BuildConfig, examples: Examples, on_progress: Progress | None) -> ItemVectors | None:
+    """Item vectors for relevant/mixed histories: collaborative from the training split, or title texts."""
+    if config.history == "recent":
+        return None
+    if config.similarity == "collaborative":
+        return collaborative_vectors(examples)
+    titles = examples.interactions.item_text
+    if not all(title.strip() for title in titles):
+        raise DataError("similarity=text needs every item's text, and this source has items without one",
+                        "use --set similarity=collaborative")
+    return text_vectors(titles, config.embed_model,
+                        on_progress=on_progress and (lambda done, total: on_progress("embeddings", total, done)))
 
 
 def _counter(on_progress: Progress, task: str, total: int) -> Callable[[int], None]:

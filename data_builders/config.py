@@ -7,6 +7,9 @@ from pathlib import Path
 
 from tallrec_cli.config import option
 
+HISTORY_STRATEGIES = ("recent", "relevant", "mixed")
+SIMILARITIES = ("collaborative", "text")
+
 SOURCES = ("movielens-100k", "movielens-1m", "movielens-latest", "bookcrossing", "amazon", "csv")
 SPLITS = ("tallrec", "leave-last-out", "last-n", "temporal", "user")
 FORMATS = ("jsonl", "tallrec-json")
@@ -42,7 +45,15 @@ class BuildConfig:
                         "time quantiles; user: random users", choices=SPLITS)
     split_last: int = option(5, "records per user in test, and in valid, for the last-n split")
     split_ratios: list[float] = option([0.8, 0.1, 0.1], "train/valid/test fractions (tallrec, temporal, user)")
-    history_len: int = option(10, "previous interactions shown per record")
+    history_len: int = option(10, "previous interactions shown per record (K)")
+    history: str = option("recent", "which K: recent (the last K), relevant (the K of the last history_pool most "
+                          "similar to the target, in time order, ReLLa-style) or mixed (training records in both "
+                          "views, validation and test relevant)", choices=HISTORY_STRATEGIES)
+    history_pool: int | None = option(None, "N: interactions before the target that relevant/mixed choose from "
+                                      "(null: 3 x history_len)")
+    similarity: str = option("collaborative", "item vectors for relevance: collaborative (training split only) "
+                             "or text (embed_model's mean-pooled title states)", choices=SIMILARITIES)
+    embed_model: str | None = option(None, "model for similarity=text (e.g. smollm2-135m or a local folder)")
     min_history: int | None = option(
         None, "fewest previous interactions a record needs (null: history_len; 3 for bookcrossing like TALLRec)")
     like_threshold: float | None = option(
@@ -65,6 +76,12 @@ class BuildConfig:
         problems = []
         if self.history_len < 1:
             problems.append("history_len: must be at least 1")
+        if self.history_pool is not None and self.history_pool < self.history_len:
+            problems.append(f"history_pool: N={self.history_pool} is smaller than history_len K={self.history_len}; "
+                            "relevant histories pick K of the last N")
+        if self.history != "recent" and self.similarity == "text" and not self.embed_model:
+            problems.append("embed_model: similarity=text needs a model for the title embeddings "
+                            "(--set embed_model=smollm2-135m)")
         if self.min_history is not None and not 0 <= self.min_history <= self.history_len:
             problems.append("min_history: must be between 0 and history_len")
         if self.split_last < 1:

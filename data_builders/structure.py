@@ -47,11 +47,12 @@ def structure_fields(items: Sequence[HistoryItem], target_title: str, template: 
             "template": template, "variant": variant}
 
 
-def render_input(template: Template, variant: int, items: Sequence[HistoryItem], target_title: str) -> str:
+def render_input(template: Template, variant: int, items: Sequence[HistoryItem], target_title: str,
+                 context: dict[str, int] | None = None) -> str:
     wrap = template.history_item.format
     return template.fill_input(variant, [wrap(item=i.title) for i in items if i.liked],
                                [wrap(item=i.title) for i in items if not i.liked],
-                               template.target_item.format(item=target_title))
+                               template.target_item.format(item=target_title), context)
 
 
 def drop_history(items: Sequence[HistoryItem], count: int) -> list[HistoryItem]:
@@ -70,7 +71,8 @@ def shortened(record: dict, count: int, template: Template) -> dict:
     """The record with ``count`` history items dropped and its input re-rendered through ``template``."""
     items = drop_history(history(record) or [], count)
     return {**record, **structure_fields(items, record["target_title"], record["template"], record["variant"]),
-            "input": render_input(template, int(record["variant"] or 0), items, record["target_title"])}
+            "input": render_input(template, int(record["variant"] or 0), items, record["target_title"],
+                                  record.get("context"))}
 
 
 def find_template(name: str | None, near: str | Path | None = None) -> Template | None:
@@ -88,12 +90,23 @@ def find_template(name: str | None, near: str | Path | None = None) -> Template 
     return load_template(name) if name in template_names() else None
 
 
-def _input_pattern(layout: str) -> re.Pattern:
-    """A regex with named groups for {liked}, {disliked} and {target} from an input layout."""
-    parts = re.split(r"(\{liked\}|\{disliked\}|\{target\})", layout.replace("{{", "{").replace("}}", "}"))
-    pattern = "".join(f"(?P<{part[1:-1]}>.*?)" if part in ("{liked}", "{disliked}", "{target}") else re.escape(part)
+def _input_pattern(layout: str, fields: tuple[str, ...] = ("liked", "disliked", "target", "context"),
+                   value: str = ".*?") -> re.Pattern:
+    """A regex with a named group per ``{field}`` of ``layout`` (an input layout or a context line)."""
+    names = "|".join(re.escape("{" + field + "}") for field in fields)
+    parts = re.split(f"({names})", layout.replace("{{", "{").replace("}}", "}"))
+    pattern = "".join(f"(?P<{part[1:-1]}>{value})" if part[1:-1] in fields and part.startswith("{") else re.escape(part)
                       for part in parts)
     return re.compile(pattern + r"\Z", re.S)
+
+
+def _parse_context(text: str, template: Template) -> dict[str, int] | None:
+    """Context numbers back from a rendered context line ({} for an empty one, None if it does not match)."""
+    if not text or template.context is None:
+        return {} if not text else None
+    match = _input_pattern(template.context, ("item_likes", "item_ratings", "user_likes", "user_ratings"),
+                           r"\d+").match(text)
+    return {key: int(value) for key, value in match.groupdict().items()} if match else None
 
 
 def _unwrap(text: str, wrapper: str) -> str | None:
@@ -134,9 +147,11 @@ def parse_input(record: dict, templates: Sequence[Template]) -> dict | None:
             liked = _split_items(groups.get("liked", ""), template)
             disliked = _split_items(groups.get("disliked", ""), template)
             target = _unwrap(groups.get("target", ""), template.target_item)
-            if liked is None or disliked is None or target is None:
+            context = _parse_context(groups.get("context", ""), template)
+            if liked is None or disliked is None or target is None or context is None:
                 continue
             items = [HistoryItem(t, True) for t in liked] + [HistoryItem(t, False) for t in disliked]
-            if render_input(template, variant, items, target) == record["input"]:
-                return structure_fields(items, target, template.name, variant)
+            if render_input(template, variant, items, target, context or None) == record["input"]:
+                return {**structure_fields(items, target, template.name, variant),
+                        **({"context": context} if context else {})}
     return None

@@ -2,7 +2,9 @@
 
 A template has one or more ``variants`` ({instruction, input}); with several, one is drawn per record
 (seeded), P5-style. ``input`` uses ``{liked}``, ``{disliked}`` and ``{target}``; ``history_item`` and
-``target_item`` wrap an item's text (``{item}``) and ``separator`` joins history items.
+``target_item`` wrap an item's text (``{item}``) and ``separator`` joins history items. An optional
+``context`` line (``{item_likes}``, ``{item_ratings}``, ``{user_likes}``, ``{user_ratings}``: training-split
+counts, see ``data_builders.context``) fills the input's ``{context}``.
 """
 
 from __future__ import annotations
@@ -26,14 +28,21 @@ class Template:
     separator: str
     yes: str
     no: str
+    context: str | None = None
+
+    @property
+    def uses_context(self) -> bool:
+        return self.context is not None
 
     def output(self, label: int) -> str:
         return self.yes if label else self.no
 
-    def fill_input(self, variant: int, liked: list[str], disliked: list[str], target: str) -> str:
+    def fill_input(self, variant: int, liked: list[str], disliked: list[str], target: str,
+                   context: dict[str, int] | None = None) -> str:
         """The input text from already wrapped item texts (see ``structure.render_input`` for titles)."""
+        line = self.context.format(**context) if self.context and context is not None else ""
         return self.variants[variant]["input"].format(
-            liked=self.separator.join(liked), disliked=self.separator.join(disliked), target=target)
+            liked=self.separator.join(liked), disliked=self.separator.join(disliked), target=target, context=line)
 
 
 def template_names() -> list[str]:
@@ -61,6 +70,7 @@ def load_template(name_or_path: str) -> Template:
             name=str(spec.get("name", path.stem)), variants=variants, history_item=str(spec["history_item"]),
             target_item=str(spec["target_item"]), separator=str(spec["separator"]),
             yes=str(outputs["yes"]), no=str(outputs["no"]),
+            context=str(spec["context"]) if spec.get("context") is not None else None,
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"template {path} lacks {exc}",
@@ -76,8 +86,17 @@ def load_template(name_or_path: str) -> Template:
                           "they may use only {item} (write {{ for a brace)") from None
     for variant in variants:
         try:
-            variant["input"].format(liked="", disliked="", target="")
+            variant["input"].format(liked="", disliked="", target="", context="")
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"template {path}: input uses an unknown placeholder {exc}",
-                              "the input may use {liked}, {disliked} and {target} (write {{ for a brace)") from None
+                              "the input may use {liked}, {disliked}, {target} and {context} (write {{ for a "
+                              "brace)") from None
+    if template.context is not None:
+        try:
+            template.context.format(item_likes=0, item_ratings=0, user_likes=0, user_ratings=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"template {path}: context uses an unknown placeholder {exc}",
+                              "it may use {item_likes}, {item_ratings}, {user_likes} and {user_ratings}") from None
+        if not all("{context}" in variant["input"] for variant in variants):
+            raise ConfigError(f"template {path} has a context line but a variant's input has no {{context}}")
     return template

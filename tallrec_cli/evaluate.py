@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tallrec_cli.calibration import Calibration, applied, calibration_metrics
 from tallrec_cli.errors import ConfigError, DataError, ModelError
 from tallrec_cli.io import read_manifest, sha256_file, staged_dir, write_json_atomic, write_jsonl_atomic, write_manifest
 from tallrec_cli.metrics import BOOTSTRAP_RESAMPLES, compute_metrics, ranking_metrics
@@ -81,12 +82,15 @@ def evaluate_records(inference, records: Sequence[dict], template: PromptTemplat
                      labels: LabelTokens | Sequence[str] | None = None, mode: str = "pair",
                      batch_size: int | None = None, prefix_cache: str = "auto",
                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                     on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
+                     on_batch: Callable[[int], None] | None = None,
+                     calibration: Calibration | None = None) -> tuple[np.ndarray, dict]:
     """Score ``records`` (each with instruction, input, label; user_id enables GAUC) with ``inference``
     (a ``models.InferenceModel``) and compute every metric.
 
     ``labels`` is a resolved ``LabelTokens`` or two label words. Returns (P(yes) per record in input
     order, metrics dict with ``score_mode``, ``template``, ``labels`` and ``scoring`` details).
+    With ``calibration`` (see `tallrec calibrate`) the scores and metrics are the calibrated ones and
+    ``uncalibrated`` keeps log-loss, Brier and ECE of the raw scores.
     """
     from tallrec_cli.scoring import score_prompts_detailed
 
@@ -102,11 +106,29 @@ def evaluate_records(inference, records: Sequence[dict], template: PromptTemplat
     result = score_prompts_detailed(inference.model, inference.tokenizer, prompts, labels, mode, batch_size,
                                     on_batch, prefix_cache)
     users = [record["user_id"] for record in records] if all("user_id" in record for record in records) else None
-    metrics = compute_metrics(truth, result.scores, users, resamples, seed)
+    scores, calibration_note = applied(calibration, result.scores, mode)
+    metrics = compute_metrics(truth, scores, users, resamples, seed)
     if users is None:
         metrics["notes"].append("GAUC not computed: the records carry no user_id")
+    if calibration_note:
+        metrics["notes"].append(calibration_note)
+    if calibration is not None and scores is not result.scores:
+        metrics.update(calibration=calibration.as_dict(), uncalibrated=calibration_metrics(truth, result.scores))
     metrics.update(score_mode=mode, template=template.name, labels=labels.as_dict(), scoring=result.describe())
-    return result.scores, metrics
+    return scores, metrics
+
+
+def model_scorer(inference, template: str | None = None, label_words: Sequence[str] | None = None,
+                 mode: str = "pair", batch_size: int | None = None, prefix_cache: str = "auto",
+                 calibration: Calibration | None = None,
+                 on_start: Callable[[str, int], Callable[[int], None] | None] | None = None):
+    """``score(records, name)`` -> the P(yes) eval would report for them (e.g. validation records to fit
+    an ensemble on), with the same template, labels, score mode and calibration."""
+    def score(records: Sequence[dict], name: str = "validation") -> np.ndarray:
+        progress = on_start(name, len(records)) if on_start else None
+        return evaluate_records(inference, records, template, label_words, mode, batch_size, prefix_cache, 0, 0,
+                                progress, calibration)[0]
+    return score
 
 
 def _label(record: dict, index: int) -> int:
@@ -214,14 +236,18 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
                    prefix_cache: str = "auto", resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                    plots: bool = False, overwrite: bool = False,
                    on_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
-                   references: Sequence[str] = (), train_records: Sequence[dict] | None = None) -> list[dict]:
+                   references: Sequence[str] = (), train_records: Sequence[dict] | None = None,
+                   calibration: Calibration | None = None, ensembles: Sequence = ()) -> list[dict]:
     """Evaluate each test into ``output_root/<test-name>/``; returns one {test, source, folder, metrics} each
     (and ``comparison`` when ``references`` are given: baselines fitted on ``train_records``, or ``base``,
     the model with its adapter off; see ``tallrec_cli.compare``).
 
-    ``on_start(name, records)`` may return a per-batch progress callback.
+    ``on_start(name, records)`` may return a per-batch progress callback. ``calibration`` applies to the
+    model's scores (not to the zero-shot ``base`` reference). ``ensembles`` (``ensemble.FittedBlend``, fitted
+    on validation) add ``ensembles``: each blend compared with the model and its baseline.
     """
     from tallrec_cli.compare import BASE_MODEL, Scored, compare, score_baselines, write_comparison
+    from tallrec_cli.ensemble import compare_blends, write_blends
 
     prompt_template, labels = scoring_setup(inference, template, label_words)
     model = model_description(inference)
@@ -229,15 +255,17 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
     for test in tests:
         progress = on_start(test.name, len(test.records)) if on_start else None
         scores, metrics = evaluate_records(inference, test.records, prompt_template, labels, mode, batch_size,
-                                           prefix_cache, resamples, seed, progress)
+                                           prefix_cache, resamples, seed, progress, calibration)
         metrics = {"test": test.name, "source": str(test.path), **metrics}
         inputs = {**model, "test": {"name": test.name, "path": str(test.path.resolve()), "split": test.split,
                                     "limit": test.limit,
                                     "sha256": sha256_file(test.path) if test.path.is_file() else None},
-                  "prompt": {"template": prompt_template.name}, "labels": labels.as_dict(), "score_mode": mode}
-        extra, comparison = None, None
+                  "prompt": {"template": prompt_template.name}, "labels": labels.as_dict(), "score_mode": mode,
+                  "calibration": metrics.get("calibration")}
+        comparison, model_label = None, "tuned model" if inference.adapter else "model"
+        writers = []
         if references:
-            scorers = [Scored("model", "tuned model" if inference.adapter else "model", scores)]
+            scorers = [Scored("model", model_label, scores)]
             if BASE_MODEL in references:
                 progress = on_start(f"{test.name} without adapter", len(test.records)) if on_start else None
                 with inference.model.disable_adapter():
@@ -248,13 +276,20 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
                                        test.records, seed)
             comparison = compare(test.records, scorers[0], scorers[1:], resamples, seed)
             inputs["compare"] = list(references)
+            writers.append(lambda staging, comparison=comparison, scorers=scorers, test=test:
+                           write_comparison(staging, test.records, comparison, scorers))
+        blends = compare_blends(ensembles, test.records, scores, model_label, resamples, seed) if ensembles else []
+        if blends:
+            inputs["ensembles"] = [blend["blend"] for blend in blends]
+            writers.append(lambda staging, blends=blends, test=test: write_blends(staging, test.records, blends))
 
-            def extra(staging: Path, comparison=comparison, scorers=scorers, test=test) -> None:
-                write_comparison(staging, test.records, comparison, scorers)
+        def extra(staging: Path, writers=writers) -> None:
+            for write in writers:
+                write(staging)
         folder = write_eval_folder(Path(output_root) / test.name, test.records, scores, metrics, inputs, plots,
                                    overwrite, extra)
         results.append({"test": test.name, "source": str(test.path), "folder": str(folder), "metrics": metrics,
-                        "comparison": comparison})
+                        "comparison": comparison, "ensembles": [blend["comparison"] for blend in blends]})
     return results
 
 
@@ -331,9 +366,11 @@ def candidate_prompt_parts(row: dict, domain: str = "movie", where: str = "row")
 def predict_rows(inference, rows: Sequence[dict], domain: str = "movie", template: str | None = None,
                  label_words: Sequence[str] | None = None, mode: str = "pair", batch_size: int | None = None,
                  prefix_cache: str = "auto", rank: bool = False, ks: Sequence[int] = DEFAULT_RANK_KS,
-                 on_batch: Callable[[int], None] | None = None) -> tuple[list[dict], dict]:
-    """P(yes) per row (``p_yes`` added; ``rank`` within the user with ``rank=True``) and a summary
-    (score mode, HR@K / NDCG@K when ranking rows that carry labels)."""
+                 on_batch: Callable[[int], None] | None = None,
+                 calibration: Calibration | None = None, blend=None) -> tuple[list[dict], dict]:
+    """P(yes) per row (``p_yes`` added, calibrated when ``calibration`` is given; ``rank`` within the user
+    with ``rank=True``) and a summary (score mode, HR@K / NDCG@K when ranking rows that carry labels).
+    With ``blend`` (an ``ensemble.FittedBlend``) ``p_yes`` is the ensemble's and ``p_yes_model`` the model's."""
     from tallrec_cli.scoring import score_prompts_detailed
 
     prompt_template, labels = scoring_setup(inference, template, label_words)
@@ -341,16 +378,23 @@ def predict_rows(inference, rows: Sequence[dict], domain: str = "movie", templat
                for number, row in enumerate(rows, start=1)]
     result = score_prompts_detailed(inference.model, inference.tokenizer, prompts, labels, mode, batch_size,
                                     on_batch, prefix_cache)
-    output = [{**row, "p_yes": float(score)} for row, score in zip(rows, result.scores)]
+    scores, calibration_note = applied(calibration, result.scores, mode)
+    output = [{**row, "p_yes": float(score)} for row, score in zip(rows, scores)]
+    if blend is not None:
+        model_scores, (scores, _) = scores, blend.score(rows, scores)
+        output = [{**row, "p_yes": float(score), "p_yes_model": float(model_score)}
+                  for row, score, model_score in zip(rows, scores, model_scores)]
     summary: dict[str, Any] = {"rows": len(output), "score_mode": mode, "template": prompt_template.name,
-                               "labels": labels.as_dict(), "scoring": result.describe()}
+                               "labels": labels.as_dict(), "scoring": result.describe(),
+                               "calibration_note": calibration_note,
+                               "ensemble": blend.blend.as_dict() if blend is not None else None}
     if rank:
         users = [row.get("user") for row in rows]
         if any(user in (None, "") for user in users):
             raise DataError("--rank needs a user column on every row", "add a user column naming whose candidates they are")
         _add_ranks(output, users)
         if all(row["label"] is not None for row in rows):
-            summary["ranking"] = ranking_metrics(users, result.scores, [row["label"] for row in rows], ks)
+            summary["ranking"] = ranking_metrics(users, scores, [row["label"] for row in rows], ks)
         else:
             summary["ranking_note"] = "HR@K / NDCG@K need a label on every row"
     return output, summary

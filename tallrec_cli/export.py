@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from tallrec_cli.calibration import card_section
 from tallrec_cli.errors import ArtifactError, ConfigError, ModelError, ResourceError
 from tallrec_cli.io import (
     MANIFEST_NAME, file_hashes, read_manifest, sha256_file, staged_dir, write_manifest, write_text_atomic,
@@ -372,7 +373,7 @@ def adapter_card(name: str, base: str, manifest: dict[str, Any], check: VllmChec
     return (
         _front_matter(meta) + f"\n# {name}\n\nA LoRA adapter for `{base}` that answers whether a user will like an "
         f"item (TALLRec-style), exported by tallrec.\n{embedded_note}\n" + _prompt_section(manifest) + "\n"
-        + _results_section(manifest) + "\n## Use with PEFT\n\n```python\n"
+        + _results_section(manifest) + card_section(manifest) + "\n## Use with PEFT\n\n```python\n"
         "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
         f'model = AutoPeftModelForCausalLM.from_pretrained("{path}")  # loads {base}, then the adapter\n'
         f'tokenizer = AutoTokenizer.from_pretrained("{path if tokenizer_included else base}")\n```\n\n'
@@ -399,7 +400,7 @@ def _run_payload(run: TrainRun) -> dict[str, Any]:
     """What an export carries over from its run manifest (recognising the base, prompting, provenance)."""
     manifest = run.manifest
     keys = ("base_model", "base_model_config", "prompt", "labels", "data", "best", "metrics", "lora",
-            "quantization", "dtype", "seed")
+            "quantization", "dtype", "seed", "calibration")
     payload = {key: manifest[key] for key in keys if key in manifest}
     payload["source_run"] = {"path": str(run.path.resolve()), "created": manifest.get("created")}
     return payload
@@ -572,7 +573,8 @@ def merged_card(name: str, base: str, manifest: dict[str, Any], dtype: str, quan
     return (
         _front_matter(meta) + f"\n# {name}\n\n`{base}` with a tallrec LoRA adapter merged in ({dtype}). "
         f"Load it with `AutoModelForCausalLM.from_pretrained` or serve it with `vllm serve PATH`.\n{quant_note}\n"
-        + _prompt_section(manifest) + "\n" + _results_section(manifest) + "\n## Merge verification\n\n"
+        + _prompt_section(manifest) + "\n" + _results_section(manifest) + card_section(manifest)
+        + "\n## Merge verification\n\n"
         f"Reloaded from disk and compared with base + adapter on {check.logit_prompts} prompts "
         f"({check.prompts_source}): max |logit difference| {check.max_abs_logit_diff:.3g} "
         f"(bound {check.logit_bound:.3g}); P(yes) AUC on {check.auc_samples} samples "

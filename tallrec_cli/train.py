@@ -111,7 +111,11 @@ class DataSettings:
 class PromptSettings:
     template: str = option("alpaca", help="Prompt template: alpaca, tallrec-exact, chat, or a YAML file.")
     max_length: int = option(512, help="Cutoff in tokens for prompt + answer; longer records lose their oldest history titles.")
-    loss: str = option("answer", choices=("answer", "full"), help="Loss on the answer only, or on the whole sequence (TALLRec).")
+    loss: str = option("answer", choices=("answer", "full", "pair"),
+                       help="Loss on the answer only, on the whole sequence (TALLRec), or pair: binary log-loss of "
+                            "the P(yes) eval reports (the two label logits at the answer position).")
+    class_weight: str = option("none", choices=("none", "balanced"),
+                               help="pair loss only: balanced weighs each class by n / (2 n_class) of the training sample.")
 
     def check(self) -> list[str]:
         from tallrec_cli.prompts import load_template
@@ -123,6 +127,8 @@ class PromptSettings:
             problems.append(f"prompt.template: {exc.message}")
         if self.max_length < 16:
             problems.append(f"prompt.max_length: must be >= 16, got {self.max_length}")
+        if self.class_weight != "none" and self.loss != "pair":
+            problems.append(f"prompt.class_weight: {self.class_weight} needs prompt.loss=pair, got {self.loss}")
         return problems
 
 
@@ -574,7 +580,7 @@ def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size:
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         gradient_checkpointing=training.gradient_checkpointing and config.model.quantization == "none",
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        completion_only_loss=config.prompt.loss == "answer",
+        completion_only_loss=config.prompt.loss in ("answer", "pair"),
         max_length=None,  # records are already fitted to prompt.max_length without cutting answers
         packing=False,
         save_strategy="steps",
@@ -705,8 +711,14 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
                                         config.training.score_mode, config.training.eval_batch_size, is_main,
                                         config.training.eval_at_start)
         train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                             callbacks=[*callbacks, validation, InterruptCallback(status)])
+        trainer_class, loss_kwargs = SFTTrainer, {}
+        if config.prompt.loss == "pair":
+            from tallrec_cli.pair_loss import PairLossTrainer, class_weights
+
+            weights = class_weights([record["label"] for record in data.train_records], config.prompt.class_weight)
+            trainer_class, loss_kwargs = PairLossTrainer, {"label_tokens": label_tokens, "weights": weights}
+        trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                                callbacks=[*callbacks, validation, InterruptCallback(status)], **loss_kwargs)
         trainer.remove_callback(PrinterCallback)
         if precision == "fp16":
             trainable_to_fp32(trainer.model)

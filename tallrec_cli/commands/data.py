@@ -59,6 +59,9 @@ def build(
                               show_default=False),
     history_len: int = typer.Option(None, "--history-len", help="Previous interactions per record [default: 10].",
                                     show_default=False),
+    history: str = typer.Option(None, "--history", help="Which K history items: recent (default), relevant (K of "
+                                "the last N most similar to the target; --set history_pool=N similarity=text|"
+                                "collaborative) or mixed (training records in both views).", show_default=False),
     max_records: int = typer.Option(None, "--max-records", help="Keep the last N records, 0 for all "
                                     "[default: 10000].", show_default=False),
     template: str = typer.Option(None, "--template", help="Template name (tallrec-movie, tallrec-book, "
@@ -106,6 +109,7 @@ def build(
     from data_builders.build import build_config, build_dataset
 
     flags = {"path": path, "output": output, "format": fmt, "split": split, "history_len": history_len,
+             "history": history,
              "template": template, "seed": seed, "items_path": items, "encoding": encoding, "sha256": sha256}
     values: dict[str, Any] = {key: str(v) if isinstance(v, Path) else v for key, v in flags.items() if v is not None}
     if max_records is not None:

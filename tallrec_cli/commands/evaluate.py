@@ -54,15 +54,19 @@ def metrics_table(title: str, rows: list[tuple[str, dict]]):
     return result
 
 
+def _run_manifest(adapter: str | None) -> dict | None:
+    from tallrec_cli.io import read_manifest
+
+    return read_manifest(adapter) if adapter and (Path(adapter) / "manifest.json").is_file() else None
+
+
 def _train_records(train: str | None, adapter: str | None):
     """Training records for baselines: --train, else the train split the run was trained on."""
     from data_builders import load_split
-    from tallrec_cli.io import read_manifest
 
-    if train is None and adapter and (Path(adapter) / "manifest.json").is_file():
-        manifest = read_manifest(adapter)
-        if manifest.get("kind") == "train-run":
-            train = (manifest.get("config") or {}).get("data", {}).get("train")
+    manifest = _run_manifest(adapter)
+    if train is None and manifest and manifest.get("kind") == "train-run":
+        train = (manifest.get("config") or {}).get("data", {}).get("train")
     return (load_split(train, "train"), train) if train else (None, None)
 
 
@@ -81,7 +85,8 @@ def eval_command(
     prefix_cache: str = typer.Option("auto", help="Run the prompt prefix all records share once: auto, on, off."),
     dtype: str = typer.Option("auto", help="auto (bf16 where fast), bfloat16, float16, float32."),
     quantization: str | None = typer.Option(None, help="none, 8bit, 4bit (default: the adapter's training)."),
-    limit: int = typer.Option(None, help="Evaluate only the first N records of each test."),
+    limit: int = typer.Option(None, help="Evaluate only the first N records of each test (and of the "
+                              "validation split an --ensemble is fitted on)."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC 95% interval (0: none)."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
     plots: bool = typer.Option(False, "--plots", help="Also write roc.png and reliability.png."),
@@ -95,6 +100,11 @@ def eval_command(
                                       "bootstrap intervals of the AUC and GAUC differences."),
     train: str = typer.Option(None, "--train", help="Training data for baselines that learn (dataset folder or "
                               "records file; its train split). Default: the run's training data."),
+    calibrated: bool = typer.Option(True, "--calibrated/--raw", help="Apply the calibration `tallrec calibrate` "
+                                    "stored with the adapter (if any), or report raw P(yes)."),
+    ensemble: list[str] = typer.Option(None, "--ensemble", "-e", help="Baselines to blend with the model, comma-"
+                                       "separated: a logistic blend of the two logits fitted on the run's "
+                                       "validation split, compared with both parts; saved as ensembles.json."),
 ) -> None:
     """Score labelled test records and report AUC and GAUC with 95% intervals, log-loss and calibration,
     for a model or for baselines, and compare a model with its references.
@@ -103,18 +113,22 @@ def eval_command(
 
     `tallrec eval --adapter runs/m64 --test data/movielens-100k --compare base,history-share,gbdt`
 
+    `tallrec eval --adapter runs/m64 --test data/movielens-100k --ensemble gbdt`
+
     `tallrec eval --baseline history-share --baseline gbdt --train data/movie --test data/movie -o evals/ref`
 
     `tallrec eval --model smollm2-135m --test data/movielens-100k --limit 200 --score tallrec -o evals/zero-shot`
     """
+    from tallrec_cli.calibration import calibration_for
     from tallrec_cli.compare import check_references, comparison_table, evaluate_baseline_tests, parse_names
+    from tallrec_cli.ensemble import check_ensemble_request, fit_blends
     from tallrec_cli.errors import ConfigError
-    from tallrec_cli.evaluate import eval_output_root, evaluate_tests, load_tests
+    from tallrec_cli.evaluate import eval_output_root, evaluate_tests, load_tests, model_scorer
     from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
 
     _check_choice(score, SCORE_MODES, "--score")
     _check_choice(prefix_cache, PREFIX_CACHE_MODES, "--prefix-cache")
-    baselines, references = parse_names(baseline), parse_names(compare)
+    baselines, references, ensembles = parse_names(baseline), parse_names(compare), parse_names(ensemble)
     has_model = bool(model or adapter)
     if not has_model and not baselines:
         raise ConfigError("nothing to evaluate", "pass --model and/or --adapter, or --baseline NAME")
@@ -125,6 +139,7 @@ def eval_command(
     tests = load_tests(test, split, limit)
     train_records, train_source = _train_records(train, adapter)
     problems = check_references(baselines or references, train_records is not None, has_model=bool(adapter))
+    problems += check_ensemble_request(ensembles, _run_manifest(adapter), train_source)
     if problems:
         raise ConfigError("; ".join(problems))
     if baselines:
@@ -139,18 +154,26 @@ def eval_command(
     # `--compare base` scores with the adapter switched off, so it must stay apart from the weights
     inference = _load(model, adapter, dtype, quantization, trust_remote_code,
                       merge_adapter=BASE_MODEL not in references)
+    calibration = calibration_for(adapter or model) if calibrated else None
     with progress() as bar:
         def on_start(name: str, records: int):
             task = bar.add_task(f"scoring {name}", total=records)
             return lambda done: bar.advance(task, done)
 
+        blends = fit_blends(ensembles, _run_manifest(adapter), train_records, train_source,
+                            model_scorer(inference, template, _label_words(label_words), score, batch_size,
+                                         prefix_cache, calibration, on_start), seed, limit) if ensembles else []
         results = evaluate_tests(inference, tests, root, template, _label_words(label_words), score, batch_size,
-                                 prefix_cache, bootstrap, seed, plots, overwrite, on_start, references, train_records)
+                                 prefix_cache, bootstrap, seed, plots, overwrite, on_start, references, train_records,
+                                 calibration, blends)
     console.print(metrics_table(f"eval ({score} scores)", [(r["test"], r["metrics"]) for r in results]))
     for result in results:
         if result["comparison"]:
             console.print(comparison_table(result["comparison"], f"{result['test']}: model vs references "
                                            "(Δ = model - row, paired 95% CI)"))
+        for comparison in result["ensembles"]:
+            console.print(comparison_table(comparison, f"{result['test']}: {comparison['primary']} blend fitted on "
+                                           "validation vs its parts (Δ = blend - row)"))
     _notes([(r["test"], r) for r in results])
 
 
@@ -183,6 +206,11 @@ def predict_command(
     rank: bool = typer.Option(False, "--rank", help="Rank each user's candidates by P(yes); HR@K / NDCG@K with labels."),
     k: str = typer.Option("1,3,5,10", "--k", help="Cut-offs for HR@K / NDCG@K."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
+    calibrated: bool = typer.Option(True, "--calibrated/--raw", help="Apply the adapter's stored calibration (if any)."),
+    ensemble: str = typer.Option(None, "--ensemble", "-e", help="An ensembles.json (or the eval folder holding it) "
+                                 "written by `tallrec eval --ensemble`: p_yes becomes the blend's (rows must be "
+                                 "built records with user, item and history)."),
+    ensemble_baseline: str = typer.Option(None, help="Which blend of that file, when it holds several."),
 ) -> None:
     """Write P(yes) for new user histories and candidate items; optionally rank candidates per user.
 
@@ -190,6 +218,8 @@ def predict_command(
 
     `tallrec predict --adapter runs/m64 --input candidates.csv --rank --k 1,5 -o scores.csv`
     """
+    from tallrec_cli.calibration import calibration_for
+    from tallrec_cli.ensemble import load_blend, refit_baseline
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import DOMAINS, predict_rows, read_candidates, write_predictions
     from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
@@ -206,12 +236,16 @@ def predict_command(
     if Path(output).suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"--output {output} must end in .jsonl or .csv")
     rows = read_candidates(input)
+    blend = refit_baseline(load_blend(ensemble, ensemble_baseline)) if ensemble else None
     inference = _load(model, adapter, dtype, quantization, trust_remote_code)
     with progress() as bar:
         task = bar.add_task("scoring", total=len(rows))
         scored, summary = predict_rows(inference, rows, domain, template, _label_words(label_words), score,
-                                       batch_size, prefix_cache, rank, ks, lambda done: bar.advance(task, done))
+                                       batch_size, prefix_cache, rank, ks, lambda done: bar.advance(task, done),
+                                       calibration_for(adapter or model) if calibrated else None, blend)
     write_predictions(output, scored)
+    if summary["calibration_note"]:
+        console.print(summary["calibration_note"], highlight=False)
     console.print(f"wrote P(yes) ({score} scores) for {len(scored)} rows to {output}", highlight=False)
     if "ranking" in summary:
         ranking = summary["ranking"]
