@@ -27,7 +27,7 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 @dataclass(frozen=True)
 class ModelSource:
     """Where a base model's weights come from; ``identity`` is recorded in manifests."""
-    kind: str  # embedded | local | gguf | hub
+    kind: str  # embedded | random | local | gguf | hub
     name: str  # what the user asked for
     path: str  # folder or hub id passed to from_pretrained
     gguf_file: str | None = None
@@ -37,7 +37,14 @@ class ModelSource:
 
 
 def resolve_model_source(name: str, convert_embedded: bool = True) -> ModelSource:
-    """Interpret ``name`` without loading weights: embedded alias, GGUF file, local folder or hub id."""
+    """Interpret ``name`` without loading weights: embedded alias, ``random:<architecture>``, GGUF file,
+    local folder or hub id. ``convert_embedded=False`` writes nothing (an embedded or random model's
+    safetensors copy is made on first real use)."""
+    from tallrec_cli import random_models
+
+    if random_models.is_random(name):
+        arch = random_models.architecture(name)
+        return ModelSource("random", name, str(random_models.random_model_dir(name)) if convert_embedded else arch)
     if name in EMBEDDED_MODELS:
         path = embedded_model_dir(name) if convert_embedded else str(_embedded_gguf(name))
         return ModelSource("embedded", name, str(path))
@@ -53,7 +60,8 @@ def resolve_model_source(name: str, convert_embedded: bool = True) -> ModelSourc
         return ModelSource("local", name, str(path.resolve()))
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelError(f"model {name!r} is neither an existing path nor a hub id (owner/name)",
-                         f"check the path, or use the embedded model: {', '.join(EMBEDDED_MODELS)}")
+                         f"check the path, or use the embedded model ({', '.join(EMBEDDED_MODELS)}) or "
+                         "random:<architecture> (e.g. random:llama-3-8b)")
     return ModelSource("hub", name, name)
 
 
@@ -109,6 +117,8 @@ def model_identity(source: ModelSource) -> dict[str, Any]:
     folder = Path(source.path)
     if source.kind == "embedded":
         identity["gguf_sha256"] = read_manifest(folder, "embedded-model")["gguf_sha256"]
+    elif source.kind == "random":
+        identity["seed"] = read_manifest(folder, "random-model")["seed"]
     elif source.kind == "gguf":
         identity["gguf_sha256"] = sha256_file(folder / source.gguf_file)
     elif source.kind == "local":

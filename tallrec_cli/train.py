@@ -25,7 +25,7 @@ from tallrec_cli.models import DTYPES, QUANTIZATIONS
 GIB = 1024 ** 3
 RUN_KIND = "train-run"
 ALL_LINEAR = "all-linear"
-REPORT_TO = ("none", "tensorboard", "wandb")
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 
 # Shapes of the recipes' hub models, so `--dry-run` can estimate memory offline (no hub access).
 KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -151,7 +151,11 @@ class TrainingSettings:
     seed: int = option(42, help="Training randomness (LoRA init, order, dropout); data.sample_seed picks the shots.")
     group_by_length: bool = option(True, help="Batch records of similar length together (less padding).")
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward: much less memory, ~30% slower.")
-    report_to: str = option("none", choices=REPORT_TO, help="Also log to tensorboard or wandb.")
+    report_to: str = option("none", choices=REPORT_TO,
+                            help="Also log train loss, validation AUC/GAUC/log-loss and throughput to tensorboard "
+                                 "(RUN/tensorboard), wandb or mlflow (pip install 'tallrec-cli[tracking]').")
+    fsdp: bool = option(False, help="Shard weights and optimizer state across processes with FSDP2 "
+                                    "(launch with accelerate launch --config_file recipes/accelerate/fsdp2*.yaml or torchrun).")
     score_mode: str = option("pair", choices=("pair", "tallrec"), help="P(yes) for validation AUC (see tallrec_cli.scoring).")
     eval_batch_size: int = option(16, help="Prompts per scoring batch during validation.")
 
@@ -709,6 +713,11 @@ def _summary(config: TrainConfig, data: PreparedData, status, eval_every: int, t
 
 # ----------------------------------------------------------------------------------- dry run
 
+def model_config_for(config: TrainConfig):
+    """The base model's transformers config, without weights (for memory estimates)."""
+    return _model_config(config)[0]
+
+
 def _model_config(config: TrainConfig):
     """The base model's config without weights: from its folder/GGUF, else the known shapes table."""
     from transformers import AutoConfig
@@ -718,6 +727,10 @@ def _model_config(config: TrainConfig):
     from tallrec_cli.io import tallrec_home
 
     source = resolve_model_source(config.model.name, convert_embedded=False)
+    if source.kind == "random":  # the embedded config; its tokenizer's token counts are not the real ones
+        from tallrec_cli.random_models import model_config
+
+        return model_config(config.model.name), None
     path, gguf_file = source.path, source.gguf_file
     converted = tallrec_home() / "models" / config.model.name
     if source.kind == "embedded":
