@@ -242,6 +242,7 @@ def preflight(config: TrainConfig, resume: bool = False, check_output: bool = Tr
     import importlib.util
 
     from tallrec_cli.models import resolve_model_source
+    from tallrec_cli.tracking import tracking_problems
 
     problems = []
     for key in ("train", "valid"):
@@ -257,6 +258,7 @@ def preflight(config: TrainConfig, resume: bool = False, check_output: bool = Tr
     adapter = config.lora.init_adapter
     if adapter and not (Path(adapter) / "adapter_config.json").exists():
         problems.append(f"lora.init_adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    problems.extend(tracking_problems(config.training.report_to))
     if config.model.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(f"model.quantization: {config.model.quantization} needs bitsandbytes (pip install bitsandbytes>=0.45)")
     if check_output:
@@ -376,6 +378,12 @@ def prepare_data(config: TrainConfig, tokenizer, template) -> PreparedData:
                      for record in valid]
     return PreparedData(train, valid, train_prompts, completions, valid_prompts,
                         [int(record["label"]) for record in valid], truncated, lengths)
+
+
+def _valid_users(records: list[dict]) -> list | None:
+    """Validation records' user ids (for GAUC), when every record carries one."""
+    users = [record.get("user_id") for record in records]
+    return None if any(user is None for user in users) else users
 
 
 def _answer_outputs(records: list[dict], config: TrainConfig) -> tuple[str, str]:
@@ -505,7 +513,7 @@ def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size:
         logging_steps=1,
         logging_strategy="steps",
         eval_strategy="no",
-        report_to=[] if training.report_to == "none" else [training.report_to],
+        report_to=[],  # tallrec adds the reporting callbacks itself (tallrec_cli.tracking), to feed them validation
         disable_tqdm=True,
         dataloader_num_workers=0,
         optim="adamw_torch",
@@ -601,6 +609,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     from trl import SFTTrainer
 
     from tallrec_cli.train_callbacks import InterruptCallback, RichProgressCallback, TrainingStatus, ValidationCallback
+    from tallrec_cli.tracking import TrackingCallback, reporting_callbacks
 
     source = resolve_model_source(config.model.name)
     tokenizer = load_tokenizer(source, config.model.trust_remote_code, padding_side="left")
@@ -628,7 +637,8 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
         _restore_status(status, run_dir, checkpoint)
     validation = ValidationCallback(status, run_dir, tokenizer, data.valid_prompts, data.valid_labels, label_tokens,
                                     eval_every, config.training.patience, config.training.score_mode,
-                                    config.training.eval_batch_size, is_main, config.training.eval_at_start)
+                                    config.training.eval_batch_size, is_main, config.training.eval_at_start,
+                                    users=_valid_users(data.valid_records))
     interrupt = InterruptCallback(status)
     train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
@@ -637,6 +647,11 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     install_compact_lm_head(trainer.model.get_base_model())
     if is_main:
         trainer.add_callback(RichProgressCallback(status, config.training.batch_size))
+        reporters = reporting_callbacks(config.training.report_to, run_dir)
+        for reporter in reporters:
+            trainer.add_callback(reporter)
+        if reporters:
+            trainer.add_callback(TrackingCallback(status, reporters, config.training.batch_size))
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except Exception as exc:

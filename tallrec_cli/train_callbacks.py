@@ -18,7 +18,7 @@ from rich.text import Text
 from transformers import TrainerCallback
 
 from tallrec_cli.io import replace_dir
-from tallrec_cli.metrics import safe_auc
+from tallrec_cli.metrics import group_auc, safe_auc
 from tallrec_cli.prompts import LabelTokens
 from tallrec_cli.scoring import score_prompts
 
@@ -87,7 +87,7 @@ class ValidationCallback(TrainerCallback):
 
     def __init__(self, status: TrainingStatus, run_dir: Path, tokenizer, prompts: list[str], labels: list[int],
                  label_tokens: LabelTokens, eval_every: int, patience: int | None, score_mode: str,
-                 eval_batch_size: int, is_main: bool, eval_at_start: bool = False):
+                 eval_batch_size: int, is_main: bool, eval_at_start: bool = False, users: list | None = None):
         self.status = status
         self.run_dir = run_dir
         self.tokenizer = tokenizer
@@ -100,6 +100,7 @@ class ValidationCallback(TrainerCallback):
         self.eval_batch_size = eval_batch_size
         self.is_main = is_main
         self.eval_at_start = eval_at_start
+        self.users = users  # with user ids, rows also carry per-user AUC (val_gauc)
         self.started = time.monotonic()
         self.losses_since_eval: list[float] = []
         self.pending: dict | None = None
@@ -141,9 +142,12 @@ class ValidationCallback(TrainerCallback):
                                    batch_size=self.eval_batch_size)
         finally:
             self.status.phase = ""
-        return {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
-                "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
-                "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
+               "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
+               "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
+        if self.users is not None:
+            row["val_gauc"] = group_auc(self.labels, scores, self.users)[0]
+        return row
 
     def _write_pending(self) -> None:
         row, self.pending = self.pending, None

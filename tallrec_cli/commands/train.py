@@ -11,10 +11,10 @@ from tallrec_cli.commands._common import set_option
 
 
 def _flag_overrides(model: str | None, train: str | None, valid: str | None, shots: int | None, seed: int | None,
-                    output: str | None, overwrite: bool) -> dict[str, Any]:
+                    output: str | None, overwrite: bool, report_to: str | None = None) -> dict[str, Any]:
     pairs = {("model", "name"): model, ("data", "train"): train, ("data", "valid"): valid,
              ("data", "shots"): shots, ("training", "seed"): seed, ("output", "dir"): output,
-             ("output", "overwrite"): True if overwrite else None}
+             ("output", "overwrite"): True if overwrite else None, ("training", "report_to"): report_to}
     nested: dict[str, Any] = {}
     for (section, key), value in pairs.items():
         if value is not None:
@@ -37,6 +37,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(None, "--seed", help="Training seed (training.seed).", show_default=False),
         output: str = typer.Option(None, "--output", "-o", help="Run folder (output.dir).", show_default=False),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that already holds a run."),
+        report_to: str = typer.Option(None, "--report-to", help="Log to tensorboard (RUN/tensorboard), wandb, mlflow or "
+                                      "none (training.report_to).", show_default=False),
         resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the output folder (its saved config)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Show config, sizes and a memory estimate; load no weights."),
         gpu_memory: float = typer.Option(24.0, "--gpu-memory", help="GPU memory budget in GiB for the --dry-run estimate."),
@@ -56,7 +58,7 @@ def register(app: typer.Typer) -> None:
         from tallrec_cli.config import parse_overrides
         from tallrec_cli.console import console, err_console
 
-        flags = _flag_overrides(model, train, valid, shots, seed, output, overwrite)
+        flags = _flag_overrides(model, train, valid, shots, seed, output, overwrite, report_to)
         if resume:
             run_dir = output or training.load_train_config(recipe).output.dir
             config = training.resume_config(run_dir)
