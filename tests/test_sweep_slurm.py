@@ -14,19 +14,13 @@ from typer.testing import CliRunner
 from tallrec_cli import sweep
 from tallrec_cli.errors import ConfigError
 from tallrec_cli.slurm import emit_slurm
-from tests.test_sweep_run import FakeRunner, make_spec, statuses, write_dataset
+from tests.test_sweep_e2e import tiny_sweep_recipe
+from tests.test_sweep_run import FakeRunner, make_spec, statuses
 
 
 @pytest.fixture
 def tiny_recipe(tmp_path, tiny_model_dir):
-    data = write_dataset(tmp_path / "data", train=24, valid=8, test=16)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"model: {{name: {tiny_model_dir}, dtype: float32}}\n"
-        f"data: {{train: {data}, max_valid: 8}}\n"
-        "prompt: {max_length: 256}\n"
-        "training: {max_steps: 2, lr: 0.01, batch_size: 2, micro_batch_size: 2, eval_every: 2, eval_batch_size: 8}\n")
-    return recipe, data
+    return tiny_sweep_recipe(tmp_path, tiny_model_dir)
 
 
 def test_emitted_array_run_locally_per_index_fills_the_sweep_and_report_merges(tmp_path, tiny_recipe):
