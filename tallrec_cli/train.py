@@ -26,6 +26,7 @@ GIB = 1024 ** 3
 RUN_KIND = "train-run"
 ALL_LINEAR = "all-linear"
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
 
 # Shapes of the recipes' hub models, so `--dry-run` can estimate memory offline (no hub access).
 KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -151,6 +152,8 @@ class TrainingSettings:
     seed: int = option(42, help="Training randomness (LoRA init, order, dropout); data.sample_seed picks the shots.")
     group_by_length: bool = option(True, help="Batch records of similar length together (less padding).")
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward: much less memory, ~30% slower.")
+    optim: str = option("adamw_torch", choices=OPTIMIZERS,
+                        help="Optimizer: adamw_torch, or bitsandbytes' adamw_8bit / paged_adamw_8bit (QLoRA's; CUDA).")
     report_to: str = option("none", choices=REPORT_TO,
                             help="Also log train loss, validation AUC/GAUC/log-loss and throughput to tensorboard "
                                  "(RUN/tensorboard), wandb or mlflow (pip install 'tallrec-cli[tracking]').")
@@ -516,7 +519,7 @@ def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size:
         report_to=[],  # tallrec adds the reporting callbacks itself (tallrec_cli.tracking), to feed them validation
         disable_tqdm=True,
         dataloader_num_workers=0,
-        optim="adamw_torch",
+        optim=training.optim,
         weight_decay=0.0,
         save_only_model=False,
         dataset_num_proc=None,
