@@ -178,8 +178,9 @@ def _load_error(source: ModelSource, exc: Exception) -> ModelError:
                       "check that the folder holds a complete save_pretrained output")
 
 
-def quantization_config(quantization: str, compute_dtype):
-    """bitsandbytes config: 8-bit (TALLRec's) or 4-bit NF4 with double quantization (QLoRA)."""
+def quantization_config(quantization: str, compute_dtype, quant_storage=None):
+    """bitsandbytes config: 8-bit (TALLRec's) or 4-bit NF4 with double quantization (QLoRA).
+    ``quant_storage``: a float dtype to pack 4-bit weights in, so that FSDP can shard them."""
     if quantization == "none":
         return None
     if quantization not in QUANTIZATIONS:
@@ -191,12 +192,14 @@ def quantization_config(quantization: str, compute_dtype):
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+                              bnb_4bit_compute_dtype=compute_dtype,
+                              **({"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}))
 
 
 def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "none",
-               trust_remote_code: bool = False, device: str | None = None):
-    """Load a causal LM; weights in safetensors only (``use_safetensors`` refuses pickle files)."""
+               trust_remote_code: bool = False, device: str | None = None, shardable: bool = False):
+    """Load a causal LM; weights in safetensors only (``use_safetensors`` refuses pickle files).
+    ``shardable``: 4-bit weights packed in the compute dtype, for FSDP."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -206,7 +209,7 @@ def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "no
         kwargs["gguf_file"] = source.gguf_file
     else:
         kwargs["use_safetensors"] = True
-    bnb = quantization_config(quantization, torch_dtype)
+    bnb = quantization_config(quantization, torch_dtype, torch_dtype if shardable else None)
     if bnb is not None:
         kwargs["quantization_config"] = bnb
         kwargs["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}

@@ -27,6 +27,11 @@ RUN_KIND = "train-run"
 ALL_LINEAR = "all-linear"
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
+# FSDP2 through accelerate: each decoder layer is a shard unit (the model's _no_split_modules). Checkpoints
+# (for --resume) stay sharded, each rank writing its part; the adapter is gathered and written once by
+# tallrec (tallrec_cli.fsdp), a plain PEFT adapter.
+FSDP_CONFIG = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
+               "state_dict_type": "SHARDED_STATE_DICT"}
 
 # Shapes of the recipes' hub models, so `--dry-run` can estimate memory offline (no hub access).
 KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -264,6 +269,10 @@ def preflight(config: TrainConfig, resume: bool = False, check_output: bool = Tr
     problems.extend(tracking_problems(config.training.report_to))
     if config.model.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(f"model.quantization: {config.model.quantization} needs bitsandbytes (pip install bitsandbytes>=0.45)")
+    if check_output and config.training.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:  # a real run
+        problems.append("training.fsdp: FSDP shards across processes but this is a single process; launch with "
+                        "accelerate launch --config_file recipes/accelerate/fsdp2-2gpu.yaml -m tallrec_cli.cli train ... "
+                        "or torchrun --nproc_per_node N -m tallrec_cli.cli train ..., or set training.fsdp=false")
     if check_output:
         problems.extend(_output_problems(config, resume))
     if problems:
@@ -454,10 +463,16 @@ def build_model(config: TrainConfig, source):
 
     from tallrec_cli.models import load_model
 
-    model = load_model(source, config.model.dtype, config.model.quantization, config.model.trust_remote_code, device=None)
+    fsdp = config.training.fsdp
+    model = load_model(source, config.model.dtype, config.model.quantization, config.model.trust_remote_code,
+                       device=_local_device() if fsdp else None, shardable=fsdp)
     model.config.use_cache = False
+    # Under FSDP every parameter of a shard unit must have one dtype: prepare_model_for_kbit_training's fp32
+    # upcast of norms and embeddings is skipped (as in the public FSDP+QLoRA recipes); the trainer enables
+    # gradient checkpointing instead.
     if config.model.quantization != "none":
         _keep_4bit_layers_trainable(model)
+    if config.model.quantization != "none" and not fsdp:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.training.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -471,6 +486,13 @@ def build_model(config: TrainConfig, source):
     except ValueError as exc:
         raise ConfigError(f"lora.target_modules: {str(exc).splitlines()[0]}",
                           "name modules the model has (e.g. q_proj, v_proj) or use all-linear") from None
+
+
+def _local_device() -> str:
+    """This process's device under torchrun / accelerate launch (one GPU per process)."""
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
 def _keep_4bit_layers_trainable(model) -> None:
@@ -505,7 +527,9 @@ def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size:
         ddp_backend=None if torch.cuda.is_available() else ("gloo" if world_size > 1 else None),
         ddp_find_unused_parameters=False,
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
-        gradient_checkpointing=training.gradient_checkpointing and config.model.quantization == "none",
+        gradient_checkpointing=training.gradient_checkpointing and (config.model.quantization == "none" or training.fsdp),
+        fsdp=training.fsdp,
+        fsdp_config=FSDP_CONFIG if training.fsdp else None,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         completion_only_loss=config.prompt.loss == "answer",
         max_length=None,  # records are already fitted to prompt.max_length without cutting answers
@@ -647,7 +671,12 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                          callbacks=[*callbacks, validation, interrupt])
     trainer.remove_callback(PrinterCallback)
-    install_compact_lm_head(trainer.model.get_base_model())
+    if config.training.fsdp and not trainer.is_fsdp_enabled:
+        raise ConfigError("training.fsdp: accelerate did not enable FSDP for these processes (it shards across GPUs; "
+                          "CPU processes would silently run as plain DDP)",
+                          "run on CUDA GPUs, or set training.fsdp=false for data parallelism")
+    if not config.training.fsdp:  # it reads the LM head's weight directly, which FSDP keeps sharded
+        install_compact_lm_head(trainer.model.get_base_model())
     if is_main:
         trainer.add_callback(RichProgressCallback(status, config.training.batch_size))
         reporters = reporting_callbacks(config.training.report_to, run_dir)

@@ -17,6 +17,7 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 from transformers import TrainerCallback
 
+from tallrec_cli.fsdp import root_gathered, trainable_state
 from tallrec_cli.io import replace_dir
 from tallrec_cli.metrics import group_auc, safe_auc
 from tallrec_cli.prompts import LabelTokens
@@ -124,7 +125,7 @@ class ValidationCallback(TrainerCallback):
         if step % self.eval_every and step < state.max_steps:
             return
         row = self._evaluate(model, state)
-        if self.status.record(row) and self.is_main:
+        if self.status.record(row):  # every rank: under FSDP, gathering the adapter takes all of them
             self._save_adapter(model)
         if self.patience is not None and self.status.evals_since_best >= self.patience:
             control.should_training_stop = True
@@ -138,8 +139,9 @@ class ValidationCallback(TrainerCallback):
     def _evaluate(self, model, state) -> dict:
         self.status.phase = f"validating on {len(self.prompts)} records"
         try:
-            scores = score_prompts(model, self.tokenizer, self.prompts, self.label_tokens, mode=self.score_mode,
-                                   batch_size=self.eval_batch_size)
+            with root_gathered(model):
+                scores = score_prompts(model, self.tokenizer, self.prompts, self.label_tokens, mode=self.score_mode,
+                                       batch_size=self.eval_batch_size)
         finally:
             self.status.phase = ""
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
@@ -159,10 +161,13 @@ class ValidationCallback(TrainerCallback):
                 handle.write(json.dumps(row) + "\n")
 
     def _save_adapter(self, model) -> None:
+        state = trainable_state(model)
+        if not self.is_main:
+            return
         staging = self.run_dir / ".adapter.partial"
         if staging.exists():
             shutil.rmtree(staging)
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True, **({} if state is None else {"state_dict": state}))
         self.tokenizer.save_pretrained(staging)
         replace_dir(staging, self.run_dir / "adapter")
 
