@@ -8,8 +8,11 @@ are loaded (the model is built on the meta device from its config).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 GIB = 1024 ** 3
+SHIPPED_CONFIGS = ("use recipes/accelerate/fsdp2-2gpu.yaml, fsdp2-4gpu.yaml or fsdp2-2nodes.yaml from tallrec-cli, "
+                   "or a file written by `accelerate config`")
 # Under FSDP these parts are sharded across processes; activations and logits are per process.
 SHARDED_PARTS = ("weights", "lora_and_optimizer")
 
@@ -55,13 +58,45 @@ def estimate_recipe(config, processes: int | None = None, seq_len: int | None = 
     length = seq_len or config.prompt.max_length
     parts = {key: value for key, value in estimate_memory(model_config, counts, config, length).items() if key != "total"}
     count = processes or 1
-    if getattr(config.training, "fsdp", False):
+    if config.training.fsdp:
+        if config.model.quantization != "none":  # no fp32 upcast under FSDP: one dtype per shard unit
+            parts["weights"] -= (counts["total"] - counts["quantizable"]) * 2
         parts = shard(parts, count, model_config.num_hidden_layers)
     settings = {"micro_batch_size": config.training.micro_batch_size, "max_length": length,
                 "quantization": config.model.quantization,
                 "gradient_checkpointing": config.training.gradient_checkpointing,
-                "fsdp": getattr(config.training, "fsdp", False)}
+                "fsdp": config.training.fsdp}
     return MemoryEstimate(parts, count, length, settings)
+
+
+def processes_from_accelerate_config(path: str | Path) -> int:
+    """Total processes (GPUs) an accelerate config file launches: num_processes (all machines together)."""
+    import yaml
+
+    from tallrec_cli.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"accelerate config {path} does not exist", SHIPPED_CONFIGS)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"accelerate config {path} is not valid YAML: {str(exc).splitlines()[0]}",
+                          SHIPPED_CONFIGS) from None
+    processes = data.get("num_processes") if isinstance(data, dict) else None
+    if not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"accelerate config {path} has no num_processes", SHIPPED_CONFIGS)
+    return processes
+
+
+def per_gpu_fit(config, processes: int, seq_len: int, gpu_memory_gib: float) -> dict[str, object]:
+    """`--dry-run --processes N`: the per-GPU estimate, whether it fits, and what to lower when not."""
+    estimate = estimate_recipe(config, processes, seq_len)
+    fits = estimate.total_bytes <= gpu_memory_gib * GIB
+    note = None if fits else (f"short by {estimate.total_gib - gpu_memory_gib:.1f} GiB per GPU: "
+                              + shortfall_advice(estimate))
+    return {**estimate.as_dict(), "fits": fits, "gpu_memory_gib": gpu_memory_gib, "note": note,
+            "sharded": config.training.fsdp}
 
 
 def shortfall_advice(estimate: MemoryEstimate) -> str:

@@ -238,6 +238,12 @@ def memory_budget() -> tuple[float, str]:
     return float("nan"), "unknown"
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
 def check_recipe_fit(recipe: str | Path | None, overrides: dict | None = None,
                      budget: Callable[[], tuple[float, str]] = memory_budget) -> Check:
     """The recipe's `--dry-run` peak-memory estimate against what this machine has free."""
@@ -248,7 +254,7 @@ def check_recipe_fit(recipe: str | Path | None, overrides: dict | None = None,
     name = f"recipe {Path(recipe).name if recipe else '(defaults)'}"
     try:
         config = load_train_config(recipe, overrides)
-        estimate = estimate_recipe(config)
+        estimate = estimate_recipe(config, processes=_gpu_count() if config.training.fsdp else 1)
     except TallrecError as exc:
         return Check(name, "fail", exc.message.splitlines()[0], exc.hint)
     available, where = budget()

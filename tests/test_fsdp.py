@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,37 @@ def test_fsdp_that_accelerate_does_not_enable_is_an_error_not_silent_ddp(tmp_pat
     result = _torchrun(29543, "tallrec_cli.cli", _train_args(tiny_model_dir, data, tmp_path / "run", "none"))
     assert result.returncode != 0
     assert "accelerate did not enable FSDP" in result.stderr
+
+
+def test_dry_run_per_gpu_estimate_from_an_accelerate_config():
+    from typer.testing import CliRunner
+
+    from tallrec_cli.cli import app
+
+    recipe = str(REPO / "recipes" / "llama-3-70b-qlora-fsdp.yaml")
+    common = ["train", recipe, "--model", "random:llama-3-70b", "--train", str(REPO), "--dry-run"]
+    two = CliRunner().invoke(app, [*common, "--accelerate-config", str(REPO / "recipes/accelerate/fsdp2-2gpu.yaml")])
+    assert two.exit_code == 0, two.output
+    assert re.search(r"per GPU, 2 processes\s+sharded\s+with FSDP", two.output) and "fits in 24 GiB per GPU" in two.output
+    one = CliRunner().invoke(app, [*common, "--processes", "1"])
+    assert "does not fit in 24 GiB per GPU" in one.output and "short by" in one.output
+
+    from tallrec_cli.capacity import per_gpu_fit
+    from tallrec_cli.train import load_train_config
+
+    config = load_train_config(recipe, {"model": {"name": "random:llama-3-70b"}})
+    totals = [per_gpu_fit(config, count, 512, 24.0)["total_gib"] for count in (2, 4, 8)]
+    assert totals[0] > totals[1] > totals[2] and 20 < totals[0] < 24
+
+
+def test_a_wrong_accelerate_config_path_is_a_clear_error(tmp_path):
+    from tallrec_cli.capacity import processes_from_accelerate_config
+
+    with pytest.raises(ConfigError, match="accelerate config .*missing.yaml does not exist") as error:
+        processes_from_accelerate_config(tmp_path / "missing.yaml")
+    assert "recipes/accelerate/fsdp2-2gpu.yaml" in error.value.hint
+    (tmp_path / "bad.yaml").write_text("distributed_type: FSDP\n")
+    with pytest.raises(ConfigError, match="has no num_processes"):
+        processes_from_accelerate_config(tmp_path / "bad.yaml")
+    for name in ("fsdp2-2gpu", "fsdp2-4gpu", "fsdp2-2nodes"):
+        assert processes_from_accelerate_config(REPO / "recipes" / "accelerate" / f"{name}.yaml") in (2, 4, 16)
