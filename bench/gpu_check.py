@@ -204,6 +204,11 @@ def train_config(case: Case, shapes: Shapes, data: Path, output: Path, smoke: bo
     })
 
 
+def _significant(value: float) -> float:
+    """Four significant digits: tiny smoke shapes reach fractions of a percent, which must not round to 0."""
+    return float(f"{value:.4g}")
+
+
 def _model_flops_per_token(model_config, seq: int) -> float:
     """Forward FLOPs per token: 2 x non-embedding parameters + causal attention (QK^T and AV)."""
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
@@ -240,7 +245,7 @@ def run_train_case(case: Case, shapes: Shapes, workdir: Path, peak_flops: float,
     return {"case": case.label, "arch": case.arch, "quantization": case.quantization, "optim": config.training.optim,
             "sequence": seq, "micro_batch": shapes.micro_batch, "steps": len(meter.times),
             "step_seconds": round(step_seconds, 3), "tokens_per_s": round(tokens_per_s, 1),
-            "mfu": round(flops / peak_flops, 4), "peak_allocated_gib": allocated and round(allocated, 2),
+            "mfu": _significant(flops / peak_flops), "peak_allocated_gib": allocated and round(allocated, 2),
             "peak_reserved_gib": reserved and round(reserved, 2), "estimate_gib": round(estimate.total_gib, 2),
             "estimate_error": error and round(error, 3),
             "estimate_within_goal": None if error is None else abs(error) <= ESTIMATE_GOAL, "run_dir": str(run_dir)}
@@ -271,7 +276,7 @@ def run_eval(shapes: Shapes, workdir: Path, peak_flops: float) -> list[dict]:
         rows.append({"prefix_cache": cache, "prompts": len(prompts), "prompt_tokens": result.prompt_tokens,
                      "computed_tokens": computed, "batch_size": result.batch_size, "seconds": round(result.seconds, 2),
                      "prompts_per_s": round(len(prompts) / result.seconds, 1),
-                     "peak_fraction": round(per_token * computed / result.seconds / peak_flops, 4),
+                     "peak_fraction": _significant(per_token * computed / result.seconds / peak_flops),
                      "peak_allocated_gib": _peak()[0] and round(_peak()[0], 2)})
     del inference
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -318,7 +323,7 @@ def markdown(report: dict) -> str:
             continue
         error = "-" if row["estimate_error"] is None else f"{100 * row['estimate_error']:+.0f}%"
         lines.append(f"| {row['case']} | {row['sequence']} x {row['micro_batch']} | {row['step_seconds']:.2f} | "
-                     f"{row['tokens_per_s']:.0f} | {100 * row['mfu']:.2f}% | {row['peak_allocated_gib'] or '-'} | "
+                     f"{row['tokens_per_s']:.0f} | {100 * row['mfu']:.3g}% | {row['peak_allocated_gib'] or '-'} | "
                      f"{row['peak_reserved_gib'] or '-'} | {row['estimate_gib']} | {error} |")
     lines += ["", "| eval (prefix cache) | prompts | prompts/s | % of matmul peak | batch |", "|---|---|---|---|---|"]
     for row in report["eval"]:
@@ -326,7 +331,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| failed: {row['error']} | | | | |")
             continue
         lines.append(f"| {row['prefix_cache']} | {row['prompts']} | {row['prompts_per_s']} | "
-                     f"{100 * row['peak_fraction']:.2f}% | {row['batch_size']} |")
+                     f"{100 * row['peak_fraction']:.3g}% | {row['batch_size']} |")
     export = report["export"]
     lines += ["", "| merged export | seconds | peak alloc GiB | peak reserved GiB | verified |", "|---|---|---|---|---|"]
     if "error" in export:
