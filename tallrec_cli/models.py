@@ -27,7 +27,7 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 @dataclass(frozen=True)
 class ModelSource:
     """Where a base model's weights come from; ``identity`` is recorded in manifests."""
-    kind: str  # embedded | local | gguf | hub
+    kind: str  # embedded | random | local | gguf | hub
     name: str  # what the user asked for
     path: str  # folder or hub id passed to from_pretrained
     gguf_file: str | None = None
@@ -37,7 +37,14 @@ class ModelSource:
 
 
 def resolve_model_source(name: str, convert_embedded: bool = True) -> ModelSource:
-    """Interpret ``name`` without loading weights: embedded alias, GGUF file, local folder or hub id."""
+    """Interpret ``name`` without loading weights: embedded alias, ``random:<architecture>``, GGUF file,
+    local folder or hub id. ``convert_embedded=False`` writes nothing (an embedded or random model's
+    safetensors copy is made on first real use)."""
+    from tallrec_cli import random_models
+
+    if random_models.is_random(name):
+        arch = random_models.architecture(name)
+        return ModelSource("random", name, str(random_models.random_model_dir(name)) if convert_embedded else arch)
     if name in EMBEDDED_MODELS:
         path = embedded_model_dir(name) if convert_embedded else str(_embedded_gguf(name))
         return ModelSource("embedded", name, str(path))
@@ -53,7 +60,8 @@ def resolve_model_source(name: str, convert_embedded: bool = True) -> ModelSourc
         return ModelSource("local", name, str(path.resolve()))
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelError(f"model {name!r} is neither an existing path nor a hub id (owner/name)",
-                         f"check the path, or use the embedded model: {', '.join(EMBEDDED_MODELS)}")
+                         f"check the path, or use the embedded model ({', '.join(EMBEDDED_MODELS)}) or "
+                         "random:<architecture> (e.g. random:llama-3-8b)")
     return ModelSource("hub", name, name)
 
 
@@ -109,6 +117,8 @@ def model_identity(source: ModelSource) -> dict[str, Any]:
     folder = Path(source.path)
     if source.kind == "embedded":
         identity["gguf_sha256"] = read_manifest(folder, "embedded-model")["gguf_sha256"]
+    elif source.kind == "random":
+        identity["seed"] = read_manifest(folder, "random-model")["seed"]
     elif source.kind == "gguf":
         identity["gguf_sha256"] = sha256_file(folder / source.gguf_file)
     elif source.kind == "local":
@@ -177,8 +187,9 @@ def _load_error(source: ModelSource, exc: Exception) -> ModelError:
                       "check that the folder holds a complete save_pretrained output")
 
 
-def quantization_config(quantization: str, compute_dtype):
-    """bitsandbytes config: 8-bit (TALLRec's) or 4-bit NF4 with double quantization (QLoRA)."""
+def quantization_config(quantization: str, compute_dtype, quant_storage=None):
+    """bitsandbytes config: 8-bit (TALLRec's) or 4-bit NF4 with double quantization (QLoRA).
+    ``quant_storage``: a float dtype to pack 4-bit weights in, so that FSDP can shard them."""
     if quantization == "none":
         return None
     if quantization not in QUANTIZATIONS:
@@ -190,19 +201,22 @@ def quantization_config(quantization: str, compute_dtype):
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+                              bnb_4bit_compute_dtype=compute_dtype,
+                              **({"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}))
 
 
 LOAD_OOM_HINT = "use 4-bit quantization (model.quantization=4bit / --quantization 4bit) or a smaller model"
 
 
 def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "none",
-               trust_remote_code: bool = False, device: str | None = None, oom_hint: str = LOAD_OOM_HINT):
+               trust_remote_code: bool = False, device: str | None = None, oom_hint: str = LOAD_OOM_HINT,
+               shardable: bool = False):
     """Load a causal LM; weights in safetensors only (``use_safetensors`` refuses pickle files).
 
     With ``device`` (always for bitsandbytes: this process's device) the weights load straight onto it through
     ``device_map``, so running out of memory happens here, inside the handling below, not in a later ``.to()``;
-    without, they stay in host RAM (the Trainer places them)."""
+    without, they stay in host RAM (the Trainer places them). ``shardable``: 4-bit weights packed in the
+    compute dtype, for FSDP."""
     from transformers import AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
@@ -211,7 +225,7 @@ def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "no
         kwargs["gguf_file"] = source.gguf_file
     else:
         kwargs["use_safetensors"] = True
-    bnb = quantization_config(quantization, torch_dtype)
+    bnb = quantization_config(quantization, torch_dtype, torch_dtype if shardable else None)
     if bnb is not None:
         kwargs["quantization_config"] = bnb
         device = device or default_device()

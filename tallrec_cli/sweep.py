@@ -544,30 +544,55 @@ def _describe_error(exc: BaseException) -> str:
 
 
 class SweepIndex:
-    """index.json: the cells and their status, rewritten atomically on every change (thread-safe)."""
+    """index.json: the cells and their status, rewritten atomically on every change.
+
+    Safe for concurrent writers, threads and processes alike (cluster array tasks each running one cell):
+    an update takes a file lock, re-reads the file, changes its own cell's entry and writes it back.
+    """
 
     def __init__(self, sweep_dir: Path, config_hash: str, cells: list[Cell]):
+        from filelock import FileLock
+
         self.path = sweep_dir / INDEX_NAME
         self.config_hash = config_hash
         self.lock = threading.Lock()
+        self.file_lock = FileLock(str(self.path) + ".lock")
+        self.started_here: set[str] = set()
         self.entries = {cell.id: {**cell.describe(), "dir": f"cells/{cell.id}", "status": "pending", "error": None}
                         for cell in cells}
 
     def update(self, cell_id: str, **fields: Any) -> None:
-        with self.lock:
+        with self.lock, self.file_lock:
+            self._read_others()
             self.entries[cell_id].update(fields)
+            if fields.get("status") == "running":
+                self.started_here.add(cell_id)
             self._write()
 
     def save(self) -> None:
-        with self.lock:
+        """Write this process's view of every cell (the start of a run: statuses just checked on disk)."""
+        with self.lock, self.file_lock:
             self._write()
 
     def mark_running_as(self, status: str) -> None:
-        with self.lock:
-            for entry in self.entries.values():
-                if entry["status"] == "running":
-                    entry["status"] = status
+        """Cells this process started and left running get ``status`` (other writers' cells are theirs)."""
+        with self.lock, self.file_lock:
+            self._read_others()
+            for cell_id in self.started_here:
+                if self.entries[cell_id]["status"] == "running":
+                    self.entries[cell_id]["status"] = status
             self._write()
+
+    def _read_others(self) -> None:
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return
+        if stored.get("config_hash") != self.config_hash:
+            return
+        for entry in stored.get("cells", []):
+            if entry.get("id") in self.entries:
+                self.entries[entry["id"]] = entry
 
     def _write(self) -> None:
         write_json_atomic(self.path, {"config_hash": self.config_hash, "cells": list(self.entries.values())})
@@ -743,10 +768,10 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, overwrite: bool = False, k
                             "free disk space, then re-run the same command: finished cells are skipped") from exc
 
 
-def _run_grid(spec: SweepSpec, sweep_dir: Path, cells: list[Cell], configs: dict[str, Any], config_hash: str,
-              keep_going: bool, devices: Sequence[str] | None, runner: CellRunner | None,
-              launcher: Callable[[Cell, str | None], None] | None, log: Callable[[str], None],
-              started: float) -> SweepRun:
+def start_grid(spec: SweepSpec, sweep_dir: Path, cells: list[Cell], configs: dict[str, Any], config_hash: str,
+               log: Callable[[str], None]) -> tuple[SweepIndex, dict[str, dict], list[Cell], list[dict]]:
+    """Baselines, then the index with every cell's state on disk: (index, finished results, pending cells,
+    baseline observations)."""
     index = SweepIndex(sweep_dir, config_hash, cells)
     baselines = compute_baselines(spec, cells, configs, sweep_dir, log) if spec.baselines else []
     results: dict[str, dict] = {}
@@ -758,6 +783,14 @@ def _run_grid(spec: SweepSpec, sweep_dir: Path, cells: list[Cell], configs: dict
         else:
             pending.append(cell)
     index.save()
+    return index, results, pending, baselines
+
+
+def _run_grid(spec: SweepSpec, sweep_dir: Path, cells: list[Cell], configs: dict[str, Any], config_hash: str,
+              keep_going: bool, devices: Sequence[str] | None, runner: CellRunner | None,
+              launcher: Callable[[Cell, str | None], None] | None, log: Callable[[str], None],
+              started: float) -> SweepRun:
+    index, results, pending, baselines = start_grid(spec, sweep_dir, cells, configs, config_hash, log)
     skipped = [cell.id for cell in cells if cell.id in results]
     if skipped:
         log(f"resuming: {len(skipped)} finished cell(s) kept, {len(pending)} to run")
@@ -820,14 +853,32 @@ def _run_grid(spec: SweepSpec, sweep_dir: Path, cells: list[Cell], configs: dict
                     round(time.monotonic() - started, 1))
 
 
-def run_single_cell(sweep_dir: str | Path, cell_id: str, runner: CellRunner | None = None) -> dict[str, Any]:
-    """Run one cell of a prepared sweep folder (the worker side of ``--devices``)."""
+def run_single_cell(sweep_dir: str | Path, cell_id: str, runner: CellRunner | None = None,
+                    record: bool = False) -> dict[str, Any]:
+    """Run one cell of a prepared sweep folder: the worker side of ``--devices`` (its parent keeps the
+    index) or, with ``record``, a cluster array task that records its own status in the index."""
     sweep_dir = Path(sweep_dir).resolve()
     spec, cells, configs = prepare_sweep(load_sweep_folder(sweep_dir))
     cell = next((cell for cell in cells if cell.id == cell_id), None)
     if cell is None:
         raise ConfigError(f"{sweep_dir} has no cell {cell_id!r}", f"cells: {', '.join(c.id for c in cells)}")
-    return execute_cell(cell, sweep_dir / "cells" / cell.id, configs[cell.id], runner or LocalCellRunner())
+    run = functools.partial(execute_cell, cell, sweep_dir / "cells" / cell.id, configs[cell.id],
+                            runner or LocalCellRunner())
+    if not record:
+        return run()
+    index = SweepIndex(sweep_dir, spec_hash(spec), cells)
+    started = time.monotonic()
+    job = os.environ.get("SLURM_JOB_ID")
+    index.update(cell.id, status="running", error=None, job=job)
+    try:
+        result = run()
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) or _is_interruption(exc) else "failed"
+        index.update(cell.id, status=status, error=_describe_error(exc),
+                     wall_seconds=round(time.monotonic() - started, 1))
+        raise
+    index.update(cell.id, status="done", error=None, wall_seconds=round(time.monotonic() - started, 1))
+    return result
 
 
 # ------------------------------------------------------------------------------------- baselines

@@ -25,7 +25,13 @@ from tallrec_cli.models import DTYPES, QUANTIZATIONS
 GIB = 1024 ** 3
 RUN_KIND = "train-run"
 ALL_LINEAR = "all-linear"
-REPORT_TO = ("none", "tensorboard", "wandb")
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
+# FSDP2 through accelerate: each decoder layer is a shard unit (the model's _no_split_modules). Checkpoints
+# (for --resume) stay sharded, each rank writing its part; the adapter is gathered and written once by
+# tallrec (tallrec_cli.fsdp), a plain PEFT adapter.
+FSDP_CONFIG = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
+               "state_dict_type": "SHARDED_STATE_DICT"}
 
 # Shapes of the recipes' hub models, so `--dry-run` can estimate memory offline (no hub access).
 KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -33,6 +39,8 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
     "llama-3-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
+    "llama-3-70b": dict(model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                        num_attention_heads=64, num_key_value_heads=8, vocab_size=128256),
     "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                        num_attention_heads=28, num_key_value_heads=4, vocab_size=152064),
 }
@@ -42,6 +50,8 @@ _HUB_ARCHITECTURES = {
     "meta-llama/llama-2-7b-hf": "llama-7b",
     "meta-llama/meta-llama-3-8b": "llama-3-8b",
     "meta-llama/meta-llama-3-8b-instruct": "llama-3-8b",
+    "meta-llama/meta-llama-3-70b": "llama-3-70b",
+    "meta-llama/meta-llama-3-70b-instruct": "llama-3-70b",
     "qwen/qwen2.5-7b": "qwen2.5-7b",
     "qwen/qwen2.5-7b-instruct": "qwen2.5-7b",
 }
@@ -157,7 +167,13 @@ class TrainingSettings:
     seed: int = option(42, help="Training randomness (LoRA init, order, dropout); data.sample_seed picks the shots.")
     group_by_length: bool = option(True, help="Batch records of similar length together (less padding).")
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward: much less memory, ~30% slower.")
-    report_to: str = option("none", choices=REPORT_TO, help="Also log to tensorboard or wandb.")
+    optim: str = option("adamw_torch", choices=OPTIMIZERS,
+                        help="Optimizer: adamw_torch, or bitsandbytes' adamw_8bit / paged_adamw_8bit (QLoRA's; CUDA).")
+    report_to: str = option("none", choices=REPORT_TO,
+                            help="Also log train loss, validation AUC/GAUC/log-loss and throughput to tensorboard "
+                                 "(RUN/tensorboard), wandb or mlflow (pip install 'tallrec-cli[tracking]').")
+    fsdp: bool = option(False, help="Shard weights and optimizer state across processes with FSDP2 "
+                                    "(launch with accelerate launch --config_file recipes/accelerate/fsdp2*.yaml or torchrun).")
     score_mode: str = option("pair", choices=("pair", "tallrec"), help="P(yes) for validation AUC (see tallrec_cli.scoring).")
     eval_batch_size: int = option(16, help="Prompts per scoring batch during validation.")
 
@@ -244,6 +260,7 @@ def preflight(config: TrainConfig, resume: bool = False, check_output: bool = Tr
     import importlib.util
 
     from tallrec_cli.models import resolve_model_source
+    from tallrec_cli.tracking import tracking_problems
 
     problems = []
     for key in ("train", "valid"):
@@ -259,9 +276,14 @@ def preflight(config: TrainConfig, resume: bool = False, check_output: bool = Tr
     adapter = config.lora.init_adapter
     if adapter and not (Path(adapter) / "adapter_config.json").exists():
         problems.append(f"lora.init_adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    problems.extend(tracking_problems(config.training.report_to))
     if config.model.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(f"model.quantization: {config.model.quantization} needs bitsandbytes (pip install bitsandbytes>=0.45)")
     problems.extend(_cuda_problems(config))
+    if check_output and config.training.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:  # a real run
+        problems.append("training.fsdp: FSDP shards across processes but this is a single process; launch with "
+                        "accelerate launch --config_file recipes/accelerate/fsdp2-2gpu.yaml -m tallrec_cli.cli train ... "
+                        "or torchrun --nproc_per_node N -m tallrec_cli.cli train ..., or set training.fsdp=false")
     if check_output:
         problems.extend(_output_problems(config, resume))
     if problems:
@@ -420,6 +442,12 @@ def prepare_data(config: TrainConfig, tokenizer, template) -> PreparedData:
                         [int(record["label"]) for record in valid], truncated, lengths)
 
 
+def _valid_users(records: list[dict]) -> list | None:
+    """Validation records' user ids (for GAUC), when every record carries one."""
+    users = [record.get("user_id") for record in records]
+    return None if any(user is None for user in users) else users
+
+
 def _answer_outputs(records: list[dict], config: TrainConfig) -> tuple[str, str]:
     """The dataset's answers for a like and a dislike, checked against the label tokens."""
     outputs = {}
@@ -485,13 +513,18 @@ def build_model(config: TrainConfig, source):
 
     from tallrec_cli.models import default_device, load_model, resolve_dtype
 
+    fsdp = config.training.fsdp
     # On CUDA straight onto this rank's GPU (an out-of-memory there is reported as such); on CPU the Trainer places it.
     device = default_device() if default_device() != "cpu" else None
     model = load_model(source, config.model.dtype, config.model.quantization, config.model.trust_remote_code,
-                       device=device, oom_hint=_OOM_HINT)
+                       device=device, oom_hint=_OOM_HINT, shardable=fsdp)
     model.config.use_cache = False
+    # Under FSDP every parameter of a shard unit must have one dtype: prepare_model_for_kbit_training's fp32
+    # upcast of norms and embeddings is skipped (as in the public FSDP+QLoRA recipes); the trainer enables
+    # gradient checkpointing instead.
     if config.model.quantization != "none":
         _keep_4bit_layers_trainable(model)
+    if config.model.quantization != "none" and not fsdp:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.training.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -578,7 +611,9 @@ def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size:
         ddp_backend=None if torch.cuda.is_available() else ("gloo" if world_size > 1 else None),
         ddp_find_unused_parameters=False,
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
-        gradient_checkpointing=training.gradient_checkpointing and config.model.quantization == "none",
+        gradient_checkpointing=training.gradient_checkpointing and (config.model.quantization == "none" or training.fsdp),
+        fsdp=training.fsdp,
+        fsdp_config=FSDP_CONFIG if training.fsdp else None,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         completion_only_loss=config.prompt.loss in ("answer", "pair"),
         max_length=None,  # records are already fitted to prompt.max_length without cutting answers
@@ -589,10 +624,10 @@ def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size:
         logging_steps=1,
         logging_strategy="steps",
         eval_strategy="no",
-        report_to=[] if training.report_to == "none" else [training.report_to],
+        report_to=[],  # tallrec adds the reporting callbacks itself (tallrec_cli.tracking), to feed them validation
         disable_tqdm=True,
         dataloader_num_workers=0,
-        optim="adamw_torch",
+        optim=training.optim,
         weight_decay=0.0,
         save_only_model=False,
         dataset_num_proc=None,
@@ -679,6 +714,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     from trl import SFTTrainer
 
     from tallrec_cli.train_callbacks import InterruptCallback, RichProgressCallback, TrainingStatus, ValidationCallback
+    from tallrec_cli.tracking import TrackingCallback, reporting_callbacks
 
     source = resolve_model_source(config.model.name)
     tokenizer = load_tokenizer(source, config.model.trust_remote_code, padding_side="left")
@@ -709,7 +745,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
         validation = ValidationCallback(status, run_dir, tokenizer, data.valid_prompts, data.valid_labels,
                                         label_tokens, eval_every, config.training.patience,
                                         config.training.score_mode, config.training.eval_batch_size, is_main,
-                                        config.training.eval_at_start)
+                                        config.training.eval_at_start, users=_valid_users(data.valid_records))
         train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
         trainer_class, loss_kwargs = SFTTrainer, {}
         if config.prompt.loss == "pair":
@@ -720,11 +756,21 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
         trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                                 callbacks=[*callbacks, validation, InterruptCallback(status)], **loss_kwargs)
         trainer.remove_callback(PrinterCallback)
+        if config.training.fsdp and not trainer.is_fsdp_enabled:
+            raise ConfigError("training.fsdp: accelerate did not enable FSDP for these processes (it shards across "
+                              "GPUs; CPU processes would silently run as plain DDP)",
+                              "run on CUDA GPUs, or set training.fsdp=false for data parallelism")
         if precision == "fp16":
             trainable_to_fp32(trainer.model)
-        install_compact_lm_head(trainer.model.get_base_model(), args.device)
+        if not config.training.fsdp:  # it reads the LM head's weight directly, which FSDP keeps sharded
+            install_compact_lm_head(trainer.model.get_base_model(), args.device)
         if is_main:
             trainer.add_callback(RichProgressCallback(status, config.training.batch_size))
+            reporters = reporting_callbacks(config.training.report_to, run_dir)
+            for reporter in reporters:
+                trainer.add_callback(reporter)
+            if reporters:
+                trainer.add_callback(TrackingCallback(status, reporters, config.training.batch_size))
         try:
             trainer.train(resume_from_checkpoint=checkpoint)
         except Exception as exc:
@@ -807,6 +853,11 @@ def _summary(config: TrainConfig, data: PreparedData, status, eval_every: int, s
 
 # ----------------------------------------------------------------------------------- dry run
 
+def model_config_for(config: TrainConfig):
+    """The base model's transformers config, without weights (for memory estimates)."""
+    return _model_config(config)[0]
+
+
 def _model_config(config: TrainConfig):
     """The base model's config without weights: from its folder/GGUF, else the known shapes table."""
     from transformers import AutoConfig
@@ -816,6 +867,10 @@ def _model_config(config: TrainConfig):
     from tallrec_cli.io import tallrec_home
 
     source = resolve_model_source(config.model.name, convert_embedded=False)
+    if source.kind == "random":  # the embedded config; its tokenizer's token counts are not the real ones
+        from tallrec_cli.random_models import model_config
+
+        return model_config(config.model.name), None
     path, gguf_file = source.path, source.gguf_file
     converted = tallrec_home() / "models" / config.model.name
     if source.kind == "embedded":

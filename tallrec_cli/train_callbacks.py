@@ -17,8 +17,9 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 from transformers import TrainerCallback
 
+from tallrec_cli.fsdp import root_gathered, trainable_state
 from tallrec_cli.io import replace_dir
-from tallrec_cli.metrics import safe_auc
+from tallrec_cli.metrics import group_auc, safe_auc
 from tallrec_cli.prompts import LabelTokens
 from tallrec_cli.scoring import score_prompts
 
@@ -102,7 +103,7 @@ class ValidationCallback(TrainerCallback):
 
     def __init__(self, status: TrainingStatus, run_dir: Path, tokenizer, prompts: list[str], labels: list[int],
                  label_tokens: LabelTokens, eval_every: int, patience: int | None, score_mode: str,
-                 eval_batch_size: int, is_main: bool, eval_at_start: bool = False):
+                 eval_batch_size: int, is_main: bool, eval_at_start: bool = False, users: list | None = None):
         self.status = status
         self.run_dir = run_dir
         self.tokenizer = tokenizer
@@ -115,6 +116,7 @@ class ValidationCallback(TrainerCallback):
         self.eval_batch_size = eval_batch_size
         self.is_main = is_main
         self.eval_at_start = eval_at_start
+        self.users = users  # with user ids, rows also carry per-user AUC (val_gauc)
         self.started = time.monotonic()
         self.losses_since_eval: list[float] = []
         self.pending: dict | None = None
@@ -138,7 +140,7 @@ class ValidationCallback(TrainerCallback):
         if step % self.eval_every and step < state.max_steps:
             return
         row = self._evaluate(model, state, args)
-        if self.status.record(row) and self.is_main:
+        if self.status.record(row):  # every rank: under FSDP, gathering the adapter takes all of them
             self._save_adapter(model)
         if self.patience is not None and self.status.evals_since_best >= self.patience:
             control.should_training_stop = True
@@ -152,13 +154,16 @@ class ValidationCallback(TrainerCallback):
     def _evaluate(self, model, state, args) -> dict:
         self.status.phase = f"validating on {len(self.prompts)} records"
         try:
-            with training_autocast(model, args):
+            with training_autocast(model, args), root_gathered(model):
                 scores = self._shared_scores(model)
         finally:
             self.status.phase = ""
-        return {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
-                "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
-                "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
+               "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
+               "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
+        if self.users is not None:
+            row["val_gauc"] = group_auc(self.labels, scores, self.users)[0]
+        return row
 
     def _shared_scores(self, model) -> np.ndarray:
         """P(yes) for every validation prompt, the same on every rank: under DDP each rank scores every
@@ -189,10 +194,13 @@ class ValidationCallback(TrainerCallback):
                 handle.write(json.dumps(row) + "\n")
 
     def _save_adapter(self, model) -> None:
+        state = trainable_state(model)
+        if not self.is_main:
+            return
         staging = self.run_dir / ".adapter.partial"
         if staging.exists():
             shutil.rmtree(staging)
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True, **({} if state is None else {"state_dict": state}))
         self.tokenizer.save_pretrained(staging)
         replace_dir(staging, self.run_dir / "adapter")
 

@@ -16,14 +16,20 @@ class MustNotRun:
     evaluate = train
 
 
-def test_two_real_tiny_cells_plus_zero_shot_then_resume_and_report(tmp_path, tiny_model_dir):
-    data = write_dataset(tmp_path / "data", train=24, valid=8, test=16)
-    recipe = tmp_path / "recipe.yaml"
+def tiny_sweep_recipe(folder, model_dir):
+    """A dataset and a recipe whose cells train the tiny LLaMA for 2 steps: (recipe path, data folder)."""
+    data = write_dataset(folder / "data", train=24, valid=8, test=16)
+    recipe = folder / "recipe.yaml"
     recipe.write_text(
-        f"model: {{name: {tiny_model_dir}, dtype: float32}}\n"
+        f"model: {{name: {model_dir}, dtype: float32}}\n"
         f"data: {{train: {data}, max_valid: 8}}\n"
         "prompt: {max_length: 256}\n"
         "training: {max_steps: 2, lr: 0.01, batch_size: 2, micro_batch_size: 2, eval_every: 2, eval_batch_size: 8}\n")
+    return recipe, data
+
+
+def test_two_real_tiny_cells_plus_zero_shot_then_resume_and_report(tmp_path, tiny_model_dir):
+    recipe, data = tiny_sweep_recipe(tmp_path, tiny_model_dir)
     sweep_dir = tmp_path / "sweep"
     spec = make_spec(recipe, data, shots=[0, 4], seeds=[0, 1], test_limit=12)
     live = sweep.run_sweep(spec, sweep_dir)

@@ -66,6 +66,11 @@ def run_command(
     keep_going: bool = typer.Option(False, "--keep-going", help="Record a failed cell in the index and go on."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Accept a changed config for an existing sweep folder "
                                    "(cells whose config is unchanged are kept)."),
+    emit: str = typer.Option(None, "--emit", help="Write a cluster script instead of running: slurm (a job array, "
+                             "one cell per task; then `sbatch` it and `tallrec sweep report DIR`).", show_default=False),
+    slurm_options: list[str] = typer.Option([], "--slurm-option", help="An sbatch option for --emit slurm, e.g. "
+                                            "--slurm-option=--partition=gpu (repeatable; default --gres=gpu:1 "
+                                            "--cpus-per-task=8).", show_default=False),
 ) -> None:
     """Run or resume a few-shot sweep; print TALLRec's Table 1 and write results.csv/json and sweep.png.
 
@@ -74,12 +79,17 @@ def run_command(
     `tallrec sweep recipes/smollm2-135m-lora.yaml --shots 0,16,64 --seeds 0,1 --test data/movielens-100k/test.jsonl -o sweeps/m`
 
     `tallrec sweep recipes/sweeps/smollm2-movielens-fewshot.yaml --output sweeps/m --keep-going`
+
+    `tallrec sweep recipes/sweeps/smollm2-movielens-fewshot.yaml --output sweeps/m --emit slurm`
     """
     from tallrec_cli.console import console, err_console
     from tallrec_cli.sweep import load_sweep_spec, results_table, run_sweep
 
     spec = load_sweep_spec(recipe, _int_list(shots, "shots"), _int_list(seeds, "seeds"), tests, axes, overrides,
                            test_limit, baselines)
+    if emit is not None:
+        _emit(emit, spec, output, overwrite, slurm_options)
+        return
     result = run_sweep(spec, output, overwrite=overwrite, keep_going=keep_going, devices=_device_list(devices),
                        log=lambda message: err_console.print(message, highlight=False, soft_wrap=True))
     console.print(results_table(result.summary))
@@ -91,6 +101,20 @@ def run_command(
         for failure in result.failures:
             err_console.print(f"[red]failed:[/] {failure.cell.id}: {failure.error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _emit(kind: str, spec, output: Path, overwrite: bool, slurm_options: list[str]) -> None:
+    from tallrec_cli.console import console, err_console
+    from tallrec_cli.errors import ConfigError
+    from tallrec_cli.slurm import emit_slurm
+
+    if kind != "slurm":
+        raise ConfigError(f"--emit {kind!r} is not supported", "use --emit slurm")
+    emitted = emit_slurm(spec, output, overwrite=overwrite, options=slurm_options,
+                         log=lambda message: err_console.print(message, highlight=False, soft_wrap=True))
+    done = f" ({len(emitted.finished)} finished cell(s) left out)" if emitted.finished else ""
+    console.print(f"wrote {emitted.script}: a job array of {len(emitted.cells)} cell(s){done}\n"
+                  f"submit: sbatch {emitted.script}\nthen: tallrec sweep report {output}", highlight=False, soft_wrap=True)
 
 
 @sweep_app.command("report")
@@ -114,13 +138,14 @@ def report_command(
 def run_cell_command(
     sweep_dir: Path = typer.Argument(...),
     cell_id: str = typer.Argument(...),
+    record: bool = typer.Option(False, "--record", help="Record the cell's status in index.json (array tasks)."),
 ) -> None:
-    """Run one cell of a prepared sweep folder (a worker process of --devices)."""
+    """Run one cell of a prepared sweep folder (a worker process of --devices, or a Slurm array task)."""
     from tallrec_cli.console import err_console
     from tallrec_cli.sweep import is_disk_full, run_single_cell
 
     try:
-        run_single_cell(sweep_dir, cell_id)
+        run_single_cell(sweep_dir, cell_id, record=record)
     except Exception as exc:
         if not is_disk_full(exc):
             raise

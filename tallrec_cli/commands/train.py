@@ -11,10 +11,10 @@ from tallrec_cli.commands._common import set_option
 
 
 def _flag_overrides(model: str | None, train: str | None, valid: str | None, shots: int | None, seed: int | None,
-                    output: str | None, overwrite: bool) -> dict[str, Any]:
+                    output: str | None, overwrite: bool, report_to: str | None = None) -> dict[str, Any]:
     pairs = {("model", "name"): model, ("data", "train"): train, ("data", "valid"): valid,
              ("data", "shots"): shots, ("training", "seed"): seed, ("output", "dir"): output,
-             ("output", "overwrite"): True if overwrite else None}
+             ("output", "overwrite"): True if overwrite else None, ("training", "report_to"): report_to}
     nested: dict[str, Any] = {}
     for (section, key), value in pairs.items():
         if value is not None:
@@ -37,9 +37,15 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(None, "--seed", help="Training seed (training.seed).", show_default=False),
         output: str = typer.Option(None, "--output", "-o", help="Run folder (output.dir).", show_default=False),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that already holds a run."),
+        report_to: str = typer.Option(None, "--report-to", help="Log to tensorboard (RUN/tensorboard), wandb, mlflow or "
+                                      "none (training.report_to).", show_default=False),
         resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the output folder (its saved config)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Show config, sizes and a memory estimate; load no weights."),
         gpu_memory: float = typer.Option(24.0, "--gpu-memory", help="GPU memory budget in GiB for the --dry-run estimate."),
+        processes: int = typer.Option(None, "--processes", help="--dry-run: also estimate per GPU for N processes "
+                                      "(sharded with training.fsdp).", show_default=False, min=1),
+        accelerate_config: Path = typer.Option(None, "--accelerate-config", help="--dry-run: take N from this "
+                                               "accelerate config file (num_processes).", show_default=False),
     ) -> None:
         """Tune a LoRA / QLoRA adapter TALLRec-style; validation AUC picks the best checkpoint.
 
@@ -51,12 +57,14 @@ def register(app: typer.Typer) -> None:
         `tallrec train recipes/smollm2-135m-lora.yaml --train data/movielens-100k --shots 64 --seed 0 -o runs/m64`
 
         `tallrec train recipes/llama-3-8b-qlora.yaml --model /models/llama-3-8b --dry-run --set lora.r=16`
+
+        `tallrec train recipes/llama-3-70b-qlora-fsdp.yaml --dry-run --accelerate-config recipes/accelerate/fsdp2-2gpu.yaml`
         """
         from tallrec_cli import train as training
         from tallrec_cli.config import parse_overrides
         from tallrec_cli.console import console, err_console
 
-        flags = _flag_overrides(model, train, valid, shots, seed, output, overwrite)
+        flags = _flag_overrides(model, train, valid, shots, seed, output, overwrite, report_to)
         if resume:
             run_dir = output or training.load_train_config(recipe).output.dir
             config = training.resume_config(run_dir)
@@ -66,7 +74,14 @@ def register(app: typer.Typer) -> None:
 
             config = training.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides)))
         if dry_run:
-            _render_dry_run(training.dry_run(config, gpu_memory), console)
+            from tallrec_cli.capacity import per_gpu_fit, processes_from_accelerate_config
+
+            if accelerate_config is not None:
+                processes = processes_from_accelerate_config(accelerate_config)
+            result = training.dry_run(config, gpu_memory)
+            _render_dry_run(result, console)
+            if processes:
+                _render_per_gpu(per_gpu_fit(config, processes, result["sequence_length"], gpu_memory), console)
             return
         summary = training.run_training(config, resume=resume)
         if training.is_main_process():  # under torchrun / accelerate launch, rank 0 alone reports
@@ -98,6 +113,19 @@ def _render_dry_run(result: dict[str, Any], console) -> None:
     console.print(f"{verdict} in {result['gpu_memory_gib']:g} GiB")
     for note in result["notes"]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _render_per_gpu(fit: dict[str, Any], console) -> None:
+    from tallrec_cli.console import table
+
+    how = "sharded with FSDP" if fit["sharded"] else "each holding a full copy (training.fsdp=false)"
+    console.print(table(f"per GPU, {fit['processes']} processes {how}", ["part", "GiB"],
+                        [(key, round(value, 2)) for key, value in fit["parts_gib"].items()]
+                        + [("total", round(fit["total_gib"], 2))]))
+    verdict = "[green]fits[/]" if fit["fits"] else "[bold red]does not fit[/]"
+    console.print(f"{verdict} in {fit['gpu_memory_gib']:g} GiB per GPU")
+    if fit["note"]:
+        console.print(f"[yellow]note:[/] {fit['note']}", highlight=False)
 
 
 def _render_summary(summary: dict[str, Any], console) -> None:
