@@ -9,10 +9,11 @@ The run folder layout and manifest keys follow docs/CONTRACTS.md ("Train run fol
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,14 +215,41 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def pending_overwrite_dir(run_dir: str | Path) -> Path:
+    """Where ``--overwrite`` trains the new run: beside the old one, which stays until the new one is complete."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.overwrite"
+
+
+def work_dir(config: TrainConfig, resume: bool) -> Path:
+    """The folder training writes into: the run folder, or its pending replacement under ``--overwrite``
+    (also when ``--resume`` continues an interrupted overwrite)."""
+    run_dir = Path(config.output.dir)
+    pending = pending_overwrite_dir(run_dir)
+    if resume:
+        return pending if (pending / "config.yaml").exists() else run_dir
+    holds_run = (run_dir / "manifest.json").exists() or (run_dir / "config.yaml").exists()
+    return pending if config.output.overwrite and holds_run else run_dir
+
+
 def _output_problems(config: TrainConfig, resume: bool) -> list[str]:
+    from tallrec_cli.io import OutputOverlapError, check_writable, refuse_overlap
+
     run_dir = Path(config.output.dir)
     problems = []
+    model_folder = config.model.name if Path(config.model.name).expanduser().exists() else None
+    try:
+        refuse_overlap(run_dir, (config.data.train, config.data.valid, config.lora.init_adapter, model_folder))
+    except OutputOverlapError as exc:
+        problems.append(f"output.dir: {exc.message}")
+    if run_dir.exists() and not run_dir.is_dir():
+        problems.append(f"output.dir: {run_dir} is a file, not a folder")
+        return problems
     if resume:
-        if (run_dir / "manifest.json").exists():
-            problems.append(f"--resume: {run_dir} holds a finished run (it has a manifest)")
-        elif not list((run_dir / "checkpoints").glob("checkpoint-*")):
-            problems.append(f"--resume: {run_dir} has no checkpoints to resume from")
+        folder = work_dir(config, resume)
+        if (folder / "manifest.json").exists():
+            problems.append(f"--resume: {run_dir} holds a finished run (it has a manifest); "
+                            "pass --overwrite instead of --resume to train it again")
     elif run_dir.exists() and any(run_dir.iterdir()) and is_main_process():
         finished = (run_dir / "manifest.json").exists()
         looks_like_run = finished or (run_dir / "config.yaml").exists()
@@ -230,6 +258,10 @@ def _output_problems(config: TrainConfig, resume: bool) -> list[str]:
         elif not config.output.overwrite:
             state = "a finished run" if finished else "an unfinished run (pass --resume to continue it)"
             problems.append(f"output.dir: {run_dir} already holds {state}; pass --overwrite to replace it")
+    try:
+        check_writable(run_dir)
+    except TallrecError as exc:
+        problems.append(f"output.dir: {exc.message}")
     return problems
 
 
@@ -275,6 +307,7 @@ class PreparedData:
     valid_labels: list[int]
     truncated_records: int
     train_token_lengths: list[int]
+    notes: list[str] = field(default_factory=list)
 
 
 def _load_split(path: str, split: str) -> list[dict]:
@@ -345,6 +378,9 @@ def prepare_data(config: TrainConfig, tokenizer, template) -> PreparedData:
     data = config.data
     train = _load_split(data.train, "train")
     valid = _load_split(data.valid or data.train, "valid")
+    notes = []
+    if data.shots is not None and data.shots > len(train):
+        notes.append(f"data.shots={data.shots} is more than the {len(train)} training records: all of them are used")
     train = _sample(train, data.shots, data.sample_seed, data.stratify)
     valid = _sample(valid, data.max_valid, data.sample_seed, stratify=True)
     eos = tokenizer.eos_token or ""
@@ -371,7 +407,7 @@ def prepare_data(config: TrainConfig, tokenizer, template) -> PreparedData:
     valid_prompts = [template.render(fitted(record, record["output"] + eos, data.valid or data.train), tokenizer)
                      for record in valid]
     return PreparedData(train, valid, train_prompts, completions, valid_prompts,
-                        [int(record["label"]) for record in valid], truncated, lengths)
+                        [int(record["label"]) for record in valid], truncated, lengths, notes)
 
 
 def _answer_outputs(records: list[dict], config: TrainConfig) -> tuple[str, str]:
@@ -410,6 +446,27 @@ def eval_interval(setting: int | str, train_records: int) -> int:
     if setting != "auto":
         return int(setting)
     return 10 if train_records <= 128 else max(1, round(train_records / 128 * 5))
+
+
+def optimizer_steps(config: TrainConfig, train_records: int, world_size: int = 1) -> int:
+    """Optimizer steps the run will take (the Trainer's arithmetic: batches per epoch // accumulation)."""
+    if config.training.max_steps:
+        return config.training.max_steps
+    training = config.training
+    accumulation = max(1, training.batch_size // (training.micro_batch_size * world_size))
+    batches = math.ceil(train_records / (training.micro_batch_size * world_size))
+    return max(1, math.ceil(training.epochs * max(1, batches // accumulation)))
+
+
+def check_schedule(config: TrainConfig, train_records: int, world_size: int = 1) -> None:
+    """The linear warmup starts at learning rate 0 on step 1: a run that ends before the second step
+    never trains at all, so say so before loading the model."""
+    steps = optimizer_steps(config, train_records, world_size)
+    if config.training.warmup_steps > 0 and steps < 2:
+        raise ConfigError(
+            f"the run takes {steps} optimizer step and training.warmup_steps={config.training.warmup_steps}: "
+            "the learning rate is still 0 on that step, so the adapter would never change",
+            "set --set training.warmup_steps=0, or train longer (more shots, epochs or training.max_steps)")
 
 
 # --------------------------------------------------------------------------------------- training
@@ -556,21 +613,39 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
 
 
-def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+def _prepare_run_dir(config: TrainConfig, folder: Path, resume: bool, checkpoint: str | None) -> None:
+    """Create the folder training writes into; a fresh start (also a resume with no checkpoint yet) gets
+    config.yaml and an empty metrics.jsonl. An older run at ``output.dir`` is left alone: under
+    ``--overwrite`` ``folder`` is its pending replacement."""
     import yaml
 
     from tallrec_cli.io import write_text_atomic
 
-    run_dir = Path(config.output.dir)
     if not is_main_process():
-        return run_dir
-    if not resume and run_dir.exists() and config.output.overwrite:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if not resume and folder != Path(config.output.dir) and folder.exists():
+        shutil.rmtree(folder)  # an earlier --overwrite that never finished: start it again
+    folder.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None:
+        write_text_atomic(folder / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        (folder / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _resume_checkpoint(folder: Path, resume: bool) -> str | None:
+    """The newest whole checkpoint to continue from; broken ones (a save killed mid-way) are named, skipped."""
+    from tallrec_cli.console import err_console
+    from tallrec_cli.train_callbacks import last_whole_checkpoint
+
     if not resume:
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    return run_dir
+        return None
+    checkpoint, broken = last_whole_checkpoint(folder / "checkpoints")
+    if is_main_process():
+        for name, problem in broken.items():
+            err_console.print(f"[yellow]note:[/] skipping the incomplete {name} ({problem})", highlight=False)
+        if checkpoint is None:
+            err_console.print(f"[yellow]note:[/] {folder} has no complete checkpoint yet: training starts again from "
+                              "step 0 with the saved config", highlight=False)
+    return str(checkpoint) if checkpoint else None
 
 
 def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> dict[str, Any]:
@@ -593,10 +668,14 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     _quiet_libraries()
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
-    from tallrec_cli.train_callbacks import InterruptCallback, RichProgressCallback, TrainingStatus, ValidationCallback
+    from tallrec_cli.io import is_disk_full, replace_dir, user_os_error
+    from tallrec_cli.train_callbacks import (AtomicCheckpoints, InterruptCallback, RichProgressCallback, TrainingStatus,
+                                             ValidationCallback)
+
+    class Trainer(AtomicCheckpoints, SFTTrainer):
+        pass
 
     source = resolve_model_source(config.model.name)
     tokenizer = load_tokenizer(source, config.model.trust_remote_code, padding_side="left")
@@ -604,18 +683,23 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     data = prepare_data(config, tokenizer, template)
     label_tokens = resolve_label_tokens(tokenizer, template, config.labels.positive, config.labels.negative,
                                         outputs=_answer_outputs(data.train_records + data.valid_records, config))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    check_schedule(config, len(data.train_records), world_size)
     is_main = is_main_process()
     one_class = len(set(data.valid_labels)) < 2
+    if is_main:
+        for note in data.notes:
+            err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     if one_class and is_main:
         err_console.print("[yellow]warning:[/] the validation records hold one class only, so AUC is undefined; "
                           "checkpoints are selected on validation loss instead")
-    run_dir = _prepare_run_dir(config, resume)
-    checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if resume else None
+    run_dir = work_dir(config, resume)
+    checkpoint = _resume_checkpoint(run_dir, resume)
+    _prepare_run_dir(config, run_dir, resume, checkpoint)
 
     set_seed(config.training.seed)
     compute_dtype = resolve_dtype(config.model.dtype)
     model = build_model(config, source)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     eval_every = eval_interval(config.training.eval_every, len(data.train_records))
     args = _sft_config(config, run_dir, eval_every, world_size, use_bf16=compute_dtype == torch.bfloat16,
                        use_fp16=compute_dtype == torch.float16 and torch.cuda.is_available())
@@ -627,7 +711,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
                                     config.training.eval_batch_size, is_main, config.training.eval_at_start)
     interrupt = InterruptCallback(status)
     train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                          callbacks=[*callbacks, validation, interrupt])
     trainer.remove_callback(PrinterCallback)
     install_compact_lm_head(trainer.model.get_base_model())
@@ -638,11 +722,16 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     except Exception as exc:
         if _is_oom(exc):
             raise _oom_error(config) from None
+        problem = user_os_error(exc, f"writing {run_dir}") if isinstance(exc, OSError) or is_disk_full(exc) else None
+        if problem is not None:
+            raise type(problem)(f"{problem.message}; checkpoints are written whole or not at all",
+                                f"{problem.hint}, then continue with: tallrec train --output {config.output.dir} "
+                                "--resume") from None
         raise
     if status.interrupted_at is not None:
         raise TallrecError(
             f"interrupted at step {status.interrupted_at}; a checkpoint is saved in {run_dir / 'checkpoints'}",
-            f"continue with: tallrec train --output {run_dir} --resume")
+            f"continue with: tallrec train --output {config.output.dir} --resume")
     wall_seconds = status.elapsed_before + time.monotonic() - started
     summary = _summary(config, data, status, eval_every, trainer, wall_seconds, one_class, world_size)
     if is_main:
@@ -675,6 +764,8 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
             "wall_seconds": round(wall_seconds, 2),
             "config": to_dict(config),
         })
+        if run_dir != Path(config.output.dir):
+            replace_dir(run_dir, Path(config.output.dir))  # the old run stayed until this one was complete
     return summary
 
 
@@ -835,6 +926,11 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
                           "tokens_mean": float(lengths.mean()), "tokens_max": int(lengths.max())}
         seq_len = int(lengths.max())
         result["eval_every"] = eval_interval(config.training.eval_every, len(data.train_records))
+        result["notes"].extend(data.notes)
+        try:
+            check_schedule(config, len(data.train_records))
+        except ConfigError as exc:
+            result["notes"].append(exc.message)
     else:
         result["notes"].append(f"{config.model.name} is not available offline: its tokenizer was not loaded, so token "
                                f"lengths are not measured and the estimate assumes max_length={seq_len}")
@@ -852,11 +948,15 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
 
 def resume_config(output_dir: str | Path) -> TrainConfig:
     """The config saved in an unfinished run folder (what --resume continues)."""
-    path = Path(output_dir) / "config.yaml"
-    if not path.exists():
+    pending = pending_overwrite_dir(output_dir)
+    path = next((folder / "config.yaml" for folder in (pending, Path(output_dir)) if (folder / "config.yaml").exists()),
+                None)
+    if path is None:
         raise ArtifactError(f"{output_dir} holds no config.yaml, so there is no run to resume",
-                            "pass the --output folder of an interrupted run")
-    return load_train_config(path)
+                            "pass the --output folder of an interrupted run, or start one without --resume")
+    config = load_train_config(path)
+    # The folder given wins over the one recorded: a run copied or moved elsewhere continues where it is.
+    return replace(config, output=replace(config.output, dir=str(output_dir), overwrite=False))
 
 
 def format_count(value: int) -> str:

@@ -57,6 +57,10 @@ def register(app: typer.Typer) -> None:
         from tallrec_cli.console import console, err_console
 
         flags = _flag_overrides(model, train, valid, shots, seed, output, overwrite)
+        if resume and overwrite:
+            from tallrec_cli.errors import ConfigError
+
+            raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
         if resume:
             run_dir = output or training.load_train_config(recipe).output.dir
             config = training.resume_config(run_dir)
@@ -64,7 +68,7 @@ def register(app: typer.Typer) -> None:
         else:
             from tallrec_cli.config import deep_merge
 
-            config = training.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides)))
+            config = training.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides, training.TrainConfig)))
         if dry_run:
             _render_dry_run(training.dry_run(config, gpu_memory), console)
             return
