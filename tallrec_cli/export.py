@@ -21,7 +21,8 @@ import yaml
 
 from tallrec_cli.errors import ArtifactError, ConfigError, ModelError, ResourceError
 from tallrec_cli.io import (
-    MANIFEST_NAME, file_hashes, read_manifest, sha256_file, staged_dir, write_manifest, write_text_atomic,
+    MANIFEST_NAME, check_output_folder, file_hashes, read_manifest, refuse_overlap, sha256_file, staged_dir,
+    write_manifest, write_text_atomic,
 )
 from tallrec_cli.models import EMBEDDED_MODELS, ModelSource
 
@@ -108,6 +109,26 @@ def check_safetensors(path: str | Path) -> list[str]:
         raise ArtifactError(f"{path} holds non-finite values in {', '.join(bad[:3])}",
                             "the training run diverged; export another checkpoint or retrain")
     return names
+
+
+def check_adapter_intact(folder: str | Path, manifest: dict[str, Any], adapter_dir: str | Path) -> None:
+    """Before any weights load: an export's files match the hashes its manifest recorded, and the adapter's
+    config and weights parse (no truncation, damaged header or non-finite values)."""
+    folder, adapter_dir = Path(folder), Path(adapter_dir)
+    recorded = manifest.get("files") or {}
+    if recorded:
+        check = check_files(folder, recorded, allow_extra=True)
+        if not check.ok:
+            raise ArtifactError(f"{folder} does not match the hashes in its manifest ({check.describe()})",
+                                "restore the files or export the run again")
+    config_path = adapter_dir / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise ArtifactError(f"{adapter_dir} holds no {ADAPTER_CONFIG}", "pass a run or adapter export folder")
+    try:
+        json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{config_path} is not valid JSON ({exc})", "restore it or export the run again") from None
+    check_safetensors(adapter_dir / ADAPTER_WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -390,9 +411,12 @@ class AdapterExport:
     manifest: dict[str, Any]
 
 
-def _refuse_existing(output: Path, overwrite: bool) -> None:
+def _check_output(output: Path, run_dir: str | Path, base_model: str | None, overwrite: bool) -> None:
+    """Before any work: the output must not be (or hold, or sit in) the run or the base model, and must be free."""
+    refuse_overlap(output, [run_dir, base_model if base_model and Path(base_model).exists() else None])
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise ArtifactError(f"{output} already exists", "pass --overwrite to replace it, or choose another --output")
+    check_output_folder(output, overwrite)
 
 
 def _run_payload(run: TrainRun) -> dict[str, Any]:
@@ -410,8 +434,8 @@ def export_adapter(run_dir: str | Path, output: str | Path, name: str | None = N
     """Write the run's adapter as a standalone PEFT folder: adapter files, tokenizer when it differs from
     the base, README.md card and an ``adapter-export`` manifest hashing every file."""
     output = Path(output)
+    _check_output(output, run_dir, base_model, overwrite)
     run = load_train_run(run_dir)
-    _refuse_existing(output, overwrite)
     source = resolve_base(run, base_model)
     base = serving_name(source)
     name = name or output.name
@@ -603,8 +627,8 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
 
     output = Path(output)
     _parse_shard_size(max_shard_size)
+    _check_output(output, run_dir, base_model, overwrite)
     run = load_train_run(run_dir)
-    _refuse_existing(output, overwrite)
     source = resolve_base(run, base_model)
     dtype = merge_dtype(dtype, source)
     ensure_disk_space(output, estimate_merged_bytes(source, dtype))

@@ -194,8 +194,8 @@ def refuse_overlap(output: str | os.PathLike, inputs: Iterable[str | os.PathLike
 def check_writable(path: str | os.PathLike) -> None:
     """Fail now, before any expensive work, when ``path`` (or the folder that would hold it) cannot be written."""
     folder = Path(path).expanduser().absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent  # an existing file is replaced in its folder; a missing path is created in one
     if not folder.is_dir():
         raise ArtifactError(f"cannot write {path}: {folder} is a file, not a folder", "choose another output path")
     try:

@@ -141,9 +141,36 @@ def resolve_dtype(name: str = "auto"):
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
+def hub_unreachable(source: ModelSource) -> str | None:
+    """Why a hub model cannot be fetched now (offline and not cached), found in a second instead of after
+    a minute of download retries; None when it is cached or the hub answers."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source.path, "config.json"), str):
+        return None
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set and it is not in the local cache"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the hub is reached through the proxy; a direct probe says nothing
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as exc:
+        return f"{host} cannot be reached ({exc.strerror or exc}) and it is not in the local cache"
+    return None
+
+
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
+    if source.kind == "hub":
+        reason = hub_unreachable(source)
+        if reason:
+            raise ModelError(f"cannot download {source.name} from the Hugging Face hub: {reason}",
+                             "connect to the internet once (or copy the model over) and pass its local folder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file,
                                                   trust_remote_code=trust_remote_code)
@@ -275,6 +302,9 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, dty
         template = manifest.get("prompt", {}).get("template")
         labels = manifest.get("labels")
         adapter_dir = adapter_dir / manifest.get("adapter_dir", "adapter" if manifest["kind"] == "train-run" else ".")
+        from tallrec_cli.export import check_adapter_intact
+
+        check_adapter_intact(adapter, manifest, adapter_dir)  # a flipped byte is refused, never scored
         model = model or manifest["base_model"]["name"]
     elif model is not None and Path(model, "manifest.json").exists():
         manifest = read_manifest(model)

@@ -75,13 +75,13 @@ def eval_command(
                               "full-vocabulary softmax then softmax over the two probabilities."),
     template: str = typer.Option(None, help="Prompt template (default: the run's, else alpaca)."),
     label_words: str = typer.Option(None, help="Positive,negative label words (default: the run's, else Yes,No)."),
-    batch_size: int = typer.Option(None, help="Prompts per forward pass (default: the largest expected to fit; "
-                                   "halved on out-of-memory)."),
+    batch_size: int = typer.Option(None, min=1, help="Prompts per forward pass (default: the largest expected to "
+                                   "fit; halved on out-of-memory)."),
     prefix_cache: str = typer.Option("auto", help="Run the prompt prefix all records share once: auto, on, off."),
     dtype: str = typer.Option("auto", help="auto (bf16 where fast), bfloat16, float16, float32."),
     quantization: str = typer.Option("none", help="none, 8bit, 4bit."),
-    limit: int = typer.Option(None, help="Evaluate only the first N records of each test."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC 95% interval (0: none)."),
+    limit: int = typer.Option(None, min=1, help="Evaluate only the first N records of each test (default: all)."),
+    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the AUC 95% interval (0: none)."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
     plots: bool = typer.Option(False, "--plots", help="Also write roc.png and reliability.png."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results of the same test."),
@@ -109,6 +109,7 @@ def eval_command(
     from tallrec_cli.compare import check_references, comparison_table, evaluate_baseline_tests, parse_names
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import eval_output_root, evaluate_tests, load_tests
+    from tallrec_cli.io import check_output_folder, refuse_overlap
     from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
 
     _check_choice(score, SCORE_MODES, "--score")
@@ -133,6 +134,9 @@ def eval_command(
         console.print(metrics_table("baselines", [(f"{r['baseline']}\n{r['test']}", r["metrics"]) for r in results]))
         _notes([(f"{r['baseline']}: {r['test']}", r) for r in results])
         return
+    for each in tests:  # before the model loads: an existing result or an input in the way ends it now
+        refuse_overlap(root / each.name, [each.path, adapter, model], inside_ok=[adapter])
+        check_output_folder(root / each.name, overwrite)
     inference = _load(model, adapter, dtype, quantization, trust_remote_code)
     with progress() as bar:
         def on_start(name: str, records: int):
@@ -166,7 +170,7 @@ def predict_command(
     score: str = typer.Option("pair", "--score", help="pair or tallrec (see `tallrec eval --help`)."),
     template: str = typer.Option(None, help="Prompt template (default: the run's, else alpaca)."),
     label_words: str = typer.Option(None, help="Positive,negative label words (default: the run's, else Yes,No)."),
-    batch_size: int = typer.Option(None, help="Prompts per forward pass (default: the largest expected to fit)."),
+    batch_size: int = typer.Option(None, min=1, help="Prompts per forward pass (default: the largest expected to fit)."),
     prefix_cache: str = typer.Option("auto", help="auto, on, off."),
     dtype: str = typer.Option("auto", help="auto, bfloat16, float16, float32."),
     quantization: str = typer.Option("none", help="none, 8bit, 4bit."),
@@ -182,6 +186,7 @@ def predict_command(
     """
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import DOMAINS, predict_rows, read_candidates, write_predictions
+    from tallrec_cli.io import check_writable, refuse_overlap
     from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
 
     _check_choice(score, SCORE_MODES, "--score")
@@ -195,6 +200,8 @@ def predict_command(
         raise ConfigError("--k needs positive cut-offs", "write it as --k 1,3,5")
     if Path(output).suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"--output {output} must end in .jsonl or .csv")
+    refuse_overlap(output, [input, adapter, model])
+    check_writable(output)  # a read-only or missing disk fails now, not after scoring every row
     rows = read_candidates(input)
     inference = _load(model, adapter, dtype, quantization, trust_remote_code)
     with progress() as bar:
