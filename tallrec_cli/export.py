@@ -111,24 +111,28 @@ def check_safetensors(path: str | Path) -> list[str]:
     return names
 
 
-def check_adapter_intact(folder: str | Path, manifest: dict[str, Any], adapter_dir: str | Path) -> None:
-    """Before any weights load: an export's files match the hashes its manifest recorded, and the adapter's
-    config and weights parse (no truncation, damaged header or non-finite values)."""
+def check_adapter_intact(folder: str | Path, manifest: dict[str, Any],
+                         adapter_dir: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """Before any weights load: the files match the hashes the manifest recorded, and the adapter's config
+    and weights parse (no truncation, damaged header or non-finite values). Returns (config, tensor names)."""
     folder, adapter_dir = Path(folder), Path(adapter_dir)
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (adapter_dir / name).is_file():
+            raise ArtifactError(f"{adapter_dir / name} is missing", "the folder is incomplete; retrain or export again")
     recorded = manifest.get("files") or {}
     if recorded:
         check = check_files(folder, recorded, allow_extra=True)
         if not check.ok:
             raise ArtifactError(f"{folder} does not match the hashes in its manifest ({check.describe()})",
-                                "restore the files or export the run again")
+                                "it was modified after it was written; restore the files, retrain or export again")
     config_path = adapter_dir / ADAPTER_CONFIG
-    if not config_path.is_file():
-        raise ArtifactError(f"{adapter_dir} holds no {ADAPTER_CONFIG}", "pass a run or adapter export folder")
     try:
-        json.loads(config_path.read_text(encoding="utf-8"))
+        adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{config_path} is not valid JSON ({exc})", "restore it or export the run again") from None
-    check_safetensors(adapter_dir / ADAPTER_WEIGHTS)
+        raise ArtifactError(f"{config_path} is not valid JSON ({exc})", "restore it, retrain or export again") from None
+    if not isinstance(adapter_config, dict):
+        raise ArtifactError(f"{config_path} does not hold a JSON object", "restore it, retrain or export again")
+    return adapter_config, check_safetensors(adapter_dir / ADAPTER_WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -158,20 +162,7 @@ def load_train_run(run_dir: str | Path) -> TrainRun:
         )
     manifest = read_manifest(run_dir, "train-run")
     adapter_dir = run_dir / manifest.get("adapter_dir", "adapter")
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        if not (adapter_dir / name).is_file():
-            raise ArtifactError(f"{adapter_dir / name} is missing", "the run folder is incomplete; retrain")
-    recorded = manifest.get("files") or {}
-    if recorded:
-        check = check_files(run_dir, recorded, allow_extra=True)
-        if not check.ok:
-            raise ArtifactError(f"{run_dir} does not match its manifest ({check.describe()})",
-                                "the run was modified after training; retrain or restore the files")
-    try:
-        adapter_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{adapter_dir / ADAPTER_CONFIG} is not valid JSON ({exc.msg})", "retrain") from None
-    names = check_safetensors(adapter_dir / ADAPTER_WEIGHTS)
+    adapter_config, names = check_adapter_intact(run_dir, manifest, adapter_dir)
     return TrainRun(run_dir, manifest, adapter_dir, adapter_config, tuple(names))
 
 
