@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -283,6 +284,18 @@ def _swap_contents(staging: Path, target: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+_ASIDE = ".old"  # suffix of a folder renamed aside during a swap (see replace_dir / _restore_aside)
+
+
+def _restore_aside(target: Path) -> None:
+    """Put back an old folder renamed aside by a swap that was killed before the new one moved in."""
+    if os.path.lexists(target):
+        return
+    aside = sorted(target.parent.glob(f".{glob.escape(target.name)}.*.partial{_ASIDE}"), key=os.path.getmtime)
+    if aside:
+        os.replace(aside[-1], target)
+
+
 def replace_dir(source: Path, target: Path) -> None:
     """Swap a fully written folder into place, keeping the old ``target`` until the new one is there.
 
@@ -298,7 +311,7 @@ def replace_dir(source: Path, target: Path) -> None:
         if _exchange(source, target):
             shutil.rmtree(source, ignore_errors=True)  # ``source`` now holds the old folder
             return
-        aside = source.with_name(source.name + ".old")
+        aside = source.with_name(source.name + _ASIDE)
         os.replace(target, aside)
         try:
             os.replace(source, target)
@@ -318,6 +331,7 @@ def check_output_folder(target: str | os.PathLike, overwrite: bool = False) -> P
     target = Path(target)
     if target.is_symlink():
         target = target.resolve()  # replace what the link points to; the link itself stays
+    _restore_aside(target)
     if target.exists() and not target.is_dir():
         raise ArtifactError(f"{target} is a file, not a folder", "choose another --output (a folder)")
     if target.is_dir() and any(target.iterdir()) and not overwrite:

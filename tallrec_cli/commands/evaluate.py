@@ -23,6 +23,11 @@ def _load(model, adapter, dtype, quantization, trust_remote_code):
         return load_for_inference(model, adapter, dtype, quantization, trust_remote_code)
 
 
+def _local(model: str | None) -> str | None:
+    """``model`` when it is a local path (an input to protect), not a hub id or the embedded model's name."""
+    return model if model and Path(model).exists() else None
+
+
 def _check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
     from tallrec_cli.errors import ConfigError
 
@@ -135,7 +140,7 @@ def eval_command(
         _notes([(f"{r['baseline']}: {r['test']}", r) for r in results])
         return
     for each in tests:  # before the model loads: an existing result or an input in the way ends it now
-        refuse_overlap(root / each.name, [each.path, adapter, model], inside_ok=[adapter])
+        refuse_overlap(root / each.name, [each.path, adapter, _local(model)], inside_ok=[adapter])
         check_output_folder(root / each.name, overwrite)
     inference = _load(model, adapter, dtype, quantization, trust_remote_code)
     with progress() as bar:
@@ -200,7 +205,7 @@ def predict_command(
         raise ConfigError("--k needs positive cut-offs", "write it as --k 1,3,5")
     if Path(output).suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"--output {output} must end in .jsonl or .csv")
-    refuse_overlap(output, [input, adapter, model])
+    refuse_overlap(output, [input, adapter, _local(model)])
     check_writable(output)  # a read-only or missing disk fails now, not after scoring every row
     rows = read_candidates(input)
     inference = _load(model, adapter, dtype, quantization, trust_remote_code)
