@@ -804,9 +804,8 @@ def _model_config(config: TrainConfig):
     """The base model's config without weights: from its folder/GGUF, else the known shapes table."""
     from transformers import AutoConfig
 
-    from tallrec_cli.models import resolve_model_source
-
     from tallrec_cli.io import tallrec_home
+    from tallrec_cli.models import hub_unreachable, resolve_model_source
 
     source = resolve_model_source(config.model.name, convert_embedded=False)
     path, gguf_file = source.path, source.gguf_file
@@ -817,7 +816,10 @@ def _model_config(config: TrainConfig):
             path = str(converted)
         else:
             path, gguf_file = str(Path(path).parent), Path(path).name
+    unreachable = hub_unreachable(source) if source.kind == "hub" else None  # not a minute of retries
     try:
+        if unreachable:
+            raise OSError(unreachable)
         return AutoConfig.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=config.model.trust_remote_code), (path, gguf_file)
     except (OSError, ValueError) as exc:
         shape = _HUB_ARCHITECTURES.get(config.model.name.lower())
