@@ -292,9 +292,10 @@ def base_model_config_summary(model) -> dict[str, Any]:
 
 def load_for_inference(model: str | None = None, adapter: str | None = None, dtype: str = "auto",
                        quantization: str = "none", trust_remote_code: bool = False,
-                       device: str | None = None) -> InferenceModel:
+                       device: str | None = None, before_weights=None) -> InferenceModel:
     """Base alone, base + adapter folder, a run folder (its manifest names base, template, labels),
-    or a merged model folder. ``model`` may be omitted when ``adapter`` is a run or export folder."""
+    or a merged model folder. ``model`` may be omitted when ``adapter`` is a run or export folder.
+    ``before_weights(InferenceModel without a model)`` checks what the tokenizer can tell before weights load."""
     template = labels = None
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None:
@@ -315,6 +316,9 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, dty
         raise ConfigError("no model given", "pass --model (a folder, .gguf, hub id or smollm2-135m) or --adapter RUN_DIR")
     source = resolve_model_source(model)
     tokenizer = load_tokenizer(source, trust_remote_code)
+    if before_weights is not None:
+        before_weights(InferenceModel(None, tokenizer, source, str(adapter_dir) if adapter_dir else None, template,
+                                      labels))
     base = load_model(source, dtype, quantization, trust_remote_code, device or default_device())
     if adapter_dir is not None:
         from peft import PeftModel

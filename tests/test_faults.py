@@ -472,8 +472,16 @@ def test_item14_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp
 
 # 15 -----------------------------------------------------------------------------------------------------
 
-def test_item15_existing_results_and_taken_names_are_found_before_the_work(tmp_path, tiny_run, monkeypatch):
+def test_item15_existing_results_and_taken_names_are_found_before_the_work(tmp_path, tiny_run, tiny_model_dir,
+                                                                         monkeypatch):
+    from tallrec_cli import models
     from tallrec_cli.commands import evaluate
+
+    with monkeypatch.context() as patch:  # label words are checked with the tokenizer, before any weights load
+        patch.setattr(models, "load_model", lambda *args, **kwargs: pytest.fail("the weights were loaded"))
+        error = error_of(cli("eval", "--model", tiny_model_dir, "--test", write_valid_data(tmp_path / "w"),
+                             "--label-words", "Yes,Nope nope", "-o", tmp_path / "labels"))
+    assert "Nope nope" in error.message
 
     from tallrec_cli.evaluate import result_name
 

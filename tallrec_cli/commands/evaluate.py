@@ -16,11 +16,14 @@ def _label_words(text: str | None) -> list[str] | None:
     return [word.strip() for word in text.split(",")] if text else None
 
 
-def _load(model, adapter, dtype, quantization, trust_remote_code):
+def _load(model, adapter, dtype, quantization, trust_remote_code, template, label_words):
+    """The model, after the template and label words were checked against its tokenizer (no weights yet)."""
+    from tallrec_cli.evaluate import scoring_setup
     from tallrec_cli.models import load_for_inference
 
     with err_console.status("loading the model"):
-        return load_for_inference(model, adapter, dtype, quantization, trust_remote_code)
+        return load_for_inference(model, adapter, dtype, quantization, trust_remote_code,
+                                  before_weights=lambda partial: scoring_setup(partial, template, label_words))
 
 
 def _local(model: str | None) -> str | None:
@@ -142,7 +145,7 @@ def eval_command(
     for each in tests:  # before the model loads: an existing result or an input in the way ends it now
         refuse_overlap(root / each.name, [each.path, adapter, _local(model)], inside_ok=[adapter])
         check_output_folder(root / each.name, overwrite)
-    inference = _load(model, adapter, dtype, quantization, trust_remote_code)
+    inference = _load(model, adapter, dtype, quantization, trust_remote_code, template, _label_words(label_words))
     with progress() as bar:
         def on_start(name: str, records: int):
             task = bar.add_task(f"scoring {name}", total=records)
@@ -208,7 +211,7 @@ def predict_command(
     refuse_overlap(output, [input, adapter, _local(model)])
     check_writable(output)  # a read-only or missing disk fails now, not after scoring every row
     rows = read_candidates(input)
-    inference = _load(model, adapter, dtype, quantization, trust_remote_code)
+    inference = _load(model, adapter, dtype, quantization, trust_remote_code, template, _label_words(label_words))
     with progress() as bar:
         task = bar.add_task("scoring", total=len(rows))
         scored, summary = predict_rows(inference, rows, domain, template, _label_words(label_words), score,
