@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 RECIPE = """model: {{name: {model}, dtype: float32}}
 data: {{train: {data}, shots: null, max_valid: 8}}
 prompt: {{max_length: 256}}
-training: {{max_steps: 6, batch_size: 4, micro_batch_size: 2, warmup_steps: 0, eval_every: 2, eval_batch_size: 8,
+training: {{max_steps: 4, batch_size: 4, micro_batch_size: 2, warmup_steps: 0, eval_every: 2, eval_batch_size: 8,
            lr: 0.01}}
 """
 
@@ -249,7 +249,7 @@ class Bench:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget", type=float, default=240, help="Seconds of fault injection after calibration.")
+    parser.add_argument("--budget", type=float, default=300, help="Seconds of fault injection after calibration.")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     if os.geteuid() != 0:
