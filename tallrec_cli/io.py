@@ -197,8 +197,6 @@ def check_writable(path: str | os.PathLike) -> None:
     folder = Path(path).expanduser().absolute()
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent  # an existing file is replaced in its folder; a missing path is created in one
-    if not folder.is_dir():
-        raise ArtifactError(f"cannot write {path}: {folder} is a file, not a folder", "choose another output path")
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
