@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tallrec_cli.errors import ArtifactError, ConfigError
 from tallrec_cli.export import FileCheck, check_files, dataset_name
-from tallrec_cli.io import MANIFEST_NAME, read_manifest, staged_dir, tallrec_home
+from tallrec_cli.io import MANIFEST_NAME, read_manifest, refuse_overlap, staged_dir, tallrec_home
 
 STORE_ENV = "TALLREC_ADAPTERS"
 EXPORT_KIND = "adapter-export"
@@ -87,6 +87,15 @@ def list_adapters(store: str | Path | None = None) -> list[AdapterEntry]:
     return [_entry(path) for path in sorted(root.iterdir()) if path.is_dir() and not path.name.startswith(".")]
 
 
+def check_free(name: str, store: str | Path | None = None, overwrite: bool = False) -> Path:
+    """The store folder for ``name``, refused when taken (unless ``overwrite``): checked before any export work."""
+    target = resolve_store(store) / check_name(name)
+    if target.exists() and not overwrite:
+        raise ArtifactError(f"the store already holds an adapter named {target.name!r}",
+                            "pass --overwrite to replace it, or choose another --name")
+    return target
+
+
 def add_adapter(export_dir: str | Path, name: str | None = None, store: str | Path | None = None,
                 overwrite: bool = False) -> Path:
     """Copy an intact adapter export into the store under ``name`` (default: its folder name)."""
@@ -95,10 +104,8 @@ def add_adapter(export_dir: str | Path, name: str | None = None, store: str | Pa
     check = check_files(export_dir, manifest.get("files") or {})
     if not check.ok:
         raise ArtifactError(f"{export_dir} does not match its manifest ({check.describe()})", "re-export it")
-    target = resolve_store(store) / check_name(name or export_dir.name)
-    if target.exists() and not overwrite:
-        raise ArtifactError(f"the store already holds an adapter named {target.name!r}",
-                            "pass --overwrite to replace it, or choose another --name")
+    target = check_free(name or export_dir.name, store, overwrite)
+    refuse_overlap(target, [export_dir])
     with staged_dir(target, overwrite=overwrite) as staging:
         shutil.copytree(export_dir, staging, dirs_exist_ok=True)
     return target

@@ -24,7 +24,7 @@ from data_builders.selection import HistorySelector, ItemVectors, collaborative_
 from data_builders.templates import load_template
 from tallrec_cli.config import deep_merge, from_dict, read_yaml, to_dict
 from tallrec_cli.errors import ConfigError, DataError
-from tallrec_cli.io import sha256_file, staged_dir, write_jsonl_atomic, write_manifest
+from tallrec_cli.io import refuse_overlap, sha256_file, staged_dir, write_jsonl_atomic, write_manifest
 
 Progress = Callable[[str, int | None, int], None]
 
@@ -103,6 +103,7 @@ def read_source(config: BuildConfig, report: Report, on_progress: Progress | Non
 def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> dict[str, Any]:
     """Build the dataset folder ``config.output``; return its manifest. Nothing is left behind on error."""
     config = resolve(config)
+    refuse_overlap(config.output, (config.path, config.items_path))
     template = load_template(config.template)
     report = Report(skip_bad_rows=config.skip_bad_rows)
     with staged_dir(config.output, overwrite=config.overwrite) as staging:

@@ -21,9 +21,11 @@ def label_of(output: str) -> int | None:
 
 def normalize_records(rows: list, source: str | os.PathLike, id_prefix: str) -> list[dict]:
     """Check the three TALLRec parts; fill ``label`` from the output and ``id`` from the position."""
+    if not rows:
+        raise DataError(f"{source} holds no records", "pass a file with at least one record")
     records = []
     for index, row in enumerate(rows):
-        where = f"{source}: record {index}"
+        where = f"{source}: record {index + 1}"  # counted from 1, like the lines of a file
         if not isinstance(row, dict):
             raise DataError(f"{where} is not an object", "each record must be a JSON object")
         missing = [key for key in REQUIRED_KEYS if not isinstance(row.get(key), str)]

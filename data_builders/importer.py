@@ -10,13 +10,14 @@ from data_builders.dataset import read_records, write_tallrec_json
 from data_builders.structure import has_structure, parse_input
 from data_builders.templates import Template, load_template, template_names
 from tallrec_cli.errors import ConfigError, DataError
-from tallrec_cli.io import sha256_file, staged_dir, write_jsonl_atomic, write_manifest
+from tallrec_cli.io import refuse_overlap, sha256_file, staged_dir, write_jsonl_atomic, write_manifest
 
 
 def import_tallrec(paths: list[str | os.PathLike], output: str | os.PathLike, fmt: str = "jsonl",
                    overwrite: bool = False) -> dict[str, Any]:
     """Each file becomes split ``<file stem>`` (e.g. valid.json -> valid.jsonl); ids are ``<stem>-<index>``."""
     files = [Path(p) for p in paths]
+    refuse_overlap(output, files)
     stems = [f.stem for f in files]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:

@@ -15,7 +15,7 @@ import numpy as np
 
 from data_builders.dataset import load_split
 from tallrec_cli.errors import DataError
-from tallrec_cli.io import read_manifest, staged_dir, write_jsonl_atomic, write_manifest
+from tallrec_cli.io import read_manifest, refuse_overlap, staged_dir, write_jsonl_atomic, write_manifest
 
 
 def _label(record: dict) -> int:
@@ -46,19 +46,24 @@ def sample_records(records: list[dict], shots: int, seed: int, stratify: bool = 
     return [records[i] for i in order[keep]]
 
 
-def parse_int_list(text: str, name: str) -> list[int]:
+def parse_int_list(text: str, name: str, minimum: int = 0) -> list[int]:
+    """``"16,64"`` -> ``[16, 64]``; every value at least ``minimum`` (seeds >= 0, shots >= 1 or 0 for zero-shot)."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise DataError(f"{name} must be comma-separated integers, got {text!r}", f"e.g. --{name} 16,64,256") from None
     if not values:
         raise DataError(f"{name} is empty", f"e.g. --{name} 16,64,256")
+    small = [value for value in values if value < minimum]
+    if small:
+        raise DataError(f"{name} must be at least {minimum}, got {small[0]}", f"e.g. --{name} 16,64,256")
     return values
 
 
 def write_samples(dataset: str | os.PathLike, output: str | os.PathLike, shots: list[int], seeds: list[int],
                   stratify: bool = False, split: str = "train", overwrite: bool = False) -> dict[str, Any]:
     """Write ``train-k{k}-seed{s}.jsonl`` for every shots/seed pair plus a ``samples`` manifest."""
+    refuse_overlap(output, [dataset])
     pool = load_split(dataset, split)
     too_big = [k for k in shots if k > len(pool)]
     if too_big:

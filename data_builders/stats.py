@@ -20,6 +20,8 @@ def prompt_text(record: dict) -> str:
 def dataset_stats(dataset_dir: str | os.PathLike, tokenizer=None) -> list[dict[str, Any]]:
     """One row per split present: records, users, items, positive rate, history and prompt lengths."""
     folder = Path(dataset_dir)
+    if not folder.exists():
+        raise DataError(f"{folder} does not exist", "check the path (a folder made by `tallrec data build`)")
     splits = [s for s in SPLIT_NAMES if (folder / f"{s}.jsonl").is_file() or (folder / f"{s}.json").is_file()]
     if not splits:
         raise DataError(f"{folder} holds no train/valid/test .jsonl or .json file",

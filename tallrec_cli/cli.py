@@ -43,24 +43,44 @@ for module in (data, train, evaluate, calibrate, audit, export, adapters, sweep,
     module.register(app)
 
 
+INTERRUPTED = 130  # the shell's code for SIGINT; typer turns Ctrl-C into this exit code
+
+
+def _fail(message: str, hint: str | None, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if hint:
+        err_console.print(f"[yellow]hint:[/] {hint}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _interrupted(exit_: SystemExit) -> bool:
+    """Typer turns Ctrl-C into ``sys.exit(130)`` (raised while handling its Exit, itself caused by the
+    KeyboardInterrupt) before any handler of ours sees it."""
+    return exit_.code == INTERRUPTED and isinstance(getattr(exit_.__context__, "__cause__", None), KeyboardInterrupt)
+
+
 def main() -> None:
     """Console-script entry point: domain errors become one line plus a hint, never a traceback."""
+    from tallrec_cli.io import user_os_error
+
     debug = os.environ.get("TALLREC_DEBUG", "") not in ("", "0")
     try:
         app()
     except TallrecError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        if exc.hint:
-            err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
-        sys.exit(130)
+        _fail(exc.message, exc.hint, exc.exit_code)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and not _interrupted(exc):
+            raise
+        _fail("interrupted (Ctrl-C)", "run the command again: finished outputs are complete and unfinished ones "
+              "were not kept (`tallrec train --output RUN --resume` continues a training run)", INTERRUPTED)
     except Exception as exc:  # a bug: say so plainly, keep the traceback for TALLREC_DEBUG=1
         if debug:
             raise
+        problem = user_os_error(exc)
+        if problem is not None:  # the disk or the file system, not the tool, is at fault
+            _fail(problem.message, problem.hint, problem.exit_code)
         err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
         err_console.print("[yellow]hint:[/] re-run with TALLREC_DEBUG=1 for the traceback and report it", highlight=False)
         sys.exit(1)

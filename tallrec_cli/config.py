@@ -20,6 +20,21 @@ from tallrec_cli.errors import ConfigError
 
 T = TypeVar("T")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false are booleans, so a label word Yes / No / on stays text."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None, **kwargs: Any):
@@ -33,21 +48,42 @@ def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | 
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``["a.b=3", "c=[1,2]"]`` -> ``{"a": {"b": 3}, "c": [1, 2]}``; values are parsed as YAML."""
+def _field_type(schema: type | None, parts: list[str]) -> Any:
+    """The declared type of the dotted field ``parts`` of dataclass ``schema`` (None when unknown)."""
+    tp: Any = schema
+    for part in parts:
+        if not (dataclasses.is_dataclass(tp) and part in {f.name for f in dataclasses.fields(tp)}):
+            return None
+        tp = typing.get_type_hints(tp)[part]
+    return tp
+
+
+def _is_text(tp: Any) -> bool:
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                         and set(typing.get_args(tp)) == {str, type(None)})
+
+
+def parse_overrides(pairs: list[str] | None, schema: type | None = None) -> dict[str, Any]:
+    """``["a.b=3", "c=[1,2]"]`` -> ``{"a": {"b": 3}, "c": [1, 2]}``; values are parsed as YAML.
+
+    A text field of ``schema`` (a config dataclass) keeps exactly what was typed: ``labels.positive=Yes``
+    is the word Yes, not a boolean.
+    """
     nested: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise ConfigError(f"override '{pair}' is not of the form key=value", "write it as --set lora.r=16")
         key, raw = pair.split("=", 1)
+        parts = key.strip().split(".")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         if isinstance(value, str) and _NUMBER.match(value):
             value = float(value)  # YAML 1.1 reads "3e-4" as text; a number is what anyone typing it means
+        if _is_text(_field_type(schema, parts)) and value is not None:
+            value = raw
         node = nested
-        parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -70,8 +106,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"recipe {path} does not exist", "pass a path to a YAML recipe, e.g. recipes/smollm2-135m-lora.yaml")
+    if not path.is_file():
+        yamls = ", ".join(sorted(p.name for p in path.glob("*.yaml"))[:5]) if path.is_dir() else ""
+        raise ConfigError(f"recipe {path} is a folder, not a YAML file",
+                          f"pass one of its recipes ({yamls})" if yamls else "pass a path to a YAML recipe")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0], "fix the YAML syntax") from None
     if not isinstance(data, dict):
@@ -79,8 +119,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_TYPE_NAMES = {type(None): "null", int: "an integer", float: "a number", str: "text", bool: "true or false"}
+
+
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+    if typing.get_origin(tp) in (list, tuple):
+        return "a list"
+    return _TYPE_NAMES.get(tp) or getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
 def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
@@ -139,8 +184,11 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        if isinstance(value, float):
+            if value.is_integer():
+                return int(value)
+            problems.append(f"{where}: expected an integer, got {value!r}")  # never round 2.5 down silently
+            return value
         try:
             return int(value)
         except (TypeError, ValueError):
@@ -150,6 +198,8 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         if isinstance(value, (dict, list)):
             problems.append(f"{where}: expected text, got {value!r}")
             return value
+        if isinstance(value, bool):
+            return "true" if value else "false"  # as written in YAML, not Python's True
         return str(value)
     return value
 
@@ -166,11 +216,14 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, problems: list[str])
             if fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
                 problems.append(f"{prefix}{name}: required")
             continue
+        before = len(problems)
         value = _coerce(data[name], hints[name], prefix + name, problems)
         choices = fld.metadata.get("choices")
         if choices and value not in choices:
             problems.append(f"{prefix}{name}: {value!r} is not one of {', '.join(map(str, choices))}")
-        kwargs[name] = value
+        # A bad value keeps the default so the checks still run; a section keeps its good values.
+        if len(problems) == before or (dataclasses.is_dataclass(hints[name]) and value is not None):
+            kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -193,7 +246,7 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     """Build and validate ``cls`` from a plain mapping; raise one ConfigError listing every problem."""
     problems: list[str] = []
     config = _build(cls, data, "", problems)
-    if config is not None and not problems:
+    if config is not None:
         _collect_checks(config, problems)
     if problems:
         bullet = "\n  - "

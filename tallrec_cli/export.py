@@ -22,7 +22,8 @@ import yaml
 from tallrec_cli.calibration import card_section
 from tallrec_cli.errors import ArtifactError, ConfigError, ModelError, ResourceError
 from tallrec_cli.io import (
-    MANIFEST_NAME, file_hashes, read_manifest, sha256_file, staged_dir, write_manifest, write_text_atomic,
+    MANIFEST_NAME, check_output_folder, file_hashes, read_manifest, refuse_overlap, sha256_file, staged_dir,
+    write_manifest, write_text_atomic,
 )
 from tallrec_cli.models import EMBEDDED_MODELS, ModelSource
 
@@ -111,6 +112,30 @@ def check_safetensors(path: str | Path) -> list[str]:
     return names
 
 
+def check_adapter_intact(folder: str | Path, manifest: dict[str, Any],
+                         adapter_dir: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """Before any weights load: the files match the hashes the manifest recorded, and the adapter's config
+    and weights parse (no truncation, damaged header or non-finite values). Returns (config, tensor names)."""
+    folder, adapter_dir = Path(folder), Path(adapter_dir)
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (adapter_dir / name).is_file():
+            raise ArtifactError(f"{adapter_dir / name} is missing", "the folder is incomplete; retrain or export again")
+    recorded = manifest.get("files") or {}
+    if recorded:
+        check = check_files(folder, recorded, allow_extra=True)
+        if not check.ok:
+            raise ArtifactError(f"{folder} does not match the hashes in its manifest ({check.describe()})",
+                                "it was modified after it was written; restore the files, retrain or export again")
+    config_path = adapter_dir / ADAPTER_CONFIG
+    try:
+        adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{config_path} is not valid JSON ({exc})", "restore it, retrain or export again") from None
+    if not isinstance(adapter_config, dict):
+        raise ArtifactError(f"{config_path} does not hold a JSON object", "restore it, retrain or export again")
+    return adapter_config, check_safetensors(adapter_dir / ADAPTER_WEIGHTS)
+
+
 @dataclass(frozen=True)
 class TrainRun:
     """A finished train run folder, with its adapter checked to be intact."""
@@ -138,20 +163,7 @@ def load_train_run(run_dir: str | Path) -> TrainRun:
         )
     manifest = read_manifest(run_dir, "train-run")
     adapter_dir = run_dir / manifest.get("adapter_dir", "adapter")
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        if not (adapter_dir / name).is_file():
-            raise ArtifactError(f"{adapter_dir / name} is missing", "the run folder is incomplete; retrain")
-    recorded = manifest.get("files") or {}
-    if recorded:
-        check = check_files(run_dir, recorded, allow_extra=True)
-        if not check.ok:
-            raise ArtifactError(f"{run_dir} does not match its manifest ({check.describe()})",
-                                "the run was modified after training; retrain or restore the files")
-    try:
-        adapter_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{adapter_dir / ADAPTER_CONFIG} is not valid JSON ({exc.msg})", "retrain") from None
-    names = check_safetensors(adapter_dir / ADAPTER_WEIGHTS)
+    adapter_config, names = check_adapter_intact(run_dir, manifest, adapter_dir)
     return TrainRun(run_dir, manifest, adapter_dir, adapter_config, tuple(names))
 
 
@@ -391,9 +403,12 @@ class AdapterExport:
     manifest: dict[str, Any]
 
 
-def _refuse_existing(output: Path, overwrite: bool) -> None:
+def _check_output(output: Path, run_dir: str | Path, base_model: str | None, overwrite: bool) -> None:
+    """Before any work: the output must not be (or hold, or sit in) the run or the base model, and must be free."""
+    refuse_overlap(output, [run_dir, base_model if base_model and Path(base_model).exists() else None])
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise ArtifactError(f"{output} already exists", "pass --overwrite to replace it, or choose another --output")
+    check_output_folder(output, overwrite)
 
 
 def _run_payload(run: TrainRun) -> dict[str, Any]:
@@ -411,8 +426,8 @@ def export_adapter(run_dir: str | Path, output: str | Path, name: str | None = N
     """Write the run's adapter as a standalone PEFT folder: adapter files, tokenizer when it differs from
     the base, README.md card and an ``adapter-export`` manifest hashing every file."""
     output = Path(output)
+    _check_output(output, run_dir, base_model, overwrite)
     run = load_train_run(run_dir)
-    _refuse_existing(output, overwrite)
     source = resolve_base(run, base_model)
     base = serving_name(source)
     name = name or output.name
@@ -605,8 +620,8 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
 
     output = Path(output)
     _parse_shard_size(max_shard_size)
+    _check_output(output, run_dir, base_model, overwrite)
     run = load_train_run(run_dir)
-    _refuse_existing(output, overwrite)
     source = resolve_base(run, base_model)
     dtype = merge_dtype(dtype, source)
     merged_bytes = estimate_merged_bytes(source, dtype)

@@ -160,9 +160,36 @@ def resolve_dtype(name: str = "auto"):
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
+def hub_unreachable(source: ModelSource) -> str | None:
+    """Why a hub model cannot be fetched now (offline and not cached), found in a second instead of after
+    a minute of download retries; None when it is cached or the hub answers."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source.path, "config.json"), str):
+        return None
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set and it is not in the local cache"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the hub is reached through the proxy; a direct probe says nothing
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as exc:
+        return f"{host} cannot be reached ({exc.strerror or exc}) and it is not in the local cache"
+    return None
+
+
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
+    if source.kind == "hub":
+        reason = hub_unreachable(source)
+        if reason:
+            raise ModelError(f"cannot download {source.name} from the Hugging Face hub: {reason}",
+                             "connect to the internet once (or copy the model over) and pass its local folder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file,
                                                   trust_remote_code=trust_remote_code)
@@ -316,14 +343,16 @@ def base_model_config_summary(model) -> dict[str, Any]:
 
 def load_for_inference(model: str | None = None, adapter: str | None = None, dtype: str = "auto",
                        quantization: str | None = None, trust_remote_code: bool = False,
-                       device: str | None = None, merge_adapter: bool = True) -> InferenceModel:
+                       device: str | None = None, merge_adapter: bool = True,
+                       before_weights=None) -> InferenceModel:
     """Base alone, base + adapter folder, a run folder (its manifest names base, template, labels),
     or a merged model folder. ``model`` may be omitted when ``adapter`` is a run or export folder.
 
     ``quantization`` None: the quantization the adapter was trained with (a QLoRA adapter is scored on the
     4-bit base it learned on), else none. ``merge_adapter``: fold a LoRA adapter into 16/32-bit base weights
     (scoring never needs it separate; left apart, its fp32 side path made a bf16 forward ~25-35% slower on CPU).
-    A bf16 merge rounds W + BA once per weight: P(yes) moves by about as much as bf16 itself moves it."""
+    A bf16 merge rounds W + BA once per weight: P(yes) moves by about as much as bf16 itself moves it.
+    ``before_weights(InferenceModel without a model)`` checks what the tokenizer can tell before weights load."""
     template = labels = None
     trained_quantization = "none"
     adapter_dir = Path(adapter) if adapter else None
@@ -333,6 +362,9 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, dty
         labels = manifest.get("labels")
         trained_quantization = manifest.get("quantization") or "none"
         adapter_dir = adapter_dir / manifest.get("adapter_dir", "adapter" if manifest["kind"] == "train-run" else ".")
+        from tallrec_cli.export import check_adapter_intact
+
+        check_adapter_intact(adapter, manifest, adapter_dir)  # a flipped byte is refused, never scored
         model = model or manifest["base_model"]["name"]
     elif model is not None and Path(model, "manifest.json").exists():
         manifest = read_manifest(model)
@@ -344,6 +376,9 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, dty
     quantization = trained_quantization if quantization is None else quantization
     source = resolve_model_source(model)
     tokenizer = load_tokenizer(source, trust_remote_code)
+    if before_weights is not None:
+        before_weights(InferenceModel(None, tokenizer, source, str(adapter_dir) if adapter_dir else None, template,
+                                      labels))
     base = load_model(source, dtype, quantization, trust_remote_code, device or default_device())
     if adapter_dir is not None:
         from peft import PeftModel

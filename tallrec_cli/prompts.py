@@ -109,7 +109,7 @@ def resolve_label_tokens(tokenizer, template: PromptTemplate, positive: str = "Y
             raise ModelError(
                 f"label word {word!r} is not a single token for tokenizer {name} after the response prefix "
                 f"(it splits into {pieces})",
-                "choose label words that are single tokens, e.g. --set labels.positive=Yes labels.negative=No",
+                "choose label words that are single tokens, e.g. --set labels.positive=Yes --set labels.negative=No",
             )
         ids.append(tokens[0])
     if ids[0] == ids[1]:

@@ -46,7 +46,8 @@ import yaml
 
 from tallrec_cli.config import deep_merge, from_dict, option, parse_overrides, to_dict
 from tallrec_cli.errors import ArtifactError, ConfigError, ResourceError, TallrecError
-from tallrec_cli.io import MANIFEST_NAME, sha256_file, write_json_atomic, write_manifest, write_text_atomic
+from tallrec_cli.io import (MANIFEST_NAME, is_disk_full, sha256_file, write_json_atomic, write_manifest,
+                            write_text_atomic)
 
 SPEC_NAME = "sweep.yaml"
 INDEX_NAME = "index.json"
@@ -519,19 +520,6 @@ class LocalCellRunner:
                 for label, path, result in zip(labels, paths, results)}
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC anywhere in the exception chain (libraries re-wrap OSErrors), or its message."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def _is_interruption(exc: BaseException) -> bool:
     # `run_training` turns Ctrl-C into a checkpoint and a TallrecError "interrupted at step N; ...".
     return isinstance(exc, TallrecError) and exc.message.startswith("interrupted at step")
@@ -996,6 +984,18 @@ def collect_observations(sweep_dir: str | Path) -> list[dict]:
     return cell_observations(results) + [row for rows in baselines for row in rows]
 
 
+def missing_cells(sweep_dir: str | Path) -> list[dict]:
+    """Cells of the sweep's index without a finished result (killed, failed or never run): id and status."""
+    sweep_dir = Path(sweep_dir)
+    index_path = sweep_dir / INDEX_NAME
+    if not index_path.is_file():
+        return []
+    entries = json.loads(index_path.read_text(encoding="utf-8")).get("cells") or []
+    return [{"id": entry["id"], "status": entry.get("status"), "error": entry.get("error")} for entry in entries
+            if not ((sweep_dir / entry["dir"] / CELL_RESULT_NAME).is_file()
+                    and (sweep_dir / entry["dir"] / MANIFEST_NAME).is_file())]
+
+
 _KIND_ORDER = {"lora": 0, "zero-shot": 0, "baseline": 1, "reference": 2}
 
 
@@ -1107,7 +1107,7 @@ def write_report(sweep_dir: str | Path, summary: list[dict], observations: list[
                                                     row["seed"] is None, row["seed"] or 0))
     payload = {"config_hash": config_hash, "methods": _methods(summary),
                "columns": [{"test": test, "shots": shots} for test, shots in _columns(summary)],
-               "summary": summary, "observations": ordered}
+               "summary": summary, "observations": ordered, "missing_cells": missing_cells(sweep_dir)}
     write_json_atomic(sweep_dir / "results.json", payload)
     buffer = io.StringIO()
     fields = ["method", "kind", "test", "shots", "auc_mean", "auc_std", "gauc_mean", "gauc_std", "n", "best"]

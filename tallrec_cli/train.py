@@ -9,10 +9,11 @@ The run folder layout and manifest keys follow docs/CONTRACTS.md ("Train run fol
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -236,14 +237,41 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def pending_overwrite_dir(run_dir: str | Path) -> Path:
+    """Where ``--overwrite`` trains the new run: beside the old one, which stays until the new one is complete."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.overwrite"
+
+
+def work_dir(config: TrainConfig, resume: bool) -> Path:
+    """The folder training writes into: the run folder, or its pending replacement under ``--overwrite``
+    (also when ``--resume`` continues an interrupted overwrite)."""
+    run_dir = Path(config.output.dir)
+    pending = pending_overwrite_dir(run_dir)
+    if resume:
+        return pending if (pending / "config.yaml").exists() else run_dir
+    holds_run = (run_dir / "manifest.json").exists() or (run_dir / "config.yaml").exists()
+    return pending if config.output.overwrite and holds_run else run_dir
+
+
 def _output_problems(config: TrainConfig, resume: bool) -> list[str]:
+    from tallrec_cli.io import OutputOverlapError, check_writable, refuse_overlap
+
     run_dir = Path(config.output.dir)
     problems = []
+    model_folder = config.model.name if Path(config.model.name).expanduser().exists() else None
+    try:
+        refuse_overlap(run_dir, (config.data.train, config.data.valid, config.lora.init_adapter, model_folder))
+    except OutputOverlapError as exc:
+        problems.append(f"output.dir: {exc.message}")
+    if run_dir.exists() and not run_dir.is_dir():
+        problems.append(f"output.dir: {run_dir} is a file, not a folder")
+        return problems
     if resume:
-        if (run_dir / "manifest.json").exists():
-            problems.append(f"--resume: {run_dir} holds a finished run (it has a manifest)")
-        elif not list((run_dir / "checkpoints").glob("checkpoint-*")):
-            problems.append(f"--resume: {run_dir} has no checkpoints to resume from")
+        folder = work_dir(config, resume)
+        if (folder / "manifest.json").exists():
+            problems.append(f"--resume: {run_dir} holds a finished run (it has a manifest); "
+                            "pass --overwrite instead of --resume to train it again")
     elif run_dir.exists() and any(run_dir.iterdir()) and is_main_process():
         finished = (run_dir / "manifest.json").exists()
         looks_like_run = finished or (run_dir / "config.yaml").exists()
@@ -252,6 +280,10 @@ def _output_problems(config: TrainConfig, resume: bool) -> list[str]:
         elif not config.output.overwrite:
             state = "a finished run" if finished else "an unfinished run (pass --resume to continue it)"
             problems.append(f"output.dir: {run_dir} already holds {state}; pass --overwrite to replace it")
+    try:
+        check_writable(run_dir)
+    except TallrecError as exc:
+        problems.append(f"output.dir: {exc.message}")
     return problems
 
 
@@ -343,6 +375,7 @@ class PreparedData:
     valid_labels: list[int]
     truncated_records: int
     train_token_lengths: list[int]
+    notes: list[str] = field(default_factory=list)
 
 
 def _load_split(path: str, split: str) -> list[dict]:
@@ -413,6 +446,9 @@ def prepare_data(config: TrainConfig, tokenizer, template) -> PreparedData:
     data = config.data
     train = _load_split(data.train, "train")
     valid = _load_split(data.valid or data.train, "valid")
+    notes = []
+    if data.shots is not None and data.shots > len(train):
+        notes.append(f"data.shots={data.shots} is more than the {len(train)} training records: all of them are used")
     train = _sample(train, data.shots, data.sample_seed, data.stratify)
     valid = _sample(valid, data.max_valid, data.sample_seed, stratify=True)
     eos = tokenizer.eos_token or ""
@@ -439,7 +475,7 @@ def prepare_data(config: TrainConfig, tokenizer, template) -> PreparedData:
     valid_prompts = [template.render(fitted(record, record["output"] + eos, data.valid or data.train), tokenizer)
                      for record in valid]
     return PreparedData(train, valid, train_prompts, completions, valid_prompts,
-                        [int(record["label"]) for record in valid], truncated, lengths)
+                        [int(record["label"]) for record in valid], truncated, lengths, notes)
 
 
 def _valid_users(records: list[dict]) -> list | None:
@@ -484,6 +520,27 @@ def eval_interval(setting: int | str, train_records: int) -> int:
     if setting != "auto":
         return int(setting)
     return 10 if train_records <= 128 else max(1, round(train_records / 128 * 5))
+
+
+def optimizer_steps(config: TrainConfig, train_records: int, world_size: int = 1) -> int:
+    """Optimizer steps the run will take (the Trainer's arithmetic: batches per epoch // accumulation)."""
+    if config.training.max_steps:
+        return config.training.max_steps
+    training = config.training
+    accumulation = max(1, training.batch_size // (training.micro_batch_size * world_size))
+    batches = math.ceil(train_records / (training.micro_batch_size * world_size))
+    return max(1, math.ceil(training.epochs * max(1, batches // accumulation)))
+
+
+def check_schedule(config: TrainConfig, train_records: int, world_size: int = 1) -> None:
+    """The linear warmup starts at learning rate 0 on step 1: a run that ends before the second step
+    never trains at all, so say so before loading the model."""
+    steps = optimizer_steps(config, train_records, world_size)
+    if config.training.warmup_steps > 0 and steps < 2:
+        raise ConfigError(
+            f"the run takes {steps} optimizer step and training.warmup_steps={config.training.warmup_steps}: "
+            "the learning rate is still 0 on that step, so the adapter would never change",
+            "set --set training.warmup_steps=0, or train longer (more shots, epochs or training.max_steps)")
 
 
 # --------------------------------------------------------------------------------------- training
@@ -674,21 +731,39 @@ def _oom_error(config: TrainConfig) -> ResourceError:
         f"max_length={config.prompt.max_length}, quantization={config.model.quantization}", _OOM_HINT)
 
 
-def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+def _prepare_run_dir(config: TrainConfig, folder: Path, resume: bool, checkpoint: str | None) -> None:
+    """Create the folder training writes into; a fresh start (also a resume with no checkpoint yet) gets
+    config.yaml and an empty metrics.jsonl. An older run at ``output.dir`` is left alone: under
+    ``--overwrite`` ``folder`` is its pending replacement."""
     import yaml
 
     from tallrec_cli.io import write_text_atomic
 
-    run_dir = Path(config.output.dir)
     if not is_main_process():
-        return run_dir
-    if not resume and run_dir.exists() and config.output.overwrite:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if not resume and folder != Path(config.output.dir) and folder.exists():
+        shutil.rmtree(folder)  # an earlier --overwrite that never finished: start it again
+    folder.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None:
+        write_text_atomic(folder / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        (folder / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _resume_checkpoint(folder: Path, resume: bool) -> str | None:
+    """The newest whole checkpoint to continue from; broken ones (a save killed mid-way) are named, skipped."""
+    from tallrec_cli.console import err_console
+    from tallrec_cli.train_callbacks import last_whole_checkpoint
+
     if not resume:
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    return run_dir
+        return None
+    checkpoint, broken = last_whole_checkpoint(folder / "checkpoints")
+    if is_main_process():
+        for name, problem in broken.items():
+            err_console.print(f"[yellow]note:[/] skipping the incomplete {name} ({problem})", highlight=False)
+        if checkpoint is None:
+            err_console.print(f"[yellow]note:[/] {folder} has no complete checkpoint yet: training starts again from "
+                              "step 0 with the saved config", highlight=False)
+    return str(checkpoint) if checkpoint else None
 
 
 def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> dict[str, Any]:
@@ -710,11 +785,12 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     _quiet_libraries()
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
-    from tallrec_cli.train_callbacks import InterruptCallback, RichProgressCallback, TrainingStatus, ValidationCallback
+    from tallrec_cli.io import is_disk_full, replace_dir, user_os_error
     from tallrec_cli.tracking import TrackingCallback, reporting_callbacks
+    from tallrec_cli.train_callbacks import (AtomicCheckpoints, InterruptCallback, RichProgressCallback, TrainingStatus,
+                                             ValidationCallback)
 
     source = resolve_model_source(config.model.name)
     tokenizer = load_tokenizer(source, config.model.trust_remote_code, padding_side="left")
@@ -722,13 +798,19 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     data = prepare_data(config, tokenizer, template)
     label_tokens = resolve_label_tokens(tokenizer, template, config.labels.positive, config.labels.negative,
                                         outputs=_answer_outputs(data.train_records + data.valid_records, config))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    check_schedule(config, len(data.train_records), world_size)
     is_main = is_main_process()
     one_class = len(set(data.valid_labels)) < 2
+    if is_main:
+        for note in data.notes:
+            err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     if one_class and is_main:
         err_console.print("[yellow]warning:[/] the validation records hold one class only, so AUC is undefined; "
                           "checkpoints are selected on validation loss instead")
-    run_dir = _prepare_run_dir(config, resume)
-    checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if resume else None
+    run_dir = work_dir(config, resume)
+    checkpoint = _resume_checkpoint(run_dir, resume)
+    _prepare_run_dir(config, run_dir, resume, checkpoint)
 
     set_seed(config.training.seed)
     compute_dtype = resolve_dtype(config.model.dtype)
@@ -747,12 +829,13 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
                                         config.training.score_mode, config.training.eval_batch_size, is_main,
                                         config.training.eval_at_start, users=_valid_users(data.valid_records))
         train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
-        trainer_class, loss_kwargs = SFTTrainer, {}
+        loss_trainer, loss_kwargs = SFTTrainer, {}
         if config.prompt.loss == "pair":
             from tallrec_cli.pair_loss import PairLossTrainer, class_weights
 
             weights = class_weights([record["label"] for record in data.train_records], config.prompt.class_weight)
-            trainer_class, loss_kwargs = PairLossTrainer, {"label_tokens": label_tokens, "weights": weights}
+            loss_trainer, loss_kwargs = PairLossTrainer, {"label_tokens": label_tokens, "weights": weights}
+        trainer_class = type("Trainer", (AtomicCheckpoints, loss_trainer), {})  # checkpoints whole or not at all
         trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                                 callbacks=[*callbacks, validation, InterruptCallback(status)], **loss_kwargs)
         trainer.remove_callback(PrinterCallback)
@@ -776,6 +859,11 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise _oom_error(config) from None
+            problem = user_os_error(exc, f"writing {run_dir}") if isinstance(exc, OSError) or is_disk_full(exc) else None
+            if problem is not None:
+                raise type(problem)(f"{problem.message}; checkpoints are written whole or not at all",
+                                    f"{problem.hint}, then continue with: tallrec train --output {config.output.dir} "
+                                    "--resume") from None
             raise
         base_config = base_model_config_summary(model.get_base_model())
         steps, max_steps = trainer.state.global_step, trainer.state.max_steps
@@ -787,7 +875,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     if status.interrupted_at is not None:
         raise TallrecError(
             f"interrupted at step {status.interrupted_at}; a checkpoint is saved in {run_dir / 'checkpoints'}",
-            f"continue with: tallrec train --output {run_dir} --resume")
+            f"continue with: tallrec train --output {config.output.dir} --resume")
     wall_seconds = status.elapsed_before + time.monotonic() - started
     summary = _summary(config, data, status, eval_every, steps, max_steps, wall_seconds, one_class, world_size)
     if is_main:
@@ -820,6 +908,8 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
             "wall_seconds": round(wall_seconds, 2),
             "config": to_dict(config),
         })
+        if run_dir != Path(config.output.dir):
+            replace_dir(run_dir, Path(config.output.dir))  # the old run stayed until this one was complete
     return summary
 
 
@@ -862,9 +952,8 @@ def _model_config(config: TrainConfig):
     """The base model's config without weights: from its folder/GGUF, else the known shapes table."""
     from transformers import AutoConfig
 
-    from tallrec_cli.models import resolve_model_source
-
     from tallrec_cli.io import tallrec_home
+    from tallrec_cli.models import hub_unreachable, resolve_model_source
 
     source = resolve_model_source(config.model.name, convert_embedded=False)
     if source.kind == "random":  # the embedded config; its tokenizer's token counts are not the real ones
@@ -879,7 +968,10 @@ def _model_config(config: TrainConfig):
             path = str(converted)
         else:
             path, gguf_file = str(Path(path).parent), Path(path).name
+    unreachable = hub_unreachable(source) if source.kind == "hub" else None  # not a minute of retries
     try:
+        if unreachable:
+            raise OSError(unreachable)
         return AutoConfig.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=config.model.trust_remote_code), (path, gguf_file)
     except (OSError, ValueError) as exc:
         shape = _HUB_ARCHITECTURES.get(config.model.name.lower())
@@ -1017,6 +1109,11 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
                           "tokens_mean": float(lengths.mean()), "tokens_max": int(lengths.max())}
         seq_len = int(lengths.max())
         result["eval_every"] = eval_interval(config.training.eval_every, len(data.train_records))
+        result["notes"].extend(data.notes)
+        try:
+            check_schedule(config, len(data.train_records))
+        except ConfigError as exc:
+            result["notes"].append(exc.message)
     else:
         valid_tokens = None
         result["notes"].append(f"{config.model.name} is not available offline: its tokenizer was not loaded, so token "
@@ -1051,11 +1148,15 @@ def _validation_tokens(tokenizer, prompts: list[str]) -> tuple[int, int]:
 
 def resume_config(output_dir: str | Path) -> TrainConfig:
     """The config saved in an unfinished run folder (what --resume continues)."""
-    path = Path(output_dir) / "config.yaml"
-    if not path.exists():
+    pending = pending_overwrite_dir(output_dir)
+    path = next((folder / "config.yaml" for folder in (pending, Path(output_dir)) if (folder / "config.yaml").exists()),
+                None)
+    if path is None:
         raise ArtifactError(f"{output_dir} holds no config.yaml, so there is no run to resume",
-                            "pass the --output folder of an interrupted run")
-    return load_train_config(path)
+                            "pass the --output folder of an interrupted run, or start one without --resume")
+    config = load_train_config(path)
+    # The folder given wins over the one recorded: a run copied or moved elsewhere continues where it is.
+    return replace(config, output=replace(config.output, dir=str(output_dir), overwrite=False))
 
 
 def format_count(value: int) -> str:

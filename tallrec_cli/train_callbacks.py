@@ -1,5 +1,6 @@
 """Trainer callbacks for `tallrec train`: validation AUC + early stopping + best-adapter keeping,
-a rich progress line, and Ctrl-C handling that saves a checkpoint before stopping."""
+a rich progress line, Ctrl-C handling that saves a checkpoint before stopping, and checkpoints that are
+written whole or not at all."""
 
 from __future__ import annotations
 
@@ -279,3 +280,65 @@ class _PhaseColumn(ProgressColumn):
 
     def render(self, task) -> Text:
         return Text(self.status.phase, style="cyan")
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "adapter_config.json")
+STAGING_NAME = ".partial"  # checkpoints are written here, then renamed into place
+
+
+class AtomicCheckpoints:
+    """Trainer mixin: each checkpoint is written into ``checkpoints/.partial/checkpoint-N`` and renamed to
+    ``checkpoints/checkpoint-N`` only once complete, so a kill or a full disk mid-save never leaves a
+    ``checkpoint-N`` that `--resume` would take for a whole one."""
+
+    _writing_into: str | None = None
+
+    def _get_output_dir(self, trial):
+        return self._writing_into or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        final_root = Path(super()._get_output_dir(trial))
+        staging_root = final_root / STAGING_NAME
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and (staging_root / name).exists():
+            shutil.rmtree(staging_root / name)  # left by a save that was killed
+        self._writing_into = str(staging_root)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._writing_into = None
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG states)
+        if self.args.should_save:
+            replace_dir(staging_root / name, final_root / name)
+            rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from (a file missing or unreadable), or None when it is whole."""
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json unreadable ({exc})"
+    return None
+
+
+def last_whole_checkpoint(checkpoints: Path) -> tuple[Path | None, dict[str, str]]:
+    """The newest complete ``checkpoint-N`` in ``checkpoints`` and, by name, the broken ones that are newer
+    (written by a save that was killed or ran out of disk before this tool staged checkpoints)."""
+    found = sorted((path for path in checkpoints.glob("checkpoint-*")
+                    if path.is_dir() and path.name.split("-")[-1].isdigit()),
+                   key=lambda path: int(path.name.split("-")[-1]), reverse=True)
+    broken = {}
+    for path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, broken
+        broken[path.name] = problem
+    return None, broken

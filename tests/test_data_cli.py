@@ -88,9 +88,9 @@ def test_import_names_the_file_and_index_of_a_bad_record(tmp_path):
     path.write_text(json.dumps([good, good, {"instruction": "i", "input": "x", "output": "Maybe."}]))
     result = invoke("import", str(path), "-o", str(tmp_path / "out"))
     assert isinstance(result.exception, DataError)
-    assert f"{path}: record 2: output 'Maybe.'" in result.exception.message
+    assert f"{path}: record 3: output 'Maybe.'" in result.exception.message
     path.write_text(json.dumps([good, {"instruction": "i", "output": "No."}]))
-    with pytest.raises(DataError, match="record 1 lacks text field"):
+    with pytest.raises(DataError, match="record 2 lacks text field"):
         read_records(path)
     assert not (tmp_path / "out").exists()
 

@@ -58,10 +58,12 @@ def register(app: typer.Typer) -> None:
 
         Example: `tallrec adapters verify` (all) or `tallrec adapters verify movie-64-0`
         """
-        from adapters.registry import list_adapters, resolve_store, verify_adapter
+        from adapters.registry import adapter_path, list_adapters, resolve_store, verify_adapter
         from tallrec_cli.console import console
         from tallrec_cli.errors import ArtifactError
 
+        if name:
+            adapter_path(name, store)  # an unknown name is a typo to fix, not an export to redo
         names = [name] if name else [entry.name for entry in list_adapters(store)]
         if not names:
             console.print(f"no adapters in {resolve_store(store)}")

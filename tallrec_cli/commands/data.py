@@ -167,7 +167,7 @@ def sample(
     """
     from data_builders.sampling import parse_int_list, write_samples
 
-    manifest = write_samples(dataset, output, parse_int_list(shots, "shots"), parse_int_list(seeds, "seeds"),
+    manifest = write_samples(dataset, output, parse_int_list(shots, "shots", 1), parse_int_list(seeds, "seeds"),
                              stratify, split, overwrite)
     rows = [(name, f["shots"], f["seed"], f["positives"]) for name, f in manifest["files"].items()]
     console.print(table(f"{len(rows)} subsets of {manifest['pool_records']} {split} records -> {output}",

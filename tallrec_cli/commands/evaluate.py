@@ -16,12 +16,21 @@ def _label_words(text: str | None) -> list[str] | None:
     return [word.strip() for word in text.split(",")] if text else None
 
 
-def _load(model, adapter, dtype, quantization, trust_remote_code, merge_adapter: bool = True):
+def _load(model, adapter, dtype, quantization, trust_remote_code, template, label_words, merge_adapter: bool = True):
+    """The model, after the template and label words were checked against its tokenizer (no weights yet)."""
+    from tallrec_cli.evaluate import scoring_setup
+
     from tallrec_cli.models import load_for_inference
 
     with err_console.status("loading the model"):
         return load_for_inference(model, adapter, dtype, quantization, trust_remote_code,
-                                  merge_adapter=merge_adapter)
+                                  merge_adapter=merge_adapter,
+                                  before_weights=lambda partial: scoring_setup(partial, template, label_words))
+
+
+def _local(model: str | None) -> str | None:
+    """``model`` when it is a local path (an input to protect), not a hub id or the embedded model's name."""
+    return model if model and Path(model).exists() else None
 
 
 def _check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
@@ -80,14 +89,14 @@ def eval_command(
                               "full-vocabulary softmax then softmax over the two probabilities."),
     template: str = typer.Option(None, help="Prompt template (default: the run's, else alpaca)."),
     label_words: str = typer.Option(None, help="Positive,negative label words (default: the run's, else Yes,No)."),
-    batch_size: int = typer.Option(None, help="Prompts per forward pass (default: the largest expected to fit; "
-                                   "halved on out-of-memory)."),
+    batch_size: int = typer.Option(None, min=1, help="Prompts per forward pass (default: the largest expected to "
+                                   "fit; halved on out-of-memory)."),
     prefix_cache: str = typer.Option("auto", help="Run the prompt prefix all records share once: auto, on, off."),
     dtype: str = typer.Option("auto", help="auto (bf16 where fast), bfloat16, float16, float32."),
     quantization: str | None = typer.Option(None, help="none, 8bit, 4bit (default: the adapter's training)."),
-    limit: int = typer.Option(None, help="Evaluate only the first N records of each test (and of the "
-                              "validation split an --ensemble is fitted on)."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC 95% interval (0: none)."),
+    limit: int = typer.Option(None, min=1, help="Evaluate only the first N records of each test (and of the "
+                              "validation split an --ensemble is fitted on; default: all)."),
+    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the AUC 95% interval (0: none)."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
     plots: bool = typer.Option(False, "--plots", help="Also write roc.png and reliability.png."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results of the same test."),
@@ -124,6 +133,7 @@ def eval_command(
     from tallrec_cli.ensemble import check_ensemble_request, fit_blends
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import eval_output_root, evaluate_tests, load_tests, model_scorer
+    from tallrec_cli.io import check_output_folder, refuse_overlap
     from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
 
     _check_choice(score, SCORE_MODES, "--score")
@@ -149,10 +159,13 @@ def eval_command(
         console.print(metrics_table("baselines", [(f"{r['baseline']}\n{r['test']}", r["metrics"]) for r in results]))
         _notes([(f"{r['baseline']}: {r['test']}", r) for r in results])
         return
+    for each in tests:  # before the model loads: an existing result or an input in the way ends it now
+        refuse_overlap(root / each.name, [each.path, adapter, _local(model)], inside_ok=[adapter])
+        check_output_folder(root / each.name, overwrite)
     from tallrec_cli.compare import BASE_MODEL
 
     # `--compare base` scores with the adapter switched off, so it must stay apart from the weights
-    inference = _load(model, adapter, dtype, quantization, trust_remote_code,
+    inference = _load(model, adapter, dtype, quantization, trust_remote_code, template, _label_words(label_words),
                       merge_adapter=BASE_MODEL not in references)
     calibration = calibration_for(adapter or model) if calibrated else None
     with progress() as bar:
@@ -199,7 +212,7 @@ def predict_command(
     score: str = typer.Option("pair", "--score", help="pair or tallrec (see `tallrec eval --help`)."),
     template: str = typer.Option(None, help="Prompt template (default: the run's, else alpaca)."),
     label_words: str = typer.Option(None, help="Positive,negative label words (default: the run's, else Yes,No)."),
-    batch_size: int = typer.Option(None, help="Prompts per forward pass (default: the largest expected to fit)."),
+    batch_size: int = typer.Option(None, min=1, help="Prompts per forward pass (default: the largest expected to fit)."),
     prefix_cache: str = typer.Option("auto", help="auto, on, off."),
     dtype: str = typer.Option("auto", help="auto, bfloat16, float16, float32."),
     quantization: str | None = typer.Option(None, help="none, 8bit, 4bit (default: the adapter's training)."),
@@ -222,6 +235,7 @@ def predict_command(
     from tallrec_cli.ensemble import load_blend, refit_baseline
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import DOMAINS, predict_rows, read_candidates, write_predictions
+    from tallrec_cli.io import check_writable, refuse_overlap
     from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
 
     _check_choice(score, SCORE_MODES, "--score")
@@ -235,9 +249,11 @@ def predict_command(
         raise ConfigError("--k needs positive cut-offs", "write it as --k 1,3,5")
     if Path(output).suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"--output {output} must end in .jsonl or .csv")
+    refuse_overlap(output, [input, adapter, _local(model)])
+    check_writable(output)  # a read-only or missing disk fails now, not after scoring every row
     rows = read_candidates(input)
     blend = refit_baseline(load_blend(ensemble, ensemble_baseline)) if ensemble else None
-    inference = _load(model, adapter, dtype, quantization, trust_remote_code)
+    inference = _load(model, adapter, dtype, quantization, trust_remote_code, template, _label_words(label_words))
     with progress() as bar:
         task = bar.add_task("scoring", total=len(rows))
         scored, summary = predict_rows(inference, rows, domain, template, _label_words(label_words), score,

@@ -62,11 +62,14 @@ def register(app: typer.Typer) -> None:
                           f"{check.logit_prompts} prompts; AUC {check.auc_adapter} -> {check.auc_merged} on "
                           f"{check.auc_samples} ({check.prompts_source})")
             return
-        from adapters.registry import add_adapter, check_name, resolve_store
+        from adapters.registry import add_adapter, check_free, check_name, resolve_store
         from tallrec_cli.export import export_adapter
 
         if output is None:
             output = resolve_store(store) / check_name(name or run_dir.resolve().name)
+        registering = to_registry and output.parent.resolve() != resolve_store(store).resolve()
+        if registering:  # a taken name ends it before the export is written, not after
+            check_free(name or output.name, store, overwrite)
         result = export_adapter(run_dir, output, name=name, overwrite=overwrite, base_model=base_model)
         console.print(f"adapter for {result.base} -> {result.path}"
                       + (" (with its own tokenizer)" if result.tokenizer_included else ""))
@@ -74,5 +77,5 @@ def register(app: typer.Typer) -> None:
             console.print(f"vLLM: loadable (static check); serve with --max-lora-rank {result.vllm.max_lora_rank}")
         else:
             console.print("[yellow]vLLM: not loadable:[/] " + "; ".join(result.vllm.problems))
-        if to_registry and output.parent.resolve() != resolve_store(store).resolve():
+        if registering:
             console.print(f"registered -> {add_adapter(output, name=name, store=store, overwrite=overwrite)}")

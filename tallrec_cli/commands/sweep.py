@@ -83,10 +83,12 @@ def run_command(
     `tallrec sweep recipes/sweeps/smollm2-movielens-fewshot.yaml --output sweeps/m --emit slurm`
     """
     from tallrec_cli.console import console, err_console
+    from tallrec_cli.io import refuse_overlap
     from tallrec_cli.sweep import load_sweep_spec, results_table, run_sweep
 
     spec = load_sweep_spec(recipe, _int_list(shots, "shots"), _int_list(seeds, "seeds"), tests, axes, overrides,
                            test_limit, baselines)
+    refuse_overlap(output, [path for tests_ in spec.tests_by_domain().values() for path in tests_.values()])
     if emit is not None:
         _emit(emit, spec, output, overwrite, slurm_options)
         return
@@ -126,10 +128,16 @@ def report_command(
     Example: `tallrec sweep report sweeps/m`
     """
     from tallrec_cli.console import console, err_console
-    from tallrec_cli.sweep import build_report, results_table
+    from tallrec_cli.sweep import build_report, missing_cells, results_table
 
     summary = build_report(sweep_dir)
+    missing = missing_cells(sweep_dir)
     console.print(results_table(summary))
+    if missing:
+        err_console.print(f"[bold yellow]warning:[/] {len(missing)} cell(s) have no result, so the table (and its "
+                          f"best marks) leaves them out: " + ", ".join(f"{cell['id']} ({cell['status']})"
+                                                                         for cell in missing), highlight=False,
+                          soft_wrap=True)
     err_console.print(f"wrote {sweep_dir / 'results.csv'}, {sweep_dir / 'results.json'}, {sweep_dir / 'sweep.png'}",
                       highlight=False)
 

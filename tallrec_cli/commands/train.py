@@ -65,6 +65,10 @@ def register(app: typer.Typer) -> None:
         from tallrec_cli.console import console, err_console
 
         flags = _flag_overrides(model, train, valid, shots, seed, output, overwrite, report_to)
+        if resume and overwrite:
+            from tallrec_cli.errors import ConfigError
+
+            raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
         if resume:
             run_dir = output or training.load_train_config(recipe).output.dir
             config = training.resume_config(run_dir)
@@ -72,7 +76,7 @@ def register(app: typer.Typer) -> None:
         else:
             from tallrec_cli.config import deep_merge
 
-            config = training.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides)))
+            config = training.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides, training.TrainConfig)))
         if dry_run:
             from tallrec_cli.capacity import per_gpu_fit, processes_from_accelerate_config
 
