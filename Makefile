@@ -20,12 +20,13 @@ install: $(STAMP)
 
 # The main job on embedded defaults: a many-user split of MovieLens latest-small (each user's last 5 ratings to
 # test), LoRA on 512 records, then one test table on the first 100 users: tuned model, zero-shot model, the
-# history-share rule and a full-data GBDT, AUC and per-user AUC with 95% intervals and paired differences.
+# history-share rule, the bias-only user+item model and a full-data GBDT, AUC and per-user AUC with 95%
+# intervals and paired differences.
 demo: install
 	$(BIN)/tallrec data build movielens-latest --preset many-users --output $(DEMO)/data --overwrite
 	$(BIN)/tallrec data stats $(DEMO)/data
 	$(BIN)/tallrec train recipes/smollm2-135m-lora.yaml --train $(DEMO)/data --output $(DEMO)/run --overwrite
-	$(BIN)/tallrec eval --adapter $(DEMO)/run --test $(DEMO)/data --limit 500 --compare base,history-share,gbdt --overwrite
+	$(BIN)/tallrec eval --adapter $(DEMO)/run --test $(DEMO)/data --limit 500 --compare base,history-share,bias,gbdt --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q -ra

@@ -52,4 +52,5 @@ def test_two_real_tiny_cells_plus_zero_shot_then_resume_and_report(tmp_path, tin
     assert sweep.build_report(sweep_dir) == live.summary
     assert (sweep_dir / "results.json").read_text() == live_json
     methods = {row["method"] for row in live.summary}
-    assert methods == {f"LoRA {tiny_model_dir.name}", "Popularity", "LogReg"}
+    assert methods == {f"LoRA {tiny_model_dir.name}", "Popularity", "LogReg", "History share", "GBDT (full data)"}
+    assert all(row["gauc_mean"] is not None for row in live.summary)  # every row carries per-user AUC
