@@ -70,8 +70,8 @@ def audit_command(
         with err_console.status(f"fitting {baseline}"):
             scorer = baseline_scorer(baseline, train_records, seed)
     else:
-        scorer = model_scorer(_load(model, adapter, dtype, "none", trust_remote_code), template, None, score,
-                              batch_size)
+        scorer = model_scorer(_load(model, adapter, dtype, "none", trust_remote_code, template, None), template, None,
+                              score, batch_size)
     with progress() as bar:
         def on_stage(what: str, count: int):
             task = bar.add_task(f"scoring {what}", total=count)
