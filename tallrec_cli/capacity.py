@@ -15,6 +15,7 @@ SHIPPED_CONFIGS = ("use recipes/accelerate/fsdp2-2gpu.yaml, fsdp2-4gpu.yaml or f
                    "or a file written by `accelerate config`")
 # Under FSDP these parts are sharded across processes; activations and logits are per process.
 SHARDED_PARTS = ("weights", "lora_and_optimizer")
+TRAINING_PARTS = ("weights", "lora_and_optimizer", "activations", "logits")
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class MemoryEstimate:
 
     @property
     def total_bytes(self) -> float:
-        return sum(self.parts.values())
+        """The peak: the larger of the training step and the validation pass."""
+        return max(self.parts["training"], self.parts["validation"])
 
     @property
     def total_gib(self) -> float:
@@ -56,12 +58,17 @@ def estimate_recipe(config, processes: int | None = None, seq_len: int | None = 
     model_config = model_config_for(config)
     counts = count_parameters(model_config, config.lora)
     length = seq_len or config.prompt.max_length
-    parts = {key: value for key, value in estimate_memory(model_config, counts, config, length).items() if key != "total"}
+    estimate = estimate_memory(model_config, counts, config, length)
+    parts = {key: estimate[key] for key in TRAINING_PARTS + ("validation_batch",)}
     count = processes or 1
     if config.training.fsdp:
         if config.model.quantization != "none":  # no fp32 upcast under FSDP: one dtype per shard unit
             parts["weights"] -= (counts["total"] - counts["quantizable"]) * 2
         parts = shard(parts, count, model_config.num_hidden_layers)
+    # both peaks from the (sharded) parts: the training step, and the validation pass with its KV cache
+    resident = parts["weights"] + parts["lora_and_optimizer"] + parts.get("gathered_layers", 0.0)
+    parts["training"] = resident + parts["activations"] + parts["logits"]
+    parts["validation"] = resident + parts["validation_batch"]
     settings = {"micro_batch_size": config.training.micro_batch_size, "max_length": length,
                 "quantization": config.model.quantization,
                 "gradient_checkpointing": config.training.gradient_checkpointing,

@@ -117,7 +117,7 @@ def test_dry_run_per_gpu_estimate_from_an_accelerate_config():
 
     config = load_train_config(recipe, {"model": {"name": "random:llama-3-70b"}})
     totals = [per_gpu_fit(config, count, 512, 24.0)["total_gib"] for count in (2, 4, 8)]
-    assert totals[0] > totals[1] > totals[2] and 20 < totals[0] < 24
+    assert totals[0] > totals[1] > totals[2] and 15 < totals[0] < 24
 
 
 def test_a_wrong_accelerate_config_path_is_a_clear_error(tmp_path):

@@ -42,7 +42,7 @@ def _trainer(tmp_path, tiny_model_dir, **overrides):
     for name, parameter in model.named_parameters():  # LoRA B starts at zero: give the adapter an effect
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.5)
-    args = _sft_config(config, tmp_path / "run", 2, 1, use_bf16=False, use_fp16=False)
+    args = _sft_config(config, tmp_path / "run", 2, 1, precision=None)
     dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
     trainer = PairLossTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                               label_tokens=labels, weights=(1.0, 1.0))
