@@ -243,7 +243,7 @@ def _capture_from_pretrained(monkeypatch, error: Exception | None = None) -> dic
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake)
     monkeypatch.setattr(models, "quantization_config",
-                        lambda quantization, dtype: None if quantization == "none" else object())
+                        lambda quantization, *dtypes: None if quantization == "none" else object())
     return captured
 
 
