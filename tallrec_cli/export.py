@@ -557,8 +557,16 @@ def compare_merge(reference_logits: list, merged_logits: list, reference_scores,
         max_abs_logit_diff=max(float((a - b).abs().max()) for a, b in zip(reference_logits, merged_logits)),
         logit_bound=LOGIT_TOLERANCE[dtype] * scale, auc_samples=len(labels),
         auc_adapter=safe_auc(labels, reference_scores), auc_merged=safe_auc(labels, merged_scores),
-        auc_tolerance=AUC_TOLERANCE[dtype], max_abs_p_yes_diff=float(abs(reference_scores - merged_scores).max()),
+        auc_tolerance=max(AUC_TOLERANCE[dtype], _one_pair(labels)),
+        max_abs_p_yes_diff=float(abs(reference_scores - merged_scores).max()),
     )
+
+
+def _one_pair(labels: list[int]) -> float:
+    """What one reordered positive/negative pair moves AUC by: a 16-bit merge may swap a near-tie, and on
+    the 8 built-in prompts (16 pairs) that alone is 0.0625; the logit bound is the strict check there."""
+    positives = sum(1 for label in labels if label == 1)
+    return 1.0 / max(1, positives * (len(labels) - positives))
 
 
 @dataclass(frozen=True)
