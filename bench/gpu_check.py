@@ -30,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.cuda_acceptance import ISSUE_15  # noqa: E402  (the CUDA-path checklist this run is the first to see)
+
 GIB = 1024 ** 3
 # What `tallrec train` needs beyond a stock CUDA torch image, pinned to the versions tested here.
 WHEELS = {"trl": "trl==1.16.0", "datasets": "datasets==5.2.0", "bitsandbytes": "bitsandbytes==0.50.2"}
@@ -341,6 +343,8 @@ def markdown(report: dict) -> str:
                      f"{export['peak_reserved_gib'] or '-'} | {export['verified']} |")
         if export["note"]:
             lines.append(f"\nexport verification: {export['note']}")
+    lines += ["", "## Issue 15: what this run must confirm (the measured rows above cover 2-4, 6, 11, 13)", ""]
+    lines += [f"{item}. {text}" for item, text in ISSUE_15.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,7 @@ def test_smoke_runs_every_case_and_writes_markdown_and_json(tmp_path):
     assert report["export"]["dtype"] == "bfloat16" and report["export"]["seconds"] > 0
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "QLoRA tiny-llama" in markdown and "--dry-run GiB" in markdown and "no CUDA device" in markdown
+    assert "## Issue 15" in markdown and "15. " in markdown  # the CUDA-path checklist travels with the run
 
 
 def test_missing_wheels_are_named_with_the_download_command(monkeypatch, capsys):
