@@ -81,14 +81,14 @@ def compare(records: Sequence[dict], primary: Scored, references: Sequence[Score
 
 
 def verdict(difference: dict) -> str:
-    """'win', 'loss' or 'tie' from the AUC and GAUC difference intervals: a win needs every available
-    interval above zero, a loss every one below."""
-    intervals = [difference.get(key) for key in ("auc_diff_ci95", "gauc_diff_ci95") if difference.get(key)]
-    if intervals and all(low > 0 for low, _ in intervals):
-        return "win"
-    if intervals and all(high < 0 for _, high in intervals):
-        return "loss"
-    return "tie"
+    """Per metric, AUC then GAUC: '+' when the paired interval of the difference lies above zero (the primary
+    scorer wins), '-' below (it loses), '=' when it spans zero, '?' when there is no interval: e.g. '-/='."""
+    def mark(interval) -> str:
+        if not interval:
+            return "?"
+        return "+" if interval[0] > 0 else "-" if interval[1] < 0 else "="
+
+    return f"{mark(difference.get('auc_diff_ci95'))}/{mark(difference.get('gauc_diff_ci95'))}"
 
 
 def write_comparison(folder: Path, records: Sequence[dict], comparison: dict, scorers: Sequence[Scored]) -> None:
@@ -160,12 +160,13 @@ def _value(value: float | None, interval: Sequence[float] | None, signed: bool =
 
 def comparison_table(comparison: dict, title: str):
     """One row per scorer: AUC and GAUC with their 95% intervals under them, then the differences of the
-    primary scorer minus that row (paired intervals) and the primary's verdict; fits 80 columns."""
+    primary scorer minus that row (paired intervals) and the primary's verdict per metric (``verdict``); fits 80
+    columns."""
     from rich.table import Table
 
     result = Table(title=title, title_justify="left", show_lines=True)
     for column, justify in (("scorer", "left"), ("AUC", "right"), ("GAUC", "right"), ("ΔAUC", "right"),
-                            ("ΔGAUC", "right"), ("", "left")):
+                            ("ΔGAUC", "right"), ("sig", "left")):
         result.add_column(column, justify=justify, no_wrap=column != "scorer")
     for row in comparison["rows"]:
         metrics, difference = row["metrics"], row.get("difference")

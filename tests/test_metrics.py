@@ -114,3 +114,10 @@ def test_gauc_interval_and_user_counts_in_metrics():
     assert low <= metrics["gauc"] <= high and metrics["users"] == 40
     few = compute_metrics(labels[:60], rng.random(60), users[:60])
     assert any("under 30" in note for note in few["notes"])
+
+
+def test_comparison_verdict_per_metric():
+    from tallrec_cli.compare import verdict
+
+    assert verdict({"auc_diff_ci95": [0.01, 0.05], "gauc_diff_ci95": [-0.2, -0.01]}) == "+/-"
+    assert verdict({"auc_diff_ci95": [-0.01, 0.05], "gauc_diff_ci95": None}) == "=/?"

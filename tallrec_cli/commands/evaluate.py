@@ -182,8 +182,8 @@ def eval_command(
     console.print(metrics_table(f"eval ({score} scores)", [(r["test"], r["metrics"]) for r in results]))
     for result in results:
         if result["comparison"]:
-            console.print(comparison_table(result["comparison"], f"{result['test']}: model vs references "
-                                           "(Δ = model - row, paired 95% CI)"))
+            console.print(comparison_table(result["comparison"], f"{result['test']}: model vs references (Δ = model "
+                                           "- row, paired 95% CI; sig: AUC/GAUC + win, - loss, = no difference)"))
         for comparison in result["ensembles"]:
             console.print(comparison_table(comparison, f"{result['test']}: {comparison['primary']} blend fitted on "
                                            "validation vs its parts (Δ = blend - row)"))
