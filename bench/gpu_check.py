@@ -248,7 +248,7 @@ def run_train_case(case: Case, shapes: Shapes, workdir: Path, peak_flops: float,
             "sequence": seq, "micro_batch": shapes.micro_batch, "steps": len(meter.times),
             "step_seconds": round(step_seconds, 3), "tokens_per_s": round(tokens_per_s, 1),
             "mfu": _significant(flops / peak_flops), "peak_allocated_gib": allocated and round(allocated, 2),
-            "peak_reserved_gib": reserved and round(reserved, 2), "estimate_gib": round(estimate.total_gib, 2),
+            "peak_reserved_gib": reserved and round(reserved, 2), "estimate_gib": _significant(estimate.total_gib),
             "estimate_error": error and round(error, 3),
             "estimate_within_goal": None if error is None else abs(error) <= ESTIMATE_GOAL, "run_dir": str(run_dir)}
 
