@@ -97,3 +97,14 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TALLREC_HOME", home)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+@pytest.fixture()
+def single_torch_thread():
+    """One torch thread for tests that train: the CPU is shared, and tiny models gain nothing from more."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -14,12 +14,7 @@ from tallrec_cli.train import run_training
 from tests.train_helpers import tiny_config, write_dataset
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _trainer(tmp_path, tiny_model_dir, **overrides):

@@ -24,12 +24,7 @@ DATA_KEYS = {"train", "valid", "train_sha256", "valid_sha256", "dataset_manifest
              "train_records", "valid_records", "truncated_records"}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared; tiny models gain nothing from more threads
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture()
