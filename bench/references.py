@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args()
 
-    from tallrec_cli.compare import short_interval
+    from tallrec_cli.console import short_interval
     from tallrec_cli.metrics import compute_metrics
 
     results = {}

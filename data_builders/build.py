@@ -21,7 +21,7 @@ from data_builders.interactions import Interactions
 from data_builders.readers import Report
 from data_builders.records import SPLIT_NAMES, Examples, Renderer, make_examples
 from data_builders.selection import HistorySelector, ItemVectors, collaborative_vectors, text_vectors
-from data_builders.templates import load_template
+from data_builders.templates import load_record_template
 from tallrec_cli.config import deep_merge, from_dict, read_yaml, to_dict
 from tallrec_cli.errors import ConfigError, DataError
 from tallrec_cli.io import refuse_overlap, sha256_file, staged_dir, write_jsonl_atomic, write_manifest
@@ -104,7 +104,7 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
     """Build the dataset folder ``config.output``; return its manifest. Nothing is left behind on error."""
     config = resolve(config)
     refuse_overlap(config.output, (config.path, config.items_path))
-    template = load_template(config.template)
+    template = load_record_template(config.template)
     report = Report(skip_bad_rows=config.skip_bad_rows)
     with staged_dir(config.output, overwrite=config.overwrite) as staging:
         interactions = read_source(config, report, on_progress)

@@ -8,7 +8,7 @@ from typing import Any
 
 from data_builders.dataset import read_records, write_tallrec_json
 from data_builders.structure import has_structure, parse_input
-from data_builders.templates import Template, load_template, template_names
+from data_builders.templates import Template, load_record_template, template_names
 from tallrec_cli.errors import ConfigError, DataError
 from tallrec_cli.io import refuse_overlap, sha256_file, staged_dir, write_jsonl_atomic, write_manifest
 
@@ -30,7 +30,7 @@ def import_tallrec(paths: list[str | os.PathLike], output: str | os.PathLike, fm
             raise DataError(f"{path} is not a TALLRec .json file", "pass TALLRec's JSON arrays, e.g. valid.json")
     splits = {}
     # TALLRec's own templates first: paraphrase sets repeat their wording as variant 0
-    templates = [load_template(name) for name in sorted(template_names(), key=lambda n: not n.startswith("tallrec-"))]
+    templates = [load_record_template(name) for name in sorted(template_names(), key=lambda n: not n.startswith("tallrec-"))]
     with staged_dir(output, overwrite=overwrite) as staging:
         for path in files:
             records = [_with_structure(record, templates) for record in read_records(path)]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_builders.templates import Template, load_template, template_names
+from data_builders.templates import Template, load_record_template, template_names
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,10 @@ def find_template(name: str | None, near: str | Path | None = None) -> Template 
         folder = Path(near) if Path(near).is_dir() else Path(near).parent
         copy = folder / "template.yaml"
         if copy.is_file():
-            template = load_template(str(copy))
+            template = load_record_template(str(copy))
             if template.name == name:
                 return template
-    return load_template(name) if name in template_names() else None
+    return load_record_template(name) if name in template_names() else None
 
 
 def _input_pattern(layout: str, fields: tuple[str, ...] = ("liked", "disliked", "target", "context"),

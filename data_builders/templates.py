@@ -49,7 +49,7 @@ def template_names() -> list[str]:
     return sorted(path.stem for path in TEMPLATES_DIR.glob("*.yaml"))
 
 
-def load_template(name_or_path: str) -> Template:
+def load_record_template(name_or_path: str) -> Template:
     """A bundled template by name (``tallrec-movie``) or any YAML file in the same layout."""
     path = Path(name_or_path)
     if not path.suffix:

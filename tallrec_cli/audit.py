@@ -24,7 +24,7 @@ import numpy as np
 
 from data_builders.structure import find_template, has_structure, shortened
 from tallrec_cli.baselines import history_key, item_key, labels_of, require_structure, user_key
-from tallrec_cli.compare import _value, record_users
+from tallrec_cli.compare import record_users
 from tallrec_cli.errors import ArtifactError, ConfigError, DataError
 from tallrec_cli.metrics import BOOTSTRAP_RESAMPLES, compute_metrics, paired_difference
 
@@ -445,50 +445,42 @@ def write_audit_plots(folder: Path, audit: dict) -> list[Path]:
 # --- report --------------------------------------------------------------------------------------------
 
 def report_tables(audit: dict) -> list:
-    """The audit as rich tables that fit 80 columns: slices, history, leakage."""
-    from rich.table import Table
+    """The audit as result tables (they keep every number whole at any width): slices, history, leakage."""
+    from tallrec_cli.console import Column, ResultTable, value_with_interval
 
     tables = []
     overall = audit["overall"]
     if audit.get("slices"):
-        table = Table(title="AUC and GAUC by training records (95% CI)", title_justify="left", show_lines=True)
-        for column in ("slice", "train\nrecords", "records", "AUC", "GAUC\n(users)"):
-            table.add_column(column, justify="left" if column == "slice" else "right", no_wrap=True)
-        table.add_row("all", "", str(overall["records"]), _number(overall["auc"], overall["auc_ci95"]),
-                      _gauc(overall))
+        rows = [["all", "", str(overall["records"]), value_with_interval(overall["auc"], overall["auc_ci95"]),
+                 _gauc(overall)]]
         for key in ("users", "items", "popularity_deciles"):
-            for row in audit["slices"].get(key, []):
-                table.add_row(row["group"], row["train_records"], str(row["records"]),
-                              _number(row["auc"], row["auc_ci95"]), _gauc(row))
-        tables.append(table)
-    table = Table(title="history re-scored (Δ = changed - as is, paired 95% CI)", title_justify="left",
-                  show_lines=True)
-    for column in ("history", "AUC", "GAUC", "ΔAUC", "ΔGAUC", "mean |Δp|"):
-        table.add_column(column, justify="left" if column == "history" else "right", no_wrap=True)
-    table.add_row("as is", _number(overall["auc"]), _number(overall["gauc"]), "", "", "")
+            rows += [[row["group"], str(row["train_records"]), str(row["records"]),
+                      value_with_interval(row["auc"], row["auc_ci95"]), _gauc(row)]
+                     for row in audit["slices"].get(key, [])]
+        tables.append(ResultTable("AUC and GAUC by training records (95% CI)",
+                                  [Column("slice"), Column("train records", True), Column("records", True),
+                                   Column("AUC", True), Column("GAUC (users)", True)], rows, lines=True))
+    rows = [["as is", value_with_interval(overall["auc"], None), value_with_interval(overall["gauc"], None), "", "", ""]]
     for name, row in (("shuffled", audit["history_order"]), ("no history", audit["history_ablation"])):
-        table.add_row(name, _number(row["auc"]), _number(row["gauc"]),
-                      _number(row["auc_diff"], row["auc_diff_ci95"], True),
-                      _number(row["gauc_diff"], row["gauc_diff_ci95"], True), f"{row['mean_abs_score_change']:.4f}")
-    tables.append(table)
-    table = Table(title="leakage checks", title_justify="left", show_lines=True)
-    table.add_column("check", no_wrap=True)
-    table.add_column("result", no_wrap=True)
-    table.add_column("detail")
+        rows.append([name, value_with_interval(row["auc"], None), value_with_interval(row["gauc"], None),
+                     value_with_interval(row["auc_diff"], row["auc_diff_ci95"], True),
+                     value_with_interval(row["gauc_diff"], row["gauc_diff_ci95"], True),
+                     f"{row['mean_abs_score_change']:.4f}"])
+    tables.append(ResultTable("history re-scored (Δ = changed - as is, paired 95% CI)",
+                              [Column("history"), *(Column(name, True) for name in ("AUC", "GAUC", "ΔAUC", "ΔGAUC",
+                                                                                    "mean |Δp|"))], rows, lines=True))
     style = {"leak": "[bold red]LEAK[/]", "ok": "[green]ok[/]", "fact": "fact", "skipped": "[dim]skipped[/]"}
-    for check in audit["leakage"]:
-        detail = check["detail"] + (f" (e.g. {', '.join(check['examples'][:3])})" if check["examples"] else "")
-        table.add_row(check["check"], style[check["status"]], detail)
-    tables.append(table)
+    rows = [[check["check"], style[check["status"]],
+             check["detail"] + (f" (e.g. {', '.join(check['examples'][:3])})" if check["examples"] else "")]
+            for check in audit["leakage"]]
+    tables.append(ResultTable("leakage checks", ["check", "result", "detail"], rows, lines=True))
     return tables
 
 
-def _number(value: float | None, interval: Sequence[float] | None = None, signed: bool = False) -> str:
-    return _value(value, interval, signed)
-
-
 def _gauc(row: dict) -> str:
-    text = _number(row.get("gauc"), row.get("gauc_ci95"))
+    from tallrec_cli.console import value_with_interval
+
+    text = value_with_interval(row.get("gauc"), row.get("gauc_ci95"))
     return text if row.get("gauc_users") is None else f"{text}\n({row['gauc_users']})"
 
 

@@ -99,12 +99,12 @@ def fit(labels: Sequence[int], scores: Sequence[float], method: str, score_mode:
 
 
 def calibration_metrics(labels: Sequence[int], scores: Sequence[float]) -> dict[str, float]:
-    from sklearn.metrics import brier_score_loss, log_loss
+    from sklearn.metrics import brier_score_loss
 
-    from tallrec_cli.metrics import expected_calibration_error
+    from tallrec_cli.metrics import expected_calibration_error, log_loss
 
     scores = np.clip(np.asarray(scores, dtype=np.float64), EPSILON, 1 - EPSILON)
-    return {"log_loss": float(log_loss(labels, scores, labels=[0, 1])),
+    return {"log_loss": log_loss(labels, scores),
             "brier": float(brier_score_loss(labels, scores)),
             "ece": expected_calibration_error(labels, scores)}
 

@@ -3,14 +3,13 @@ functions and renders results. Heavy imports (torch, transformers) happen inside
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 
 from tallrec_cli import __version__
-from tallrec_cli.commands import adapters, audit, calibrate, data, doctor, evaluate, export, sweep, train
-from tallrec_cli.console import err_console
+from tallrec_cli.commands import adapters, audit, calibrate, data, doctor, evaluate, export, keys, sweep, train
+from tallrec_cli.console import debug_enabled, err_console, quiet_libraries
 from tallrec_cli.errors import TallrecError
 
 app = typer.Typer(
@@ -35,12 +34,14 @@ def _root(
 ) -> None:
     """TALLRec-style LoRA/QLoRA tuning of LLMs as recommenders.
 
-    Set TALLREC_DEBUG=1 to see full tracebacks; TALLREC_HOME moves caches (default ~/.cache/tallrec).
+    Set TALLREC_DEBUG=1 to see full tracebacks and third-party logs; TALLREC_HOME moves caches
+    (default ~/.cache/tallrec).
     """
+    quiet_libraries()  # before any command imports torch or transformers
 
 
-for module in (data, train, evaluate, calibrate, audit, export, adapters, sweep, doctor):
-    module.register(app)
+for module in (data, train, evaluate, calibrate, audit, export, adapters, sweep, doctor, keys):
+    app.add_typer(module.app)
 
 
 INTERRUPTED = 130  # the shell's code for SIGINT; typer turns Ctrl-C into this exit code
@@ -63,7 +64,7 @@ def main() -> None:
     """Console-script entry point: domain errors become one line plus a hint, never a traceback."""
     from tallrec_cli.io import user_os_error
 
-    debug = os.environ.get("TALLREC_DEBUG", "") not in ("", "0")
+    debug = debug_enabled()
     try:
         app()
     except TallrecError as exc:

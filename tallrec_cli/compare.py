@@ -142,37 +142,19 @@ def cold_note(info: dict) -> str | None:
             "(their statistics fall back to the training prior)")
 
 
-def short_interval(interval: Sequence[float] | None, signed: bool = False) -> str:
-    """``.699-.757`` / ``-.010,+.034``: an interval in few characters, for 80-column tables."""
-    if not interval:
-        return ""
-    low, high = (f"{value:+.3f}" if signed else f"{value:.3f}" for value in interval)
-    low, high = (text.replace("0.", ".", 1) for text in (low, high))
-    return f"{low},{high}" if signed else f"{low}-{high}"
-
-
-def _value(value: float | None, interval: Sequence[float] | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    text = f"{value:+.4f}" if signed else f"{value:.4f}"
-    return text + ("\n" + short_interval(interval, signed) if interval else "")
-
-
 def comparison_table(comparison: dict, title: str):
     """One row per scorer: AUC and GAUC with their 95% intervals under them, then the differences of the
-    primary scorer minus that row (paired intervals) and the primary's verdict per metric (``verdict``); fits 80
-    columns."""
-    from rich.table import Table
+    primary scorer minus that row (paired intervals) and the primary's verdict per metric (``verdict``)."""
+    from tallrec_cli.console import Column, ResultTable, value_with_interval
 
-    result = Table(title=title, title_justify="left", show_lines=True)
-    for column, justify in (("scorer", "left"), ("AUC", "right"), ("GAUC", "right"), ("ΔAUC", "right"),
-                            ("ΔGAUC", "right"), ("sig", "left")):
-        result.add_column(column, justify=justify, no_wrap=column != "scorer")
+    rows = []
     for row in comparison["rows"]:
         metrics, difference = row["metrics"], row.get("difference")
-        result.add_row(
-            row["label"], _value(metrics["auc"], metrics["auc_ci95"]), _value(metrics["gauc"], metrics["gauc_ci95"]),
-            _value(difference["auc_diff"], difference["auc_diff_ci95"], True) if difference else "",
-            _value(difference["gauc_diff"], difference["gauc_diff_ci95"], True) if difference else "",
-            verdict(difference) if difference else "")
-    return result
+        rows.append([
+            row["label"], value_with_interval(metrics["auc"], metrics["auc_ci95"]),
+            value_with_interval(metrics["gauc"], metrics["gauc_ci95"]),
+            value_with_interval(difference["auc_diff"], difference["auc_diff_ci95"], True) if difference else "",
+            value_with_interval(difference["gauc_diff"], difference["gauc_diff_ci95"], True) if difference else "",
+            verdict(difference) if difference else ""])
+    return ResultTable(title, [Column("scorer"), *(Column(name, True) for name in ("AUC", "GAUC", "ΔAUC", "ΔGAUC")),
+                               Column("sig")], rows, lines=True)

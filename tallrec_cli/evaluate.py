@@ -1,8 +1,8 @@
 """Evaluation and prediction: score records with P(yes), compute metrics, write eval folders.
 
-``evaluate_records`` is the one entry point other stages (sweep) call per model; ``evaluate_tests``
-adds reading test files and writing ``<root>/<test-name>/`` folders (metrics.json, predictions.jsonl,
-optional plots, manifest.json written last). ``predict_file`` scores new histories and candidates.
+``evaluate_records`` scores one list of records (calibration and audit call it); ``evaluate_tests``
+(eval and sweep) adds reading test files and writing ``<root>/<test-name>/`` folders (metrics.json, predictions.jsonl,
+optional plots, manifest.json written last). ``predict_rows`` scores new histories and candidates.
 """
 
 from __future__ import annotations
@@ -347,13 +347,13 @@ def read_candidates(path: str | Path) -> list[dict]:
 
 def candidate_prompt_parts(row: dict, domain: str = "movie", where: str = "row") -> dict[str, str]:
     """instruction/input for a row, worded like the data stage's TALLRec template of ``domain``."""
-    from data_builders.templates import load_template as load_data_template
+    from data_builders.templates import load_record_template
 
     if row.get("instruction"):
         return {"instruction": row["instruction"], "input": row.get("input") or ""}
     if domain not in DOMAINS:
         raise ConfigError(f"domain {domain!r} is not one of {', '.join(DOMAINS)}")
-    wording = load_data_template(f"tallrec-{domain}")
+    wording = load_record_template(f"tallrec-{domain}")
     variant = wording.variants[0]
     join = wording.separator.join
     return {"instruction": variant["instruction"], "input": variant["input"].format(

@@ -9,6 +9,7 @@ import numpy as np
 CALIBRATION_BINS = 10
 BOOTSTRAP_RESAMPLES = 1000
 MIN_GAUC_USERS = 30  # fewer users carrying a per-user AUC than this gets a warning
+PROBABILITY_FLOOR = 1e-7  # P(yes) is clipped to [floor, 1 - floor]: one confident miss stays finite
 
 
 def safe_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
@@ -19,6 +20,14 @@ def safe_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
     if labels.size == 0 or np.unique(labels).size < 2:
         return None
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+
+
+def log_loss(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Mean binary cross-entropy of P(yes) ``scores``; defined with one class too (validation loss, eval,
+    calibration)."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def user_aucs(labels: Sequence[int], scores: Sequence[float], groups: Sequence) -> tuple[np.ndarray, np.ndarray, int]:
@@ -173,7 +182,7 @@ def compute_metrics(labels: Sequence[int], scores: Sequence[float], users: Seque
     accuracy at 0.5, Brier score and expected calibration error. Undefined values are None and
     ``notes`` says why.
     """
-    from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
+    from sklearn.metrics import accuracy_score, brier_score_loss
 
     labels = np.asarray(labels, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
@@ -190,7 +199,7 @@ def compute_metrics(labels: Sequence[int], scores: Sequence[float], users: Seque
         "auc": auc,
         "auc_ci95": list(interval) if interval else None,
         "gauc": None, "gauc_ci95": None, "users": None, "gauc_users": None, "gauc_users_skipped": None,
-        "log_loss": float(log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "log_loss": log_loss(labels, scores),
         "accuracy": float(accuracy_score(labels, scores >= 0.5)),
         "brier": float(brier_score_loss(labels, scores, labels=[0, 1])),
         "ece": expected_calibration_error(labels, scores, bins),

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import yaml
 
 from tallrec_cli.config import deep_merge, from_dict, option, parse_overrides, to_dict
+from tallrec_cli.console import format_value
 from tallrec_cli.errors import ArtifactError, ConfigError, ResourceError, TallrecError
 from tallrec_cli.io import (MANIFEST_NAME, is_disk_full, sha256_file, write_json_atomic, write_manifest,
                             write_text_atomic)
@@ -804,7 +805,7 @@ def _run_grid(spec: SweepSpec, sweep_dir: Path, cells: list[Cell], configs: dict
         if status == "done" and cell.id not in results:  # ran in a subprocess: its result is on disk
             results[cell.id] = json.loads((sweep_dir / "cells" / cell.id / CELL_RESULT_NAME).read_text(encoding="utf-8"))
         if status == "done":
-            aucs = ", ".join(f"{label} AUC {_fmt(test.get('auc'))}" for label, test in results[cell.id]["tests"].items())
+            aucs = ", ".join(f"{label} AUC {format_value(test.get('auc'))}" for label, test in results[cell.id]["tests"].items())
             log(f"    done in {seconds:.0f} s: {aucs}")
         else:
             log(f"    failed after {seconds:.0f} s: {error}")
@@ -909,7 +910,7 @@ def compute_baselines(spec: SweepSpec, cells: list[Cell], configs: dict[str, Any
                       "stratify": stratify, "train_ids": [record["id"] for record in sample], "tests": results}
             write_json_atomic(path, stored)
             log(f"baselines k={shots} seed={seed}{f' ({domain})' if domain else ''}: " + ", ".join(
-                f"{label} {name} {_fmt(metrics['auc'])}" for label, by_name in results.items()
+                f"{label} {name} {format_value(metrics['auc'])}" for label, by_name in results.items()
                 for name, metrics in by_name.items()))
         observations.extend(baseline_observations(stored))
     # full-data references: fitted once per training pool on all of it, shown beside every shots column
@@ -932,7 +933,7 @@ def compute_baselines(spec: SweepSpec, cells: list[Cell], configs: dict[str, Any
                       "train_records": len(pools[train]), "tests": results}
             write_json_atomic(path, stored)
             log(f"full-data references{f' ({domain})' if domain else ''}: " + ", ".join(
-                f"{label} {name} {_fmt(metrics['auc'])}" for label, by_name in results.items()
+                f"{label} {name} {format_value(metrics['auc'])}" for label, by_name in results.items()
                 for name, metrics in by_name.items()))
         observations.extend(reference_observations(stored, shots_columns))
     return observations
@@ -1034,10 +1035,6 @@ def summarize(observations: list[dict]) -> list[dict]:
     return summary
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def _methods(summary: list[dict]) -> list[str]:
     ordered = sorted({(_KIND_ORDER[row["kind"]], row["method"]) for row in summary})
     return [method for _, method in ordered]
@@ -1066,18 +1063,13 @@ def test_users_line(summary: list[dict]) -> str:
 
 def results_table(summary: list[dict],
                   title: str = "AUC (GAUC under it) by training samples (mean ± std over seeds, n)"):
-    """A rich table shaped like TALLRec's Table 1: methods x (test, shots), per-user AUC under each AUC;
+    """A result table shaped like TALLRec's Table 1: methods x (test, shots), per-user AUC under each AUC;
     * marks each column's best AUC."""
-    from rich.table import Table
+    from tallrec_cli.console import Column, ResultTable
 
-    table = Table(title=title, title_justify="left", caption="shots 0 = zero-shot base model; * = best AUC in column; "
-                  "full-data references are fitted on the whole training split\n" + test_users_line(summary),
-                  caption_justify="left", show_lines=True)
-    table.add_column("method")
     columns = _columns(summary)
-    for test, shots in columns:
-        table.add_column(f"{test}\n{'zero-shot' if shots == 0 else shots}", justify="right")
     cells = {(row["method"], row["test"], row["shots"]): row for row in summary}
+    rows = []
     for method in _methods(summary):
         line = [method]
         for test, shots in columns:
@@ -1085,14 +1077,18 @@ def results_table(summary: list[dict],
             if row is None or row["auc_mean"] is None:
                 line.append("")
                 continue
-            text = _fmt(row["auc_mean"]) + (f" ± {row['auc_std']:.4f}" if row["auc_std"] is not None else "")
+            text = format_value(row["auc_mean"]) + (f" ± {row['auc_std']:.4f}" if row["auc_std"] is not None else "")
             text += f" ({row['n']})"
             text = f"[bold]{text} *[/]" if row["best"] else text
             if row.get("gauc_mean") is not None:
-                text += "\ng " + _fmt(row["gauc_mean"]) + (f" ± {row['gauc_std']:.4f}" if row["gauc_std"] is not None else "")
+                text += "\ng " + format_value(row["gauc_mean"]) + (f" ± {row['gauc_std']:.4f}"
+                                                                   if row["gauc_std"] is not None else "")
             line.append(text)
-        table.add_row(*line)
-    return table
+        rows.append(line)
+    caption = ("shots 0 = zero-shot base model; * = best AUC in column; full-data references are fitted on the "
+               "whole training split\n" + test_users_line(summary))
+    return ResultTable(title, [Column("method"), *(Column(f"{test} {'zero-shot' if shots == 0 else shots}", True)
+                                                   for test, shots in columns)], rows, caption=caption, lines=True)
 
 
 def write_report(sweep_dir: str | Path, summary: list[dict], observations: list[dict], config_hash: str | None) -> dict:

@@ -545,25 +545,6 @@ def check_schedule(config: TrainConfig, train_records: int, world_size: int = 1)
 
 # --------------------------------------------------------------------------------------- training
 
-def _quiet_libraries() -> None:
-    import logging
-    import warnings
-
-    for name in ("trl", "bitsandbytes", "peft"):  # before their import: bitsandbytes talks while loading
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", module="bitsandbytes")
-    warnings.filterwarnings("ignore", message=".*(gradient checkpointing|use_cache|torch.utils.checkpoint).*")
-
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-
-
 def build_model(config: TrainConfig, source):
     """Base model (quantized when asked) wrapped in a trainable LoRA adapter."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -772,7 +753,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     ``callbacks`` (extra TrainerCallbacks) run before tallrec's own. With ``resume`` the latest
     checkpoint under RUN/checkpoints is continued.
     """
-    from tallrec_cli.console import err_console
+    from tallrec_cli.console import err_console, quiet_libraries
     from tallrec_cli.io import write_manifest
     from tallrec_cli.lm_head import install_compact_lm_head
     from tallrec_cli.models import (base_model_config_summary, load_tokenizer, model_identity, release_memory,
@@ -782,7 +763,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
 
     started = time.monotonic()
     preflight(config, resume)
-    _quiet_libraries()
+    quiet_libraries()
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed
     from trl import SFTTrainer
@@ -1085,11 +1066,12 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
     no weights are loaded (the model is built on the meta device from its config)."""
     import numpy as np
 
+    from tallrec_cli.console import quiet_libraries
     from tallrec_cli.models import load_tokenizer, resolve_model_source
     from tallrec_cli.prompts import load_template
 
     preflight(config, check_output=False)
-    _quiet_libraries()
+    quiet_libraries()
     model_config, tokenizer_location = _model_config(config)
     counts = count_parameters(model_config, config.lora)
     result: dict[str, Any] = {"config": to_dict(config), "parameters": counts, "data": None, "notes": []}

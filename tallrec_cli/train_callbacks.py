@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 
 from tallrec_cli.fsdp import root_gathered, trainable_state
 from tallrec_cli.io import replace_dir
-from tallrec_cli.metrics import group_auc, safe_auc
+from tallrec_cli.metrics import group_auc, log_loss, safe_auc
 from tallrec_cli.prompts import LabelTokens
 from tallrec_cli.scoring import score_prompts
 
@@ -66,13 +66,6 @@ class TrainingStatus:
             return True
         self.evals_since_best += 1
         return False
-
-
-def binary_log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Validation loss = log loss of P(yes): cheap (same forward as AUC) and defined with one class."""
-    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
-    y = labels.astype(np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def training_autocast(model, args):
@@ -160,7 +153,7 @@ class ValidationCallback(TrainerCallback):
         finally:
             self.status.phase = ""
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": None,
-               "val_auc": safe_auc(self.labels, scores), "val_loss": binary_log_loss(self.labels, scores),
+               "val_auc": safe_auc(self.labels, scores), "val_loss": log_loss(self.labels, scores),
                "elapsed_s": round(self.status.elapsed_before + time.monotonic() - self.started, 2)}
         if self.users is not None:
             row["val_gauc"] = group_auc(self.labels, scores, self.users)[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from adapters.registry import add_adapter, default_store, list_adapters, verify_adapter
+from tallrec_cli.registry import add_adapter, default_store, list_adapters, verify_adapter
 from tallrec_cli.cli import app
 from tallrec_cli.errors import ArtifactError
 from tests.export_helpers import make_train_run

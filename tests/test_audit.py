@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from data_builders.structure import HistoryItem, render_input, structure_fields
-from data_builders.templates import load_template
+from data_builders.templates import load_record_template
 from tallrec_cli.audit import AuditSpec, Scorer, baseline_scorer, run_audit
 from tallrec_cli.cli import app
 from tallrec_cli.errors import TallrecError
 from tallrec_cli.io import write_jsonl_atomic, write_manifest
 
-TEMPLATE = load_template("tallrec-movie")
+TEMPLATE = load_record_template("tallrec-movie")
 
 
 def record(user: str, item: int, label: int, timestamp: int, history: list[tuple[int, bool]]) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from data_builders.build import build_config, build_dataset
 from data_builders.selection import RELEVANT_SUFFIX, ItemVectors, relevant_positions
 from data_builders.structure import HistoryItem, render_input, shortened
-from data_builders.templates import load_template
+from data_builders.templates import load_record_template
 from tallrec_cli.errors import ConfigError
 from tallrec_cli.io import read_jsonl
 
@@ -121,12 +121,12 @@ def test_context_counts_exclude_the_record_and_later_ones(tmp_path):
         assert f"{sum(item)} of {len(item)} ratings of the target movie" in record["input"]
     assert manifest["context"]["cold"]["train"]["users"] == 40  # each user's first training record
     # training-time shortening re-renders the context line
-    short = shortened(data["test"][0], 1, load_template("tallrec-movie-context"))
+    short = shortened(data["test"][0], 1, load_record_template("tallrec-movie-context"))
     assert "ratings of the target movie were likes" in short["input"]
 
 
 def test_plain_template_ignores_context_and_is_unchanged():
-    template = load_template("tallrec-movie")
+    template = load_record_template("tallrec-movie")
     items = [HistoryItem("A (1995)", True), HistoryItem("B (1996)", False)]
     plain = render_input(template, 0, items, "C (1997)")
     assert render_input(template, 0, items, "C (1997)", {"item_likes": 1, "item_ratings": 2, "user_likes": 3,
@@ -163,7 +163,7 @@ def test_text_similarity_embeds_titles_once_and_caches(tmp_path, tiny_model_dir)
 def test_imported_text_with_a_context_line_parses_back_to_its_numbers():
     from data_builders.structure import parse_input
 
-    template = load_template("tallrec-movie-context")
+    template = load_record_template("tallrec-movie-context")
     items = [HistoryItem("A (1995)", True), HistoryItem("B (1996)", False)]
     context = {"item_likes": 3, "item_ratings": 7, "user_likes": 11, "user_ratings": 20}
     record = {"instruction": template.variants[0]["instruction"],

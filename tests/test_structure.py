@@ -13,14 +13,14 @@ from data_builders.importer import import_tallrec
 from data_builders.structure import (
     HistoryItem, drop_history, find_template, history, parse_input, render_input, shortened, structure_fields,
 )
-from data_builders.templates import load_template, template_names
+from data_builders.templates import load_record_template, template_names
 from tallrec_cli.train import fit_record
 
 TITLES = ["Toy Story (1995)", "Heat (1995)", "Fargo (1996)", "Casino (1995)", "Babe (1995)", "Se7en (1995)"]
 
 
 def structured_record(template_name: str, variant: int, length: int = 12) -> dict:
-    template = load_template(template_name)
+    template = load_record_template(template_name)
     # book templates print item texts as they are: TALLRec's book texts open with the quoted title
     form = '"{}" written by A. Author' if template.history_item == "{item}" else "{}"
     items = [HistoryItem(form.format(TITLES[k % len(TITLES)] + f" #{k}"), k % 3 != 0, str(k)) for k in range(length)]
@@ -30,13 +30,13 @@ def structured_record(template_name: str, variant: int, length: int = 12) -> dic
 
 
 def every_variant():
-    return [(name, variant) for name in template_names() for variant in range(len(load_template(name).variants))]
+    return [(name, variant) for name in template_names() for variant in range(len(load_record_template(name).variants))]
 
 
 @pytest.mark.parametrize(("name", "variant"), every_variant())
 def test_every_shipped_template_round_trips_through_its_text(name, variant):
     record = structured_record(name, variant)
-    parsed = parse_input(record, [load_template(name)])
+    parsed = parse_input(record, [load_record_template(name)])
     assert parsed is not None
     assert [item["title"] for item in parsed["history"] if item["liked"]] == \
         [item.title for item in history(record) if item.liked]
@@ -47,7 +47,7 @@ def test_every_shipped_template_round_trips_through_its_text(name, variant):
 
 @pytest.mark.parametrize(("name", "variant"), every_variant())
 def test_shortening_re_renders_through_the_record_template(name, variant):
-    template = load_template(name)
+    template = load_record_template(name)
     record = structured_record(name, variant)
     short = shortened(record, 5, template)
     kept = history(short)
@@ -67,24 +67,24 @@ def test_drop_history_takes_the_oldest_of_the_longer_side():
 @pytest.mark.parametrize("name", template_names())
 def test_fit_record_shortens_every_template_and_keeps_answer_and_target(name, tiny_model_dir):
     from tallrec_cli.models import load_tokenizer, resolve_model_source
-    from tallrec_cli.prompts import load_template as load_prompt_template
+    from tallrec_cli.prompts import load_template
 
     tokenizer = load_tokenizer(resolve_model_source(str(tiny_model_dir)))
-    prompt = load_prompt_template("alpaca")
-    for variant in range(len(load_template(name).variants)):
+    prompt = load_template("alpaca")
+    for variant in range(len(load_record_template(name).variants)):
         record = structured_record(name, variant, length=30)
         completion = record["output"] + tokenizer.eos_token
         full = len(tokenizer(prompt.render(record, tokenizer) + completion)["input_ids"])
-        fitted, cut = fit_record(record, tokenizer, prompt, completion, full - 40, load_template(name))
+        fitted, cut = fit_record(record, tokenizer, prompt, completion, full - 40, load_record_template(name))
         assert cut and len(history(fitted)) < 30
         assert len(tokenizer(prompt.render(fitted, tokenizer) + completion)["input_ids"]) <= full - 40
-        assert fitted["input"] == render_input(load_template(name), variant, history(fitted), "Jumanji (1995)")
+        assert fitted["input"] == render_input(load_record_template(name), variant, history(fitted), "Jumanji (1995)")
         assert fitted["output"] == record["output"]
 
 
 def test_a_custom_template_travels_with_the_dataset(tmp_path):
     custom = tmp_path / "mine.yaml"
-    custom.write_text((load_template.__globals__["TEMPLATES_DIR"] / "tallrec-movie.yaml").read_text()
+    custom.write_text((load_record_template.__globals__["TEMPLATES_DIR"] / "tallrec-movie.yaml").read_text()
                       .replace("name: tallrec-movie", "name: mine").replace("User Preference", "Loved"))
     build_dataset(build_config("movielens-latest", None, {"output": str(tmp_path / "data"), "template": str(custom),
                                                           "max_records": 200}))
@@ -105,7 +105,7 @@ def test_built_records_render_from_their_structure(tmp_path):
 
 
 def test_imported_tallrec_json_is_parsed_once_into_the_same_fields(tmp_path):
-    book = {"instruction": load_template("tallrec-book").variants[0]["instruction"], "output": "No.",
+    book = {"instruction": load_record_template("tallrec-book").variants[0]["instruction"], "output": "No.",
             "input": 'User Preference: "The Bean Trees" written by Barbara Kingsolver, "Sula" written by Toni Morrison\n'
                      'User Unpreference: \nWhether the user will like the target book ""Beloved" written by Toni '
                      'Morrison"?'}

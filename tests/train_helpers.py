@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 from data_builders.structure import HistoryItem, render_input, structure_fields
-from data_builders.templates import load_template
+from data_builders.templates import load_record_template
 from tallrec_cli.train import TrainConfig, load_train_config
 
-MOVIE_TEMPLATE = load_template("tallrec-movie")
+MOVIE_TEMPLATE = load_record_template("tallrec-movie")
 INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will like the target movie "
                'by answering "Yes." or "No.".')
 LIKED = ["Toy Story (1995)", "Star Wars (1977)", "Fargo (1996)"]

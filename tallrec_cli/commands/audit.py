@@ -6,10 +6,14 @@ from pathlib import Path
 
 import typer
 
-from tallrec_cli.commands.evaluate import ADAPTER_HELP, MODEL_HELP, _check_choice, _load, _train_records
+from tallrec_cli.commands._common import Dtype, ScoreMode, command_app
+from tallrec_cli.commands.evaluate import ADAPTER_HELP, MODEL_HELP, _load, _train_records
 from tallrec_cli.console import console, err_console, progress
 
+app = command_app()
 
+
+@app.command("audit")
 def audit_command(
     test: str = typer.Option(..., "--test", "-t", help="Test file (.jsonl, TALLRec .json) or dataset folder."),
     output: str = typer.Option(..., "--output", "-o", help="Folder for audit.json, the PNGs and manifest.json."),
@@ -22,10 +26,10 @@ def audit_command(
     split: str = typer.Option("test", help="Split to read when --test is a dataset folder."),
     limit: int = typer.Option(None, help="Audit only the first N test records."),
     warm_min: int = typer.Option(10, help="Training records from which a user or item counts as warm."),
-    score: str = typer.Option("pair", "--score", help="pair or tallrec (see `tallrec eval --help`)."),
+    score: ScoreMode = typer.Option("pair", "--score", help="See `tallrec eval --help`."),
     template: str = typer.Option(None, help="Prompt template (default: the run's, else alpaca)."),
     batch_size: int = typer.Option(None, help="Prompts per forward pass (default: the largest expected to fit)."),
-    dtype: str = typer.Option("auto", help="auto (bf16 where fast), bfloat16, float16, float32."),
+    dtype: Dtype = typer.Option("auto", help="auto: bf16 where fast."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals (0: none)."),
     seed: int = typer.Option(0, help="Seed of the history shuffle and the bootstrap."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write slices.png and history.png."),
@@ -49,9 +53,7 @@ def audit_command(
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import load_test_records
     from tallrec_cli.io import sha256_file
-    from tallrec_cli.scoring import SCORE_MODES
 
-    _check_choice(score, SCORE_MODES, "--score")
     if sum(bool(choice) for choice in (model or adapter, baseline)) != 1:
         raise ConfigError("audit one scorer: a model (--model and/or --adapter) or --baseline NAME",
                           "e.g. --baseline gbdt --train DATASET, or --adapter RUN")
@@ -89,8 +91,3 @@ def audit_command(
     for line in summary_lines(audit):
         console.print(line, highlight=False)
     console.print(f"written to {folder}", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    """Add `audit` to ``app``."""
-    app.command("audit")(audit_command)

@@ -8,14 +8,11 @@ from typing import Any
 
 import typer
 
-from tallrec_cli.commands._common import set_option
+from tallrec_cli.commands._common import DataFormat, HistoryStrategy, Source, Split, command_app, set_option
 from tallrec_cli.config import deep_merge, parse_overrides
 from tallrec_cli.console import console, err_console, progress, table
 
-data_app = typer.Typer(help="Build, import, sample and describe recommendation datasets.", no_args_is_help=True,
-                       rich_markup_mode="markdown")
-
-SOURCES_HELP = "movielens-100k, movielens-1m, movielens-latest, bookcrossing, amazon or csv"
+app = command_app("data", help="Build, import, sample and describe recommendation datasets.")
 
 
 @contextmanager
@@ -45,21 +42,21 @@ def _split_table(title: str, manifest: dict):
     return table(title, ["split", "records", "positives", "positive rate", "users"], rows)
 
 
-@data_app.command("build")
-def build(
-    source: str = typer.Argument(..., help=f"Raw data format: {SOURCES_HELP}.", show_default=False),
+@app.command("build")
+def build_command(
+    source: Source = typer.Argument(..., help="Raw data format.", show_default=False),
     path: Path = typer.Option(None, "--path", help="Folder with the raw files (a file for amazon/csv); default: "
                               "bundled ml-latest-small for movielens-latest.", show_default=False),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder [default: data/SOURCE].",
                                 show_default=False),
     preset: str = typer.Option(None, "--preset", help="Settings bundle: tallrec, many-users or full (flags and --set win).",
                                show_default=False),
-    fmt: str = typer.Option(None, "--format", help="jsonl (default) or tallrec-json.", show_default=False),
-    split: str = typer.Option(None, "--split", help="tallrec (default), leave-last-out, last-n (--set split_last=N), temporal or user.",
-                              show_default=False),
+    fmt: DataFormat = typer.Option(None, "--format", help="Record files [default: jsonl].", show_default=False),
+    split: Split = typer.Option(None, "--split", help="How records go to train/valid/test [default: tallrec]; last-n "
+                                "takes --set split_last=N.", show_default=False),
     history_len: int = typer.Option(None, "--history-len", help="Previous interactions per record [default: 10].",
                                     show_default=False),
-    history: str = typer.Option(None, "--history", help="Which K history items: recent (default), relevant (K of "
+    history: HistoryStrategy = typer.Option(None, "--history", help="Which K history items: recent (default), relevant (K of "
                                 "the last N most similar to the target; --set history_pool=N similarity=text|"
                                 "collaborative) or mixed (training records in both views).", show_default=False),
     max_records: int = typer.Option(None, "--max-records", help="Keep the last N records, 0 for all "
@@ -90,7 +87,7 @@ def build(
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Skip and count malformed rows."),
     download: bool = typer.Option(False, "--download", help="Download the MovieLens archive (cached, verified)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
-    overrides: list[str] = set_option(),
+    overrides: list[str] = set_option("like_threshold=4"),
 ) -> None:
     """Build train/valid/test records from a raw rating log.
 
@@ -129,12 +126,12 @@ def build(
                                manifest))
 
 
-@data_app.command("import")
-def import_(
+@app.command("import")
+def import_command(
     files: list[Path] = typer.Argument(..., help="TALLRec JSON files (train.json valid.json test.json ...).",
                                        show_default=False),
     output: Path = typer.Option(..., "--output", "-o", help="Dataset folder to create.", show_default=False),
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl or tallrec-json (byte-identical re-write)."),
+    fmt: DataFormat = typer.Option("jsonl", "--format", help="tallrec-json: a byte-identical re-write."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
 ) -> None:
     """Validate TALLRec's JSON files and turn them into a dataset folder (each file stem is a split).
@@ -149,8 +146,8 @@ def import_(
     console.print(_split_table(f"imported -> {output}", manifest))
 
 
-@data_app.command("sample")
-def sample(
+@app.command("sample")
+def sample_command(
     dataset: Path = typer.Argument(..., help="Dataset folder (or one .jsonl/.json file).", show_default=False),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the subsets.", show_default=False),
     shots: str = typer.Option("16,64,256", "--shots", help="Comma-separated subset sizes."),
@@ -174,8 +171,8 @@ def sample(
                         ["file", "shots", "seed", "positives"], rows))
 
 
-@data_app.command("stats")
-def stats(
+@app.command("stats")
+def stats_command(
     dataset: Path = typer.Argument(..., help="Dataset folder.", show_default=False),
     tokenizer: str = typer.Option(None, "--tokenizer", help="Model whose tokenizer measures prompt lengths in "
                                   "tokens: a local folder, a .gguf file or smollm2-135m.", show_default=False),
@@ -195,8 +192,3 @@ def stats(
     if tokenizer:
         columns += ["tokens_mean", "tokens_p95", "tokens_max"]
     console.print(table(f"{dataset}", [c.replace("_", " ") for c in columns], [[r[c] for c in columns] for r in rows]))
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `data` command group to ``app``."""
-    app.add_typer(data_app, name="data")

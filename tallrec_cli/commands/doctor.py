@@ -6,48 +6,42 @@ from pathlib import Path
 
 import typer
 
-from tallrec_cli.commands._common import set_option
+from tallrec_cli.commands._common import command_app, set_option
+
+app = command_app()
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `doctor` command to ``app``."""
+@app.command("doctor")
+def doctor_command(
+    recipe: Path = typer.Argument(None, help="Also check whether this train recipe fits the free memory here.",
+                                  show_default=False),
+    overrides: list[str] = set_option("training.micro_batch_size=4"),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON instead of a table."),
+) -> None:
+    """Check torch/CUDA/driver, GPUs and free memory, bf16, a real bitsandbytes 4-bit and 8-bit matmul,
+    SDPA/flash attention, free disk, the embedded model and, for a recipe, whether it fits.
 
-    @app.command("doctor")
-    def doctor_command(
-        recipe: Path = typer.Argument(None, help="Also check whether this train recipe fits the free memory here.",
-                                      show_default=False),
-        overrides: list[str] = set_option(),
-        as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON instead of a table."),
-    ) -> None:
-        """Check torch/CUDA/driver, GPUs and free memory, bf16, a real bitsandbytes 4-bit and 8-bit matmul,
-        SDPA/flash attention, free disk, the embedded model and, for a recipe, whether it fits.
+    Exits 1 when a check fails. Examples:
 
-        Exits 1 when a check fails. Examples:
+    `tallrec doctor`
 
-        `tallrec doctor`
+    `tallrec doctor recipes/llama-3-8b-qlora.yaml --set training.micro_batch_size=4`
+    """
+    import json
 
-        `tallrec doctor recipes/llama-3-8b-qlora.yaml --set training.micro_batch_size=4`
-        """
-        import json
+    from tallrec_cli.config import parse_overrides
+    from tallrec_cli.console import ResultTable, console
+    from tallrec_cli.doctor import run_checks, worst_verdict
 
-        from rich.table import Table
-
-        from tallrec_cli.config import parse_overrides
-        from tallrec_cli.console import console
-        from tallrec_cli.doctor import run_checks, worst_verdict
-
-        checks = run_checks(recipe, parse_overrides(overrides), with_recipe=bool(overrides))
-        if as_json:
-            typer.echo(json.dumps([check.as_dict() for check in checks], indent=2))
-        else:
-            table = Table(title="tallrec doctor", title_justify="left")
-            for column in ("check", "verdict", "detail / fix"):
-                table.add_column(column, overflow="fold")
-            for check in checks:
-                text = check.detail + (f"\n[yellow]fix:[/] {check.fix}" if check.fix and check.verdict != "ok" else "")
-                table.add_row(check.name, f"[{_STYLE[check.verdict]}]{check.verdict}[/]", text)
-            console.print(table)
-        if worst_verdict(checks) == "fail":
-            raise typer.Exit(1)
+    checks = run_checks(recipe, parse_overrides(overrides), with_recipe=bool(overrides))
+    if as_json:
+        typer.echo(json.dumps([check.as_dict() for check in checks], indent=2))
+    else:
+        rows = [[check.name, f"[{_STYLE[check.verdict]}]{check.verdict}[/]",
+                 check.detail + (f"\n[yellow]fix:[/] {check.fix}" if check.fix and check.verdict != "ok" else "")]
+                for check in checks]
+        console.print(ResultTable("tallrec doctor", ["check", "verdict", "detail / fix"], rows))
+    if worst_verdict(checks) == "fail":
+        raise typer.Exit(1)

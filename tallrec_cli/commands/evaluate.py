@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
+from tallrec_cli.commands._common import Domain, Dtype, PrefixCache, Quantization, ScoreMode, command_app
 from tallrec_cli.console import console, err_console, progress, table
+
+app = command_app()
 
 MODEL_HELP = "Base model: smollm2-135m, a local folder, a .gguf file, a hub id, or a merged export folder."
 ADAPTER_HELP = "A train run folder, an adapter export folder (their manifests name base model, template, labels)."
@@ -33,34 +36,18 @@ def _local(model: str | None) -> str | None:
     return model if model and Path(model).exists() else None
 
 
-def _check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
-    from tallrec_cli.errors import ConfigError
-
-    if value not in choices:
-        raise ConfigError(f"{option} {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _interval(value, interval) -> str:
-    from tallrec_cli.compare import short_interval
-
-    return "-" if value is None else f"{value:.4f}" + ("\n" + short_interval(interval) if interval else "")
-
-
 def metrics_table(title: str, rows: list[tuple[str, dict]]):
-    """AUC and GAUC with their 95% intervals (under the value), users carrying GAUC, log-loss and ECE:
-    the eval summary at 80 columns."""
-    from rich.table import Table
+    """AUC and GAUC with their 95% intervals (under the value), users carrying GAUC, log-loss and ECE."""
+    from tallrec_cli.console import Column, ResultTable, value_with_interval
 
-    result = Table(title=title, title_justify="left", show_lines=True)
-    for column in ("test", "records", "users\n(GAUC)", "AUC\n95% CI", "GAUC\n95% CI", "log-loss", "ECE"):
-        result.add_column(column, justify="left" if column == "test" else "right", no_wrap=column != "test")
+    lines = []
     for name, metrics in rows:
         users = "-" if metrics.get("users") is None else f"{metrics['users']}\n({metrics['gauc_users']})"
-        result.add_row(name, str(metrics["records"]), users, _interval(metrics["auc"], metrics["auc_ci95"]),
-                       _interval(metrics["gauc"], metrics.get("gauc_ci95")), f"{metrics['log_loss']:.4f}",
-                       f"{metrics['ece']:.4f}")
-    return result
+        lines.append([name, str(metrics["records"]), users, value_with_interval(metrics["auc"], metrics["auc_ci95"]),
+                      value_with_interval(metrics["gauc"], metrics.get("gauc_ci95")), f"{metrics['log_loss']:.4f}",
+                      f"{metrics['ece']:.4f}"])
+    return ResultTable(title, [Column("test"), *(Column(name, True) for name in (
+        "records", "users\n(GAUC)", "AUC\n95% CI", "GAUC\n95% CI", "log-loss", "ECE"))], lines, lines=True)
 
 
 def _run_manifest(adapter: str | None) -> dict | None:
@@ -79,21 +66,23 @@ def _train_records(train: str | None, adapter: str | None):
     return (load_split(train, "train"), train) if train else (None, None)
 
 
+@app.command("eval")
 def eval_command(
     test: list[str] = typer.Option(..., "--test", "-t", help="Test file (.jsonl, TALLRec .json) or dataset folder; repeatable."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     adapter: str = typer.Option(None, "--adapter", "-a", help=ADAPTER_HELP),
     output: str = typer.Option(None, "--output", "-o", help="Results root (default: RUN/eval); one sub-folder per test."),
     split: str = typer.Option("test", help="Split to read from dataset folders."),
-    score: str = typer.Option("pair", "--score", help="pair: softmax over the two label logits; tallrec: TALLRec's "
+    score: ScoreMode = typer.Option("pair", "--score", help="pair: softmax over the two label logits; tallrec: TALLRec's "
                               "full-vocabulary softmax then softmax over the two probabilities."),
     template: str = typer.Option(None, help="Prompt template (default: the run's, else alpaca)."),
     label_words: str = typer.Option(None, help="Positive,negative label words (default: the run's, else Yes,No)."),
     batch_size: int = typer.Option(None, min=1, help="Prompts per forward pass (default: the largest expected to "
                                    "fit; halved on out-of-memory)."),
-    prefix_cache: str = typer.Option("auto", help="Run the prompt prefix all records share once: auto, on, off."),
-    dtype: str = typer.Option("auto", help="auto (bf16 where fast), bfloat16, float16, float32."),
-    quantization: str | None = typer.Option(None, help="none, 8bit, 4bit (default: the adapter's training)."),
+    prefix_cache: PrefixCache = typer.Option("auto", help="Run the prompt prefix all records share once."),
+    dtype: Dtype = typer.Option("auto", help="auto: bf16 where fast."),
+    quantization: Quantization | None = typer.Option(None, help="Default: the adapter's training.",
+                                                      show_default=False),
     limit: int = typer.Option(None, min=1, help="Evaluate only the first N records of each test (and of the "
                               "validation split an --ensemble is fitted on; default: all)."),
     bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the AUC 95% interval (0: none)."),
@@ -134,10 +123,7 @@ def eval_command(
     from tallrec_cli.errors import ConfigError
     from tallrec_cli.evaluate import eval_output_root, evaluate_tests, load_tests, model_scorer
     from tallrec_cli.io import check_output_folder, refuse_overlap
-    from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
 
-    _check_choice(score, SCORE_MODES, "--score")
-    _check_choice(prefix_cache, PREFIX_CACHE_MODES, "--prefix-cache")
     baselines, references, ensembles = parse_names(baseline), parse_names(compare), parse_names(ensemble)
     has_model = bool(model or adapter)
     if not has_model and not baselines:
@@ -202,20 +188,22 @@ def _notes(results) -> None:
         console.print(f"{name}: {result['folder']}", highlight=False)
 
 
+@app.command("predict")
 def predict_command(
     input: str = typer.Option(..., "--input", "-i", help="Candidates (.jsonl or .csv): liked, disliked (titles "
                               "separated by | or JSON lists), candidate, optional user and label; or TALLRec records."),
     output: str = typer.Option(..., "--output", "-o", help="Where to write P(yes) per row (.jsonl or .csv)."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     adapter: str = typer.Option(None, "--adapter", "-a", help=ADAPTER_HELP),
-    domain: str = typer.Option("movie", help="Wording of the built prompt: movie or book."),
-    score: str = typer.Option("pair", "--score", help="pair or tallrec (see `tallrec eval --help`)."),
+    domain: Domain = typer.Option("movie", help="Wording of the built prompt."),
+    score: ScoreMode = typer.Option("pair", "--score", help="See `tallrec eval --help`."),
     template: str = typer.Option(None, help="Prompt template (default: the run's, else alpaca)."),
     label_words: str = typer.Option(None, help="Positive,negative label words (default: the run's, else Yes,No)."),
     batch_size: int = typer.Option(None, min=1, help="Prompts per forward pass (default: the largest expected to fit)."),
-    prefix_cache: str = typer.Option("auto", help="auto, on, off."),
-    dtype: str = typer.Option("auto", help="auto, bfloat16, float16, float32."),
-    quantization: str | None = typer.Option(None, help="none, 8bit, 4bit (default: the adapter's training)."),
+    prefix_cache: PrefixCache = typer.Option("auto", help="Run the prompt prefix all records share once."),
+    dtype: Dtype = typer.Option("auto", help="auto: bf16 where fast."),
+    quantization: Quantization | None = typer.Option(None, help="Default: the adapter's training.",
+                                                      show_default=False),
     rank: bool = typer.Option(False, "--rank", help="Rank each user's candidates by P(yes); HR@K / NDCG@K with labels."),
     k: str = typer.Option("1,3,5,10", "--k", help="Cut-offs for HR@K / NDCG@K."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
@@ -234,13 +222,9 @@ def predict_command(
     from tallrec_cli.calibration import calibration_for
     from tallrec_cli.ensemble import load_blend, refit_baseline
     from tallrec_cli.errors import ConfigError
-    from tallrec_cli.evaluate import DOMAINS, predict_rows, read_candidates, write_predictions
+    from tallrec_cli.evaluate import predict_rows, read_candidates, write_predictions
     from tallrec_cli.io import check_writable, refuse_overlap
-    from tallrec_cli.scoring import PREFIX_CACHE_MODES, SCORE_MODES
 
-    _check_choice(score, SCORE_MODES, "--score")
-    _check_choice(prefix_cache, PREFIX_CACHE_MODES, "--prefix-cache")
-    _check_choice(domain, DOMAINS, "--domain")
     try:
         ks = sorted({int(part) for part in k.split(",") if part.strip()})
     except ValueError:
@@ -270,9 +254,3 @@ def predict_command(
                                                       for cut in ks]))
     elif "ranking_note" in summary:
         console.print(f"[yellow]{summary['ranking_note']}[/]", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    """Add `eval` and `predict` to ``app``."""
-    app.command("eval")(eval_command)
-    app.command("predict")(predict_command)

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from tallrec_cli.commands._common import set_option
+from tallrec_cli.commands._common import command_app, set_option
 
 
 class DefaultRunGroup(TyperGroup):
@@ -27,8 +27,8 @@ class DefaultRunGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-sweep_app = typer.Typer(
-    cls=DefaultRunGroup, no_args_is_help=True, rich_markup_mode="markdown",
+app = command_app(
+    "sweep", cls=DefaultRunGroup,
     help="Few-shot sweeps: `tallrec sweep RECIPE --shots 16,64,256 --seeds 0,1,2 --test FILE --output DIR`, "
          "or `tallrec sweep report DIR`.")
 
@@ -44,7 +44,7 @@ def _device_list(text: str | None) -> list[str] | None:
     return devices or None
 
 
-@sweep_app.command("run")
+@app.command("run")
 def run_command(
     recipe: Path = typer.Argument(..., help="A sweep YAML (recipes/sweeps/*.yaml, has a `recipe` key) or a train recipe.",
                                   show_default=False),
@@ -56,7 +56,7 @@ def run_command(
                                     show_default=False),
     axes: list[str] = typer.Option([], "--axis", help="Extra grid axis KEY=V1,V2, e.g. lora.r=8,16 or model=a,b (repeatable).",
                                    show_default=False),
-    overrides: list[str] = set_option(),
+    overrides: list[str] = set_option("training.lr=3e-4"),
     test_limit: int = typer.Option(None, "--test-limit", help="Evaluate the first N records of each test only.",
                                    show_default=False),
     baselines: bool = typer.Option(None, "--baselines/--no-baselines", help="Popularity and logistic-regression rows "
@@ -119,7 +119,7 @@ def _emit(kind: str, spec, output: Path, overwrite: bool, slurm_options: list[st
                   f"submit: sbatch {emitted.script}\nthen: tallrec sweep report {output}", highlight=False, soft_wrap=True)
 
 
-@sweep_app.command("report")
+@app.command("report")
 def report_command(
     sweep_dir: Path = typer.Argument(..., help="A sweep folder.", show_default=False),
 ) -> None:
@@ -142,7 +142,7 @@ def report_command(
                       highlight=False)
 
 
-@sweep_app.command("run-cell", hidden=True)
+@app.command("run-cell", hidden=True)
 def run_cell_command(
     sweep_dir: Path = typer.Argument(...),
     cell_id: str = typer.Argument(...),
@@ -159,8 +159,3 @@ def run_cell_command(
             raise
         err_console.print(f"error: disk full while running cell {cell_id}: {exc}", highlight=False)
         raise typer.Exit(errno.ENOSPC) from None  # the parent reads this exit code as "disk full"
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `sweep` group (run, report) to ``app``."""
-    app.add_typer(sweep_app, name="sweep")

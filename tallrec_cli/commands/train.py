@@ -7,7 +7,9 @@ from typing import Any
 
 import typer
 
-from tallrec_cli.commands._common import set_option
+from tallrec_cli.commands._common import ReportTo, command_app, set_option
+
+app = command_app()
 
 
 def _flag_overrides(model: str | None, train: str | None, valid: str | None, shots: int | None, seed: int | None,
@@ -22,74 +24,71 @@ def _flag_overrides(model: str | None, train: str | None, valid: str | None, sho
     return nested
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `train` command to ``app``."""
+@app.command("train")
+def train_command(
+    recipe: Path = typer.Argument(None, help="Recipe YAML (default: the settings of recipes/smollm2-135m-lora.yaml).",
+                                  show_default=False),
+    overrides: list[str] = set_option("lora.r=16"),
+    model: str = typer.Option(None, "--model", help="Base model (sets model.name).", show_default=False),
+    train: str = typer.Option(None, "--train", help="Training records: dataset folder or file (data.train).", show_default=False),
+    valid: str = typer.Option(None, "--valid", help="Validation records (data.valid).", show_default=False),
+    shots: int = typer.Option(None, "--shots", help="Few-shot training records (data.shots).", show_default=False),
+    seed: int = typer.Option(None, "--seed", help="Training seed (training.seed).", show_default=False),
+    output: str = typer.Option(None, "--output", "-o", help="Run folder (output.dir).", show_default=False),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that already holds a run."),
+    report_to: ReportTo = typer.Option(None, "--report-to", help="Log to tensorboard (RUN/tensorboard), wandb or "
+                                       "mlflow (training.report_to).", show_default=False),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the output folder (its saved config)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show config, sizes and a memory estimate; load no weights."),
+    gpu_memory: float = typer.Option(24.0, "--gpu-memory", help="GPU memory budget in GiB for the --dry-run estimate."),
+    processes: int = typer.Option(None, "--processes", help="--dry-run: also estimate per GPU for N processes "
+                                  "(sharded with training.fsdp).", show_default=False, min=1),
+    accelerate_config: Path = typer.Option(None, "--accelerate-config", help="--dry-run: take N from this "
+                                           "accelerate config file (num_processes).", show_default=False),
+) -> None:
+    """Tune a LoRA / QLoRA adapter TALLRec-style; validation AUC picks the best checkpoint.
 
-    @app.command("train")
-    def train_command(
-        recipe: Path = typer.Argument(None, help="Recipe YAML (default: the settings of recipes/smollm2-135m-lora.yaml).",
-                                      show_default=False),
-        overrides: list[str] = set_option(),
-        model: str = typer.Option(None, "--model", help="Base model (sets model.name).", show_default=False),
-        train: str = typer.Option(None, "--train", help="Training records: dataset folder or file (data.train).", show_default=False),
-        valid: str = typer.Option(None, "--valid", help="Validation records (data.valid).", show_default=False),
-        shots: int = typer.Option(None, "--shots", help="Few-shot training records (data.shots).", show_default=False),
-        seed: int = typer.Option(None, "--seed", help="Training seed (training.seed).", show_default=False),
-        output: str = typer.Option(None, "--output", "-o", help="Run folder (output.dir).", show_default=False),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that already holds a run."),
-        report_to: str = typer.Option(None, "--report-to", help="Log to tensorboard (RUN/tensorboard), wandb, mlflow or "
-                                      "none (training.report_to).", show_default=False),
-        resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the output folder (its saved config)."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Show config, sizes and a memory estimate; load no weights."),
-        gpu_memory: float = typer.Option(24.0, "--gpu-memory", help="GPU memory budget in GiB for the --dry-run estimate."),
-        processes: int = typer.Option(None, "--processes", help="--dry-run: also estimate per GPU for N processes "
-                                      "(sharded with training.fsdp).", show_default=False, min=1),
-        accelerate_config: Path = typer.Option(None, "--accelerate-config", help="--dry-run: take N from this "
-                                               "accelerate config file (num_processes).", show_default=False),
-    ) -> None:
-        """Tune a LoRA / QLoRA adapter TALLRec-style; validation AUC picks the best checkpoint.
+    Writes RUN/config.yaml, metrics.jsonl, adapter/, checkpoints/ and, last, manifest.json.
+    Ctrl-C saves a checkpoint; `--resume` continues from it.
 
-        Writes RUN/config.yaml, metrics.jsonl, adapter/, checkpoints/ and, last, manifest.json.
-        Ctrl-C saves a checkpoint; `--resume` continues from it.
+    Examples:
 
-        Examples:
+    `tallrec train recipes/smollm2-135m-lora.yaml --train data/movielens-100k --shots 64 --seed 0 -o runs/m64`
 
-        `tallrec train recipes/smollm2-135m-lora.yaml --train data/movielens-100k --shots 64 --seed 0 -o runs/m64`
+    `tallrec train recipes/llama-3-8b-qlora.yaml --model /models/llama-3-8b --dry-run --set lora.r=16`
 
-        `tallrec train recipes/llama-3-8b-qlora.yaml --model /models/llama-3-8b --dry-run --set lora.r=16`
+    `tallrec train recipes/llama-3-70b-qlora-fsdp.yaml --dry-run --accelerate-config recipes/accelerate/fsdp2-2gpu.yaml`
+    """
+    from tallrec_cli import train as training
+    from tallrec_cli.config import parse_overrides
+    from tallrec_cli.console import console, err_console
 
-        `tallrec train recipes/llama-3-70b-qlora-fsdp.yaml --dry-run --accelerate-config recipes/accelerate/fsdp2-2gpu.yaml`
-        """
-        from tallrec_cli import train as training
-        from tallrec_cli.config import parse_overrides
-        from tallrec_cli.console import console, err_console
+    flags = _flag_overrides(model, train, valid, shots, seed, output, overwrite, report_to)
+    if resume and overwrite:
+        from tallrec_cli.errors import ConfigError
 
-        flags = _flag_overrides(model, train, valid, shots, seed, output, overwrite, report_to)
-        if resume and overwrite:
-            from tallrec_cli.errors import ConfigError
+        raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
+    if resume:
+        run_dir = output or training.load_train_config(recipe).output.dir
+        config = training.resume_config(run_dir)
+        err_console.print(f"resuming {run_dir} with its saved config.yaml (other options are ignored)")
+    else:
+        from tallrec_cli.config import deep_merge
 
-            raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
-        if resume:
-            run_dir = output or training.load_train_config(recipe).output.dir
-            config = training.resume_config(run_dir)
-            err_console.print(f"resuming {run_dir} with its saved config.yaml (other options are ignored)")
-        else:
-            from tallrec_cli.config import deep_merge
+        config = training.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides, training.TrainConfig)))
+    if dry_run:
+        from tallrec_cli.capacity import per_gpu_fit, processes_from_accelerate_config
 
-            config = training.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides, training.TrainConfig)))
-        if dry_run:
-            from tallrec_cli.capacity import per_gpu_fit, processes_from_accelerate_config
-
-            if accelerate_config is not None:
-                processes = processes_from_accelerate_config(accelerate_config)
-            result = training.dry_run(config, gpu_memory)
-            _render_dry_run(result, console)
-            if processes:
-                _render_per_gpu(per_gpu_fit(config, processes, result["sequence_length"], gpu_memory), console)
-            return
-        summary = training.run_training(config, resume=resume)
-        if training.is_main_process():  # under torchrun / accelerate launch, rank 0 alone reports
-            _render_summary(summary, console)
+        if accelerate_config is not None:
+            processes = processes_from_accelerate_config(accelerate_config)
+        result = training.dry_run(config, gpu_memory)
+        _render_dry_run(result, console)
+        if processes:
+            _render_per_gpu(per_gpu_fit(config, processes, result["sequence_length"], gpu_memory), console)
+        return
+    summary = training.run_training(config, resume=resume)
+    if training.is_main_process():  # under torchrun / accelerate launch, rank 0 alone reports
+        _render_summary(summary, console)
 
 
 def _render_dry_run(result: dict[str, Any], console) -> None:
