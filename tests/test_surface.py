@@ -192,26 +192,24 @@ def test_commands_print_plain_lines_when_stdout_and_stderr_are_not_terminals(tmp
 
 
 def test_a_default_eval_run_prints_no_third_party_noise(tiny_model_dir, tmp_path):
-    """A real process (fresh imports, real stderr) on the tiny offline model: only tallrec's own lines."""
-    test = tmp_path / "test.jsonl"
-    records = [{"instruction": "Given the user's preference and unpreference, identify whether the user will like "
-                "the target movie by answering \"Yes.\" or \"No.\".",
-                "input": "User Preference: \"Toy Story (1995)\"\nUser Unpreference: \"Heat (1995)\"\nWhether the "
-                f"user will like the target movie \"Fargo (1996)\"?", "output": "Yes." if i % 2 else "No."}
-               for i in range(8)]
-    test.write_text("".join(json.dumps(record) + "\n" for record in records))
+    """A real process (fresh imports, real stderr) scoring an adapter run of the tiny offline model, the model
+    alone beside it (`--compare base`): only tallrec's own progress lines on stderr."""
+    from tests.export_helpers import make_train_run, write_valid_data
+
+    test = write_valid_data(tmp_path / "data")
+    run = make_train_run(tmp_path / "run", str(tiny_model_dir))
     env = {key: value for key, value in os.environ.items() if key != "TALLREC_DEBUG"}
     env.update(COLUMNS="80", PYTHONWARNINGS="default")  # warnings on, as a user's shell may have them
-    done = subprocess.run([sys.executable, "-m", "tallrec_cli", "eval", "--model", str(tiny_model_dir), "--test",
-                           str(test), "-o", str(tmp_path / "out"), "--bootstrap", "10", "--dtype", "float32"],
+    done = subprocess.run([sys.executable, "-m", "tallrec_cli", "eval", "--adapter", str(run), "--test", str(test),
+                           "--compare", "base", "--bootstrap", "10", "--dtype", "float32"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    noise = [line for line in done.stderr.splitlines()
-             if re.search(r"warn|it/s\]|%\||Loading weights|gemm_4bit|kernels-community|is_gradient_checkpointing",
-                          line, re.IGNORECASE)]
-    assert not noise, done.stderr
-    assert all(line.startswith("scoring test") for line in done.stderr.splitlines()), done.stderr
+    assert done.stderr.strip() and all(line.startswith("scoring ") for line in done.stderr.splitlines()), done.stderr
     assert "AUC" in done.stdout
+    debug = subprocess.run([sys.executable, "-m", "tallrec_cli", "eval", "--adapter", str(run), "--test", str(test),
+                            "--compare", "base", "--bootstrap", "10", "--dtype", "float32", "--overwrite"],
+                           capture_output=True, text=True, env={**env, "TALLREC_DEBUG": "1"}, timeout=600)
+    assert debug.returncode == 0 and "Warning" in debug.stderr  # the switch hides real noise, and shows it again
 
 
 @pytest.mark.parametrize("command, example", [
