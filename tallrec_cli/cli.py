@@ -41,7 +41,7 @@ def _root(
 
 
 for module in (data, train, evaluate, calibrate, audit, export, adapters, sweep, doctor, keys):
-    app.add_typer(module.app)
+    app.add_typer(module.app, name=module.app.info.name)  # unnamed: its commands join the root
 
 
 INTERRUPTED = 130  # the shell's code for SIGINT; typer turns Ctrl-C into this exit code

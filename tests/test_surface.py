@@ -184,11 +184,14 @@ def test_progress_off_a_terminal_is_plain_lines(capsys):
 
 
 def test_commands_print_plain_lines_when_stdout_and_stderr_are_not_terminals(tmp_path):
-    data = tmp_path / "data"
-    result = CliRunner().invoke(app, ["data", "build", "movielens-latest", "--max-records", "300", "-o", str(data)])
+    result = CliRunner().invoke(app, ["data", "build", "movielens-latest", "--max-records", "300", "-o",
+                                      str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
-    assert "\r" not in result.output and "\x1b" not in result.output
-    assert "positive rate" in result.output.replace("\n", " ") or "positive" in result.output
+    for stream in (result.stdout, result.stderr):
+        assert "\r" not in stream and "\x1b" not in stream
+    progress_lines = [line for line in result.stderr.splitlines() if line.startswith("records: ")]
+    assert progress_lines[0].startswith("records: 0/300") and progress_lines[-1].startswith("records: 300/300")
+    assert "train" in result.stdout and "0.6000" in result.stdout  # the split table, on stdout
 
 
 def test_a_default_eval_run_prints_no_third_party_noise(tiny_model_dir, tmp_path):
@@ -225,6 +228,49 @@ def test_help_examples_of_set_are_keys_of_that_command(command, example):
     key = example.split()[1].split("=")[0]
     keys = {entry.name for entry in config_keys(BuildConfig if command[0] == "data" else TrainConfig)}
     assert key in keys
+
+
+def _leaf_commands():
+    """(path, click command) of every command, through groups."""
+    import typer.main
+
+    stack = [((), typer.main.get_command(app))]
+    while stack:
+        path, command = stack.pop()
+        if hasattr(command, "commands"):  # a group
+            stack += [((*path, name), sub) for name, sub in command.commands.items()]
+        else:
+            yield path, command
+
+
+def test_every_help_example_uses_options_and_keys_of_the_command_it_names():
+    import shlex
+
+    from data_builders.config import BuildConfig
+    from tallrec_cli.config import config_keys
+    from tallrec_cli.train import TrainConfig
+
+    commands = dict(_leaf_commands())
+    keys = {"data": {key.name for key in config_keys(BuildConfig)}, "other": {key.name for key in config_keys(TrainConfig)}}
+    checked = 0
+    for path, command in commands.items():
+        texts = [command.callback.__doc__ or ""] + [getattr(param, "help", None) or "" for param in command.params]
+        for text in texts:
+            for example in re.findall(r"`(tallrec [^`]+)`", text):
+                words = shlex.split(example)[1:]
+                named = next((candidate for candidate in (tuple(words[:2]), tuple(words[:1]), (words[0], "run"))
+                              if candidate in commands), None)
+                assert named, f"{' '.join(path)}: {example} names no command"
+                options = {name for param in commands[named].params for name in (*param.opts, *param.secondary_opts)}
+                for index, word in enumerate(words):
+                    if word.startswith("-") and word not in ("--help", "--slurm-option=--partition=gpu"):
+                        assert word.split("=")[0] in options, f"{' '.join(path)}: {word} in {example}"
+                    if word == "--set":
+                        assert words[index + 1].split("=")[0] in keys.get(named[0], keys["other"]), example
+                checked += 1
+            for key in re.findall(r"`--set ([^`=]+)=", text):
+                assert key == "KEY" or key in keys.get(path[0], keys["other"]), f"{' '.join(path)}: --set {key}"
+    assert checked > 20
 
 
 def test_the_literal_choices_are_the_librarys_own():

@@ -101,7 +101,7 @@ def build_command(
 
     `tallrec data build csv --path log.parquet --user-col uid --item-col iid --time-col ts --items titles.csv`
 
-    Every setting is also a `--set key=value` (e.g. `--set like_threshold=4 --set split_ratios=[0.7,0.15,0.15]`).
+    Every setting is also a `--set KEY=VALUE` (e.g. `--set like_threshold=4 --set split_ratios=[0.7,0.15,0.15]`).
     """
     from data_builders.build import build_config, build_dataset
 

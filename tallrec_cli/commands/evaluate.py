@@ -38,14 +38,14 @@ def _local(model: str | None) -> str | None:
 
 def metrics_table(title: str, rows: list[tuple[str, dict]]):
     """AUC and GAUC with their 95% intervals (under the value), users carrying GAUC, log-loss and ECE."""
-    from tallrec_cli.console import Column, ResultTable, value_with_interval
+    from tallrec_cli.console import Column, ResultTable, format_value, value_with_interval
 
     lines = []
     for name, metrics in rows:
         users = "-" if metrics.get("users") is None else f"{metrics['users']}\n({metrics['gauc_users']})"
         lines.append([name, str(metrics["records"]), users, value_with_interval(metrics["auc"], metrics["auc_ci95"]),
-                      value_with_interval(metrics["gauc"], metrics.get("gauc_ci95")), f"{metrics['log_loss']:.4f}",
-                      f"{metrics['ece']:.4f}"])
+                      value_with_interval(metrics["gauc"], metrics.get("gauc_ci95")), format_value(metrics["log_loss"]),
+                      format_value(metrics["ece"])])
     return ResultTable(title, [Column("test"), *(Column(name, True) for name in (
         "records", "users\n(GAUC)", "AUC\n95% CI", "GAUC\n95% CI", "log-loss", "ECE"))], lines, lines=True)
 

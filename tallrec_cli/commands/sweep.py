@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import Literal
 
 import typer
 from typer.core import TyperGroup
@@ -66,8 +67,9 @@ def run_command(
     keep_going: bool = typer.Option(False, "--keep-going", help="Record a failed cell in the index and go on."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Accept a changed config for an existing sweep folder "
                                    "(cells whose config is unchanged are kept)."),
-    emit: str = typer.Option(None, "--emit", help="Write a cluster script instead of running: slurm (a job array, "
-                             "one cell per task; then `sbatch` it and `tallrec sweep report DIR`).", show_default=False),
+    emit: Literal["slurm"] = typer.Option(None, "--emit", help="Write a cluster script instead of running: slurm "
+                                          "(a job array, one cell per task; then `sbatch` it and `tallrec sweep "
+                                          "report DIR`).", show_default=False),
     slurm_options: list[str] = typer.Option([], "--slurm-option", help="An sbatch option for --emit slurm, e.g. "
                                             "--slurm-option=--partition=gpu (repeatable; default --gres=gpu:1 "
                                             "--cpus-per-task=8).", show_default=False),
@@ -90,7 +92,7 @@ def run_command(
                            test_limit, baselines)
     refuse_overlap(output, [path for tests_ in spec.tests_by_domain().values() for path in tests_.values()])
     if emit is not None:
-        _emit(emit, spec, output, overwrite, slurm_options)
+        _emit_slurm(spec, output, overwrite, slurm_options)
         return
     result = run_sweep(spec, output, overwrite=overwrite, keep_going=keep_going, devices=_device_list(devices),
                        log=lambda message: err_console.print(message, highlight=False, soft_wrap=True))
@@ -105,13 +107,10 @@ def run_command(
         raise typer.Exit(1)
 
 
-def _emit(kind: str, spec, output: Path, overwrite: bool, slurm_options: list[str]) -> None:
+def _emit_slurm(spec, output: Path, overwrite: bool, slurm_options: list[str]) -> None:
     from tallrec_cli.console import console, err_console
-    from tallrec_cli.errors import ConfigError
     from tallrec_cli.slurm import emit_slurm
 
-    if kind != "slurm":
-        raise ConfigError(f"--emit {kind!r} is not supported", "use --emit slurm")
     emitted = emit_slurm(spec, output, overwrite=overwrite, options=slurm_options,
                          log=lambda message: err_console.print(message, highlight=False, soft_wrap=True))
     done = f" ({len(emitted.finished)} finished cell(s) left out)" if emitted.finished else ""

@@ -154,6 +154,6 @@ def _render_summary(summary: dict[str, Any], console) -> None:
 
 
 def _auc_text(value: float | None, undefined: bool) -> str:
-    if undefined:
-        return "undefined (one class)"
-    return "-" if value is None else f"{value:.4f}"
+    from tallrec_cli.console import format_value
+
+    return "undefined (one class)" if undefined else format_value(value)
