@@ -144,9 +144,9 @@ def _bnb_matmul(device: str, bits: int) -> float:
 
 def check_bitsandbytes(device: str) -> list[Check]:
     """A real 4-bit and 8-bit matmul on ``device``; NF4 keeps ~10% relative error, int8 ~1%."""
-    import logging
+    from tallrec_cli.console import quiet_libraries
 
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # before import: it talks while loading
+    quiet_libraries()  # before the import: bitsandbytes talks while loading
     if importlib.util.find_spec("bitsandbytes") is None:
         return [Check("bitsandbytes", "fail", "not installed: 4bit/8bit recipes (QLoRA, TALLRec's 8-bit) cannot run",
                       "pip install 'bitsandbytes>=0.45'")]
