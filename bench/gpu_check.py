@@ -363,9 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    from tallrec_cli.train import _quiet_libraries
+    from tallrec_cli.console import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     if not args.smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; run with --smoke for the tiny CPU version", file=sys.stderr)
         return 2

@@ -282,26 +282,3 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
         rows.append((prefix + fld.name, repr(default), fld.metadata.get("help", "")))
     return rows
 
-
-@dataclasses.dataclass(frozen=True)
-class ConfigKey:
-    """One settable key of a config dataclass, as `tallrec keys` lists it."""
-    name: str  # dotted, e.g. "lora.r"
-    default: Any
-    help: str
-    choices: tuple | None = None
-
-
-def config_keys(cls: type, prefix: str = "") -> list[ConfigKey]:
-    """Every leaf key of dataclass ``cls`` (nested sections flattened to dotted names), with its default and
-    the help text of its ``option(...)``."""
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[field.name]):
-            keys += config_keys(hints[field.name], f"{prefix}{field.name}.")
-            continue
-        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-        keys.append(ConfigKey(f"{prefix}{field.name}", None if default is dataclasses.MISSING else default,
-                              field.metadata.get("help", ""), field.metadata.get("choices")))
-    return keys

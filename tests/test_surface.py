@@ -220,14 +220,13 @@ def test_a_default_eval_run_prints_no_third_party_noise(tiny_model_dir, tmp_path
     (["sweep", "run"], "--set training.lr=3e-4"), (["doctor"], "--set training.micro_batch_size=4")])
 def test_help_examples_of_set_are_keys_of_that_command(command, example):
     from data_builders.config import BuildConfig
-    from tallrec_cli.config import config_keys
+    from tallrec_cli.config import describe
     from tallrec_cli.train import TrainConfig
 
     text = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).output
     assert example in text
     key = example.split()[1].split("=")[0]
-    keys = {entry.name for entry in config_keys(BuildConfig if command[0] == "data" else TrainConfig)}
-    assert key in keys
+    assert key in {name for name, _, _ in describe(BuildConfig if command[0] == "data" else TrainConfig)}
 
 
 def _leaf_commands():
@@ -247,11 +246,11 @@ def test_every_help_example_uses_options_and_keys_of_the_command_it_names():
     import shlex
 
     from data_builders.config import BuildConfig
-    from tallrec_cli.config import config_keys
+    from tallrec_cli.config import describe
     from tallrec_cli.train import TrainConfig
 
     commands = dict(_leaf_commands())
-    keys = {"data": {key.name for key in config_keys(BuildConfig)}, "other": {key.name for key in config_keys(TrainConfig)}}
+    keys = {"data": {name for name, _, _ in describe(BuildConfig)}, "other": {name for name, _, _ in describe(TrainConfig)}}
     checked = 0
     for path, command in commands.items():
         texts = [command.callback.__doc__ or ""] + [getattr(param, "help", None) or "" for param in command.params]
@@ -318,13 +317,13 @@ def test_every_command_is_a_module_function_on_its_modules_app():
 
 
 def test_tallrec_keys_lists_every_train_key_with_its_help():
-    from tallrec_cli.config import config_keys
+    from tallrec_cli.config import describe
     from tallrec_cli.train import TrainConfig
 
     result = CliRunner().invoke(app, ["keys", "train"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for key in config_keys(TrainConfig):
-        assert key.name in result.output and key.help.split()[0] in result.output
+    for name, _, help_text in describe(TrainConfig):
+        assert name in result.output and help_text.split()[0] in result.output
 
 
 def test_the_config_error_hint_points_at_tallrec_keys():

@@ -32,18 +32,12 @@ def keys_command(
 
     Example: `tallrec keys train`
     """
-    import yaml
     from rich.markup import escape
 
-    from tallrec_cli.config import config_keys
+    from tallrec_cli.config import describe
     from tallrec_cli.console import ResultTable, console
 
     for name, (title, cls) in _schemas().items():
-        if schema not in (None, name):
-            continue
-        rows = []
-        for key in config_keys(cls):
-            default = yaml.safe_dump(key.default, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-            text = key.help + (f" (one of: {', '.join(map(str, key.choices))})" if key.choices else "")
-            rows.append([escape(key.name), escape(default), escape(text)])  # help text is not rich markup
-        console.print(ResultTable(title, ["key", "default", "help"], rows))
+        if schema in (None, name):  # help texts are plain text, not rich markup
+            console.print(ResultTable(title, ["key", "default", "help"],
+                                      [[escape(text) for text in row] for row in describe(cls)]))
