@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tallrec_cli.errors import ConfigError
+from tallrec_cli.errors import ConfigError, problem_count
 
 T = TypeVar("T")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -249,11 +249,8 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     if config is not None:
         _collect_checks(config, problems)
     if problems:
-        bullet = "\n  - "
-        raise ConfigError(
-            f"{source} has {len(problems)} problem{'s' * (len(problems) > 1)}:{bullet}{bullet.join(problems)}",
-            "fix the recipe or the --set overrides; `--help` lists the options",
-        )
+        raise ConfigError(hint="fix the recipe or the --set overrides; `--help` lists the options",
+                          problems=problems, heading=f"{source} has {problem_count(problems)}")
     return config
 
 

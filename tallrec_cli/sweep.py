@@ -13,7 +13,7 @@ Folder layout::
     SWEEP/index.json       every cell with its status (pending/running/done/failed/interrupted), atomic
     SWEEP/cells/<id>/      train run folder + eval/ + sweep-eval.json
     SWEEP/baselines/*.json baseline AUCs per (domain, train data, shots, seed)
-    SWEEP/logs/<id>.log    output of cells run as subprocesses (--devices)
+    SWEEP/logs/<id>.log    output of cells run as subprocesses (--devices); <id>.failure.json why one failed
     SWEEP/results.json, results.csv, sweep.png   rebuilt from the folders above alone
 
 Resume: a cell is finished when its manifest holds the cell's training config and ``sweep-eval.json``
@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import yaml
 
 from tallrec_cli.config import deep_merge, from_dict, option, parse_overrides, to_dict
-from tallrec_cli.errors import ArtifactError, ConfigError, ResourceError, TallrecError
+from tallrec_cli.errors import ArtifactError, ConfigError, ResourceError, TallrecError, TrainingInterrupted, problem_count
 from tallrec_cli.io import (MANIFEST_NAME, is_disk_full, sha256_file, write_json_atomic, write_manifest,
                             write_text_atomic)
 
@@ -348,12 +348,6 @@ def expand_grid(spec: SweepSpec) -> list[Cell]:
     return list(zero_shot.values()) + cells
 
 
-def _problem_lines(exc: TallrecError) -> list[str]:
-    lines = exc.message.splitlines()
-    bullets = [line.strip()[2:] for line in lines[1:] if line.strip().startswith("- ")]
-    return bullets or [exc.message]
-
-
 def resolve_cells(cells: list[Cell]) -> dict[str, Any]:
     """Load and check every cell's train config up front (TrainConfig per cell); fill ``cell.config``.
 
@@ -369,8 +363,8 @@ def resolve_cells(cells: list[Cell]) -> dict[str, Any]:
             config = load_train_config(cell.recipe, cell.overrides)
             preflight(config, check_output=False)
         except TallrecError as exc:
-            for line in _problem_lines(exc):
-                problems[line].append(cell.id)
+            for problem in exc.problems if isinstance(exc, ConfigError) else [exc.message]:
+                problems[problem].append(cell.id)
             continue
         configs[cell.id] = config
         cell.config = _comparable_config(to_dict(config), cell.zero_shot)
@@ -386,10 +380,9 @@ def resolve_cells(cells: list[Cell]) -> dict[str, Any]:
         total = len(cells)
         lines = [f"{problem}  [{'all cells' if len(ids) == total else ', '.join(ids)}]"
                  for problem, ids in problems.items()]
-        bullet = "\n  - "
-        raise ConfigError(f"the sweep has {len(lines)} problem{'s' * (len(lines) > 1)} (nothing was run):"
-                          f"{bullet}{bullet.join(lines)}",
-                          "fix the recipe, --set / --axis values or --shots; every cell is checked before the first starts")
+        raise ConfigError(hint="fix the recipe, --set / --axis values or --shots; every cell is checked before the "
+                               "first starts", problems=lines,
+                          heading=f"the sweep has {problem_count(lines)} (nothing was run)")
     return configs
 
 
@@ -521,8 +514,8 @@ class LocalCellRunner:
 
 
 def _is_interruption(exc: BaseException) -> bool:
-    # `run_training` turns Ctrl-C into a checkpoint and a TallrecError "interrupted at step N; ...".
-    return isinstance(exc, TallrecError) and exc.message.startswith("interrupted at step")
+    # `run_training` turns Ctrl-C into a checkpoint and a TrainingInterrupted.
+    return isinstance(exc, TrainingInterrupted)
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -643,6 +636,44 @@ def schedule(cells: Sequence[Cell], work: Callable[[Cell, str | None], None], wo
     return failures
 
 
+@dataclasses.dataclass(frozen=True)
+class CellFailure:
+    """Why a cell's worker process stopped, as it recorded it in SWEEP/logs/<cell>.failure.json: the launcher
+    reads this, not the worker's log."""
+    type: str  # the exception's class name
+    message: str
+    hint: str | None = None
+    step: int | None = None  # the optimizer step training was interrupted at
+
+    @classmethod
+    def of(cls, exc: BaseException) -> CellFailure:
+        if isinstance(exc, TallrecError):
+            return cls(type(exc).__name__, exc.message, exc.hint, exc.step if isinstance(exc, TrainingInterrupted) else None)
+        return cls(type(exc).__name__, str(exc) or type(exc).__name__)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.type in (TrainingInterrupted.__name__, KeyboardInterrupt.__name__)
+
+    def error(self, where: str) -> TallrecError:
+        """The exception to raise in the launcher; ``where`` (exit code, log) is added to the message."""
+        if self.interrupted:
+            return TrainingInterrupted(self.step or 0, f"{self.message} ({where})", self.hint)
+        return TallrecError(f"{self.message} ({where})", self.hint)
+
+
+def failure_path(sweep_dir: Path, cell_id: str) -> Path:
+    return sweep_dir / "logs" / f"{cell_id}.failure.json"
+
+
+def read_failure(path: Path) -> CellFailure | None:
+    """The failure a worker recorded, or None (it crashed before it could, or the file is damaged)."""
+    try:
+        return from_dict(CellFailure, json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    except (OSError, json.JSONDecodeError, ConfigError):
+        return None
+
+
 class SubprocessLauncher:
     """Runs a cell as ``python -m tallrec_cli.cli sweep run-cell SWEEP CELL`` pinned to one GPU."""
 
@@ -654,6 +685,7 @@ class SubprocessLauncher:
     def __call__(self, cell: Cell, device: str | None) -> None:
         log_path = self.sweep_dir / "logs" / f"{cell.id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        failure_path(self.sweep_dir, cell.id).unlink(missing_ok=True)
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(device)}
         command = [sys.executable, "-m", "tallrec_cli.cli", "sweep", "run-cell", str(self.sweep_dir), cell.id]
         with open(log_path, "w", encoding="utf-8") as log:
@@ -666,10 +698,12 @@ class SubprocessLauncher:
         if code == errno.ENOSPC:
             raise OSError(errno.ENOSPC, f"No space left on device (cell {cell.id}, see {log_path})")
         if code != 0:
-            lines = [line for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-            reason = next((line for line in reversed(lines) if line.startswith(("error:", "internal error:"))),
-                          lines[-1] if lines else f"exit code {code}")
-            raise TallrecError(f"{reason} (exit code {code}; log: {log_path})")
+            where = f"exit code {code}; log: {log_path}"
+            failure = read_failure(failure_path(self.sweep_dir, cell.id))
+            if failure is None:
+                raise TallrecError(f"cell {cell.id}'s worker stopped without recording why ({where})",
+                                   "read the log; TALLREC_DEBUG=1 in the environment keeps tracebacks")
+            raise failure.error(where)
 
     def terminate_all(self) -> None:
         with self.lock:
@@ -844,8 +878,18 @@ def _run_grid(spec: SweepSpec, sweep_dir: Path, cells: list[Cell], configs: dict
 def run_single_cell(sweep_dir: str | Path, cell_id: str, runner: CellRunner | None = None,
                     record: bool = False) -> dict[str, Any]:
     """Run one cell of a prepared sweep folder: the worker side of ``--devices`` (its parent keeps the
-    index) or, with ``record``, a cluster array task that records its own status in the index."""
+    index) or, with ``record``, a cluster array task that records its own status in the index. Why it
+    failed goes to SWEEP/logs/<cell>.failure.json (`CellFailure`), which the launcher reads."""
     sweep_dir = Path(sweep_dir).resolve()
+    try:
+        return _run_single_cell(sweep_dir, cell_id, runner, record)
+    except BaseException as exc:
+        if not isinstance(exc, SystemExit):
+            write_json_atomic(failure_path(sweep_dir, cell_id), dataclasses.asdict(CellFailure.of(exc)))
+        raise
+
+
+def _run_single_cell(sweep_dir: Path, cell_id: str, runner: CellRunner | None, record: bool) -> dict[str, Any]:
     spec, cells, configs = prepare_sweep(load_sweep_folder(sweep_dir))
     cell = next((cell for cell in cells if cell.id == cell_id), None)
     if cell is None:

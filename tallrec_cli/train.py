@@ -20,7 +20,8 @@ from typing import Any
 from data_builders.structure import find_template, has_structure, shortened
 from data_builders.templates import Template
 from tallrec_cli.config import load_config, option, to_dict
-from tallrec_cli.errors import ArtifactError, ConfigError, DataError, ModelError, ResourceError, TallrecError
+from tallrec_cli.errors import (ArtifactError, ConfigError, DataError, ModelError, ResourceError, TallrecError,
+                                TrainingInterrupted, problem_count)
 from tallrec_cli.models import DTYPES, QUANTIZATIONS
 
 GIB = 1024 ** 3
@@ -319,9 +320,8 @@ def preflight(config: TrainConfig, resume: bool = False, check_output: bool = Tr
     if check_output:
         problems.extend(_output_problems(config, resume))
     if problems:
-        bullet = "\n  - "
-        raise ConfigError(f"{len(problems)} problem{'s' * (len(problems) > 1)} before training:{bullet}{bullet.join(problems)}",
-                          "fix the paths or options above; nothing was loaded or written")
+        raise ConfigError(hint="fix the paths or options above; nothing was loaded or written", problems=problems,
+                          heading=f"{problem_count(problems)} before training")
 
 
 def _cuda_problems(config: TrainConfig) -> list[str]:
@@ -873,7 +873,8 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
         model = trainer = validation = None
         release_memory()
     if status.interrupted_at is not None:
-        raise TallrecError(
+        raise TrainingInterrupted(
+            status.interrupted_at,
             f"interrupted at step {status.interrupted_at}; a checkpoint is saved in {run_dir / 'checkpoints'}",
             f"continue with: tallrec train --output {config.output.dir} --resume")
     wall_seconds = status.elapsed_before + time.monotonic() - started
