@@ -205,6 +205,7 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
 
 
 def _build(cls: type[T], data: dict[str, Any], prefix: str, problems: list[str]) -> T:
+    reported = len(problems)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -227,7 +228,8 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, problems: list[str])
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        problems.append(f"{prefix.rstrip('.') or cls.__name__}: {exc}")
+        if len(problems) == reported:  # else a consequence of the problems above (a required field missing)
+            problems.append(f"{prefix.rstrip('.') or cls.__name__}: {exc}")
         return None  # type: ignore[return-value]
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from tallrec_cli.calibration import Calibration, applied, calibration_metrics
 from tallrec_cli.errors import ConfigError, DataError, ModelError
-from tallrec_cli.io import read_manifest, sha256_file, staged_dir, write_json_atomic, write_jsonl_atomic, write_manifest
+from tallrec_cli.io import read_manifest, sha256_file, staged_dir, write_json_atomic, write_jsonl_atomic
+from tallrec_cli.manifests import EvalManifest
 from tallrec_cli.metrics import BOOTSTRAP_RESAMPLES, compute_metrics, ranking_metrics
 from tallrec_cli.prompts import LabelTokens, PromptTemplate, load_template, resolve_label_tokens
 
@@ -169,10 +170,9 @@ def write_eval_folder(folder: Path, records: Sequence[dict], scores: np.ndarray,
             for record, score in zip(records, scores)))
         if plots:
             write_plots(staging, [record["label"] for record in records], scores, f"{folder.name} ({metrics['score_mode']})")
-        write_manifest(staging, "eval", {**inputs, "metrics": {key: metrics[key] for key in (
+        EvalManifest.new(**inputs, metrics={key: metrics[key] for key in (
             "score_mode", "records", "positives", "auc", "auc_ci95", "gauc", "gauc_ci95", "users", "gauc_users",
-            "log_loss", "accuracy", "brier", "ece")},
-            "files": sorted(path.name for path in staging.iterdir())})
+            "log_loss", "accuracy", "brier", "ece")}, files=sorted(path.name for path in staging.iterdir())).write(staging)
     return folder
 
 

@@ -46,13 +46,13 @@ import yaml
 
 from tallrec_cli.config import deep_merge, from_dict, option, parse_overrides, to_dict
 from tallrec_cli.errors import ArtifactError, ConfigError, ResourceError, TallrecError, TrainingInterrupted, problem_count
-from tallrec_cli.io import (MANIFEST_NAME, is_disk_full, sha256_file, write_json_atomic, write_manifest,
-                            write_text_atomic)
+from tallrec_cli.io import MANIFEST_NAME, is_disk_full, sha256_file, write_json_atomic, write_text_atomic
+from tallrec_cli.manifests import PromptRecord, TrainRunManifest, ZeroShotCellManifest
+from tallrec_cli.manifests import load as load_manifest
 
 SPEC_NAME = "sweep.yaml"
 INDEX_NAME = "index.json"
 CELL_RESULT_NAME = "sweep-eval.json"
-ZERO_SHOT_KIND = "zero-shot-cell"
 RESULT_FILES = ("results.json", "results.csv", "sweep.png")
 # Axis keys under these prefixes change what a zero-shot evaluation sees; other axes (lora.*, data.*,
 # most of training.*) share one zero-shot cell.
@@ -420,14 +420,13 @@ class CellRunner(Protocol):
 
 def cell_state(cell: Cell, cell_dir: Path) -> str:
     """``done``, ``evaluate`` (trained with this config, evaluation missing or stale) or ``train``."""
-    manifest_path = cell_dir / MANIFEST_NAME
-    if not manifest_path.is_file():
+    if not (cell_dir / MANIFEST_NAME).is_file():
         return "train"
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        manifest = load_manifest(cell_dir, ZeroShotCellManifest if cell.zero_shot else TrainRunManifest)
+    except ArtifactError:  # damaged, or written by another kind of cell: redo it
         return "train"
-    if _comparable_config(manifest.get("config") or {}, cell.zero_shot) != cell.config:
+    if _comparable_config(manifest.config, cell.zero_shot) != cell.config:
         return "train"
     result_path = cell_dir / CELL_RESULT_NAME
     if result_path.is_file():
@@ -455,9 +454,9 @@ def execute_cell(cell: Cell, cell_dir: Path, config: Any, runner: CellRunner) ->
     elif state == "done":
         return json.loads((cell_dir / CELL_RESULT_NAME).read_text(encoding="utf-8"))
     tests = runner.evaluate(cell, cell_dir, config)
-    manifest = json.loads((cell_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    run = None if cell.zero_shot else load_manifest(cell_dir, TrainRunManifest)
     result = {**cell.describe(), "eval_fingerprint": cell.eval_fingerprint(), "tests": tests,
-              "best": manifest.get("best"), "train_wall_seconds": manifest.get("wall_seconds"),
+              "best": dataclasses.asdict(run.best) if run else None, "train_wall_seconds": run and run.wall_seconds,
               "sweep_wall_seconds": round(time.monotonic() - started, 2)}
     write_json_atomic(cell_dir / CELL_RESULT_NAME, result)
     return result
@@ -479,12 +478,11 @@ class LocalCellRunner:
         from tallrec_cli.models import model_identity, resolve_model_source
 
         cell_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(cell_dir, ZERO_SHOT_KIND, {
-            "base_model": model_identity(resolve_model_source(config.model.name)),
-            "prompt": {"template": config.prompt.template},
-            "labels": {"positive_word": config.labels.positive, "negative_word": config.labels.negative},
-            "config": to_dict(config),
-        })
+        ZeroShotCellManifest.new(
+            base_model=model_identity(resolve_model_source(config.model.name)),
+            prompt=PromptRecord(config.prompt.template),
+            labels={"positive_word": config.labels.positive, "negative_word": config.labels.negative},
+            config=to_dict(config)).write(cell_dir)
 
     def evaluate(self, cell: Cell, cell_dir: Path, config: Any) -> dict[str, dict]:
         from tallrec_cli.console import progress

@@ -25,7 +25,6 @@ from tallrec_cli.errors import (ArtifactError, ConfigError, DataError, ModelErro
 from tallrec_cli.models import DTYPES, QUANTIZATIONS
 
 GIB = 1024 ** 3
-RUN_KIND = "train-run"
 ALL_LINEAR = "all-linear"
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
@@ -492,29 +491,6 @@ def _answer_outputs(records: list[dict], config: TrainConfig) -> tuple[str, str]
     return (outputs.get(1, f"{config.labels.positive}."), outputs.get(0, f"{config.labels.negative}."))
 
 
-def _dataset_manifest_sha256(path: str | None) -> str | None:
-    from tallrec_cli.io import sha256_file
-
-    if not path:
-        return None
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent
-    manifest = folder / "manifest.json"
-    return sha256_file(manifest) if manifest.exists() else None
-
-
-def _data_sha256(path: str | None, split: str) -> str | None:
-    """sha256 of the file that holds ``split`` (a folder's split file when ``path`` is a folder)."""
-    from tallrec_cli.io import sha256_file
-
-    if not path:
-        return None
-    target = Path(path)
-    if target.is_dir():
-        candidates = [target / f"{split}{suffix}" for suffix in (".jsonl", ".json")]
-        target = next((c for c in candidates if c.exists()), None)
-    return sha256_file(target) if target and target.is_file() else None
-
-
 def eval_interval(setting: int | str, train_records: int) -> int:
     """TALLRec's rule for "auto": every 10 steps up to 128 records, else records / 128 * 5."""
     if setting != "auto":
@@ -773,8 +749,8 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     checkpoint under RUN/checkpoints is continued.
     """
     from tallrec_cli.console import err_console
-    from tallrec_cli.io import write_manifest
     from tallrec_cli.lm_head import install_compact_lm_head
+    from tallrec_cli.manifests import BestStep, RunMetrics, run_data, train_run_manifest
     from tallrec_cli.models import (base_model_config_summary, load_tokenizer, model_identity, release_memory,
                                     resolve_dtype, resolve_model_source)
     from tallrec_cli.prompts import load_template, resolve_label_tokens
@@ -882,33 +858,13 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     if is_main:
         check_adapter_trained(run_dir / "adapter")
         best = status.best_row or {}
-        write_manifest(run_dir, RUN_KIND, {
-            "base_model": model_identity(source),
-            "base_model_config": base_config,
-            "adapter_dir": "adapter",
-            "prompt": {"template": config.prompt.template},
-            "labels": label_tokens.as_dict(),
-            "quantization": config.model.quantization,
-            "dtype": str(compute_dtype).replace("torch.", ""),
-            "lora": to_dict(config.lora),
-            "data": {
-                "train": config.data.train, "valid": config.data.valid or config.data.train,
-                "train_sha256": _data_sha256(config.data.train, "train"),
-                "valid_sha256": _data_sha256(config.data.valid or config.data.train, "valid"),
-                "dataset_manifest_sha256": _dataset_manifest_sha256(config.data.train),
-                "shots": config.data.shots, "sample_seed": config.data.sample_seed,
-                "train_records": len(data.train_records), "valid_records": len(data.valid_records),
-                "truncated_records": data.truncated_records,
-            },
-            "seed": config.training.seed,
-            "processes": world_size,
-            "best": {"step": status.best_step, "val_auc": best.get("val_auc"), "val_loss": best.get("val_loss"),
-                     "selected_on": status.selection_metric},
-            "metrics": {"val_auc": best.get("val_auc"), "train_loss": summary["train_loss"],
-                        "start_val_auc": summary["start_val_auc"]},
-            "wall_seconds": round(wall_seconds, 2),
-            "config": to_dict(config),
-        })
+        train_run_manifest(
+            config, base_model=model_identity(source), base_model_config=base_config, labels=label_tokens.as_dict(),
+            dtype=str(compute_dtype).replace("torch.", ""), processes=world_size, wall_seconds=wall_seconds,
+            data=run_data(config, len(data.train_records), len(data.valid_records), data.truncated_records),
+            best=BestStep(status.best_step, best.get("val_auc"), best.get("val_loss"), status.selection_metric),
+            metrics=RunMetrics(best.get("val_auc"), summary["train_loss"], summary["start_val_auc"]),
+        ).write(run_dir)
         if run_dir != Path(config.output.dir):
             replace_dir(run_dir, Path(config.output.dir))  # the old run stayed until this one was complete
     return summary

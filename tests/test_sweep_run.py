@@ -16,7 +16,8 @@ from tallrec_cli import sweep
 from tallrec_cli.config import to_dict
 from tallrec_cli.errors import (ArtifactError, ConfigError, DataError, ResourceError, TallrecError,
                                 TrainingInterrupted)
-from tallrec_cli.io import write_manifest
+from tallrec_cli.manifests import (BestStep, PromptRecord, RunMetrics, ZeroShotCellManifest, run_data,
+                                   train_run_manifest)
 from tests.train_helpers import MOVIE_TEMPLATE
 
 INSTRUCTION = ('Given the user\'s preference and unpreference, identify whether the user will like the target movie '
@@ -52,6 +53,17 @@ def write_dataset(folder: Path, train: int = 40, valid: int = 12, test: int = 24
     return folder
 
 
+def fake_cell_manifest(cell, config):
+    """The manifest a cell's training leaves, through the constructors the real runner uses."""
+    identity = {"kind": "local", "name": config.model.name}
+    if cell.zero_shot:
+        return ZeroShotCellManifest.new(base_model=identity, prompt=PromptRecord(config.prompt.template),
+                                        labels={"positive_word": "Yes", "negative_word": "No"}, config=to_dict(config))
+    return train_run_manifest(config, base_model=identity, base_model_config=None, labels={}, dtype="float32",
+                              data=run_data(config, cell.shots, 12, 0), best=BestStep(2, 0.5),
+                              metrics=RunMetrics(0.5), wall_seconds=0.1)
+
+
 class FakeRunner:
     """Writes a train-run manifest and returns a made-up AUC that grows with shots."""
 
@@ -66,7 +78,7 @@ class FakeRunner:
             (cell_dir / "config.yaml").write_text("half-written")
             raise self.fail[cell.id]
         cell_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(cell_dir, "zero-shot-cell" if cell.zero_shot else "train-run", {"config": to_dict(config)})
+        fake_cell_manifest(cell, config).write(cell_dir)
         self.trained.append(cell.id)
 
     def evaluate(self, cell, cell_dir, config):
