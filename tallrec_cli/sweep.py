@@ -486,7 +486,7 @@ class LocalCellRunner:
 
     def evaluate(self, cell: Cell, cell_dir: Path, config: Any) -> dict[str, dict]:
         from tallrec_cli.console import progress
-        from tallrec_cli.evaluate import evaluate_tests, load_tests
+        from tallrec_cli.evaluate import evaluate_tests, load_tests, resolve_scoring
         from tallrec_cli.models import load_for_inference
 
         labels, paths = list(cell.tests), list(cell.tests.values())
@@ -500,10 +500,10 @@ class LocalCellRunner:
                 task = bars.add_task(f"evaluating {cell.id} on {name}", total=total)
                 return lambda count: bars.advance(task, count)
 
-            results = evaluate_tests(
-                inference, tests, cell_dir / "eval", template=config.prompt.template,
-                label_words=(config.labels.positive, config.labels.negative), mode=config.training.score_mode,
-                batch_size=config.training.eval_batch_size, seed=cell.seed or 0, overwrite=True, on_start=on_start)
+            spec = resolve_scoring(inference, config.prompt.template, (config.labels.positive, config.labels.negative),
+                                   config.training.score_mode, config.training.eval_batch_size)
+            results = evaluate_tests(inference, tests, cell_dir / "eval", spec, seed=cell.seed or 0, overwrite=True,
+                                     on_start=on_start)
         keep = ("records", "positives", "auc", "auc_ci95", "gauc", "gauc_ci95", "users", "gauc_users", "log_loss",
                 "accuracy")
         return {label: {"path": path, "folder": str(Path(result["folder"]).relative_to(cell_dir)),

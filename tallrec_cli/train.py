@@ -754,7 +754,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     from tallrec_cli.models import (base_model_config_summary, load_tokenizer, model_identity, release_memory,
                                     resolve_dtype, resolve_model_source)
     from tallrec_cli.prompts import load_template, resolve_label_tokens
-    from tallrec_cli.scoring import is_out_of_memory
+    from tallrec_cli.scoring import ScoringSpec, is_out_of_memory
 
     started = time.monotonic()
     preflight(config, resume)
@@ -766,7 +766,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     from tallrec_cli.io import is_disk_full, replace_dir, user_os_error
     from tallrec_cli.tracking import TrackingCallback, reporting_callbacks
     from tallrec_cli.train_callbacks import (AtomicCheckpoints, InterruptCallback, RichProgressCallback, TrainingStatus,
-                                             ValidationCallback)
+                                             ValidationCallback, ValidationSchedule, ValidationSet)
 
     source = resolve_model_source(config.model.name)
     tokenizer = load_tokenizer(source, config.model.trust_remote_code, padding_side="left")
@@ -800,10 +800,11 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     release_memory()  # a previous in-process run (a sweep cell, its evaluation) may still hold a model
     try:
         model = build_model(config, source)
-        validation = ValidationCallback(status, run_dir, tokenizer, data.valid_prompts, data.valid_labels,
-                                        label_tokens, eval_every, config.training.patience,
-                                        config.training.score_mode, config.training.eval_batch_size, is_main,
-                                        config.training.eval_at_start, users=_valid_users(data.valid_records))
+        validation = ValidationCallback(
+            status, run_dir, tokenizer,
+            ValidationSet(data.valid_prompts, data.valid_labels, _valid_users(data.valid_records)),
+            ScoringSpec(template, label_tokens, config.training.score_mode, config.training.eval_batch_size),
+            ValidationSchedule(eval_every, config.training.patience, config.training.eval_at_start), is_main)
         train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
         loss_trainer, loss_kwargs = SFTTrainer, {}
         if config.prompt.loss == "pair":

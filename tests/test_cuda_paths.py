@@ -19,7 +19,8 @@ from transformers import TrainerCallback
 
 from tallrec_cli import models, scoring, train
 from tallrec_cli.errors import ConfigError, ResourceError
-from tallrec_cli.prompts import LabelTokens
+from tallrec_cli.prompts import LabelTokens, load_template
+from tallrec_cli.scoring import ScoringSpec
 from tests.conftest import build_tiny_llama
 from tests.train_helpers import tiny_config, write_dataset
 
@@ -139,22 +140,25 @@ def _labels():
     return LabelTokens(positive_word="Yes", negative_word="No", positive_id=5, negative_id=6)
 
 
+def _spec():
+    return ScoringSpec(load_template("alpaca"), _labels(), batch_size=2)
+
+
 def test_validation_runs_under_the_trainers_autocast(tmp_path, tiny_model_dir, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tallrec_cli import train_callbacks
-    from tallrec_cli.train_callbacks import TrainingStatus, ValidationCallback
+    from tallrec_cli.train_callbacks import TrainingStatus, ValidationCallback, ValidationSchedule, ValidationSet
 
     seen = []
 
-    def spy(model, tokenizer, prompts, labels, mode, batch_size):
+    def spy(spec, model, tokenizer, prompts):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        return np.linspace(0.1, 0.9, len(prompts))
+        return types.SimpleNamespace(scores=np.linspace(0.1, 0.9, len(prompts)))
 
-    monkeypatch.setattr(train_callbacks, "score_prompts", spy)
+    monkeypatch.setattr(ScoringSpec, "score", spy)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     callback = ValidationCallback(TrainingStatus("val_auc"), tmp_path, AutoTokenizer.from_pretrained(tiny_model_dir),
-                                  ["a", "b"], [0, 1], _labels(), 1, None, "pair", 2, False)
+                                  ValidationSet(["a", "b"], [0, 1]), _spec(), ValidationSchedule(1), False)
     state = types.SimpleNamespace(global_step=1, max_steps=1, epoch=1.0)
     callback.on_step_end(types.SimpleNamespace(bf16=True, fp16=False), state, types.SimpleNamespace(), model=model)
     assert seen == [(True, torch.bfloat16)]
@@ -381,27 +385,26 @@ def test_ranks_validate_a_share_each_and_decide_on_the_gathered_scores(tmp_path,
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tallrec_cli import train_callbacks
-    from tallrec_cli.train_callbacks import TrainingStatus, ValidationCallback
+    from tallrec_cli.train_callbacks import TrainingStatus, ValidationCallback, ValidationSchedule, ValidationSet
 
     prompts, labels = [f"p{i}" for i in range(6)], [0, 1, 0, 1, 0, 1]
     rank0_scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], dtype=np.float32)
     scored = []
 
-    def rank1_scores(model, tokenizer, shard, labels, mode, batch_size):
+    def rank1_scores(spec, model, tokenizer, shard):
         scored.append(list(shard))
-        return np.full(len(shard), 0.5, dtype=np.float32)  # rank 1's own numbers
+        return types.SimpleNamespace(scores=np.full(len(shard), 0.5, dtype=np.float32))  # rank 1's own numbers
 
     def all_gather_object(parts, mine):  # rank 0 contributes its share, rank 1 its own
         parts[0], parts[1] = rank0_scores[0::2], mine
 
-    monkeypatch.setattr(train_callbacks, "score_prompts", rank1_scores)
+    monkeypatch.setattr(ScoringSpec, "score", rank1_scores)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
     monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
     monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
     callback = ValidationCallback(TrainingStatus("val_auc"), tmp_path, AutoTokenizer.from_pretrained(tiny_model_dir),
-                                  prompts, labels, _labels(), 1, None, "pair", 2, False)
+                                  ValidationSet(prompts, labels), _spec(), ValidationSchedule(1), False)
     state = types.SimpleNamespace(global_step=1, max_steps=2, epoch=1.0)
     callback.on_step_end(types.SimpleNamespace(bf16=False, fp16=False), state, types.SimpleNamespace(),
                          model=AutoModelForCausalLM.from_pretrained(tiny_model_dir))
