@@ -76,7 +76,8 @@ def build_dataset(data: str | None) -> Path:
 
 def train_adapter(dataset: Path, steps: int) -> Path:
     """A SmolLM2 LoRA run trained to answer "Yes."/"No." + EOS (answer-only loss), like TALLRec's adapters."""
-    from tallrec_cli.train import load_train_config, run_training
+    from tallrec_cli.train import run_training
+    from tallrec_cli.train_config import load_train_config
 
     run = Path(tempfile.mkdtemp(prefix="bench-eval-run-")) / "run"
     run_training(load_train_config(None, {

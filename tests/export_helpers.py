@@ -33,7 +33,7 @@ def make_train_run(run_dir: Path, base: str, quantization: str = "none", r: int 
         base_model_config_summary, load_model, load_tokenizer, model_identity, resolve_model_source,
     )
     from tallrec_cli.prompts import load_template, resolve_label_tokens
-    from tallrec_cli.train import load_train_config
+    from tallrec_cli.train_config import load_train_config
 
     source = resolve_model_source(base)
     tokenizer = load_tokenizer(source)

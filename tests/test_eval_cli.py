@@ -13,7 +13,7 @@ from tallrec_cli.cli import app
 from tallrec_cli.errors import TallrecError
 from tallrec_cli.io import read_jsonl, read_manifest
 from tallrec_cli.manifests import BestStep, RunMetrics, run_data, train_run_manifest
-from tallrec_cli.train import load_train_config
+from tallrec_cli.train_config import load_train_config
 from tests.test_scoring_prompts import movie_records, sharpen
 
 

@@ -10,7 +10,7 @@ from tallrec_cli import manifests
 from tallrec_cli.errors import ArtifactError
 from tallrec_cli.io import read_manifest, write_json_atomic, write_manifest
 from tallrec_cli.manifests import BestStep, RunData, RunMetrics, TrainRunManifest, train_run_manifest
-from tallrec_cli.train import load_train_config
+from tallrec_cli.train_config import load_train_config
 
 # A train-run manifest as `run_training` wrote it before manifests had a type (keys and nesting).
 WRITTEN_BEFORE = {

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from data_builders.structure import HistoryItem, render_input, structure_fields
 from tallrec_cli import sweep
+from tallrec_cli.sweep import report as sweep_report
+from tallrec_cli.sweep import run as sweep_run
 from tallrec_cli.config import to_dict
 from tallrec_cli.errors import (ArtifactError, ConfigError, DataError, ResourceError, TallrecError,
                                 TrainingInterrupted)
@@ -96,7 +98,7 @@ def real_plot():
 def quick_plot(request, monkeypatch):
     """Drawing sweep.png costs ~0.5 s per run; only tests requesting `real_plot` draw it."""
     if "real_plot" not in request.fixturenames:
-        monkeypatch.setattr(sweep, "plot_results", lambda summary, path: Path(path).write_bytes(b"\x89PNG stub"))
+        monkeypatch.setattr(sweep_report, "plot_results", lambda summary, path: Path(path).write_bytes(b"\x89PNG stub"))
 
 
 @pytest.fixture
@@ -190,13 +192,13 @@ def test_every_cell_is_validated_before_any_runs(recipe, dataset, tmp_path):
 def test_cell_problems_are_read_from_the_error_not_its_wording(recipe, dataset, tmp_path, monkeypatch):
     """The sweep groups each cell's problems by cell from ConfigError.problems: how the message is worded
     (heading, bullets) changes nothing."""
-    from tallrec_cli import train
+    from tallrec_cli import train_config
 
     def preflight(config, check_output=True):
         raise ConfigError("two problems, worded freely - with a dash", problems=[
             f"problem a of r={config.lora.r}", "problem b\n  - not a bullet"], heading="whatever:\n  - fake")
 
-    monkeypatch.setattr(train, "preflight", preflight)
+    monkeypatch.setattr(train_config, "preflight", preflight)
     spec = make_spec(recipe, dataset, shots=[4], seeds=[0, 1], axes=["lora.r=8,16"])
     with pytest.raises(ConfigError) as caught:
         sweep.run_sweep(spec, tmp_path / "sweep", runner=FakeRunner())
@@ -340,7 +342,7 @@ class FakeWorker:
 ])
 def test_subprocess_launcher_reads_the_failure_file_not_the_log(tmp_path, monkeypatch, failure, raised, text):
     misleading = "error: interrupted at step 1\ninternal error: something else\n"
-    monkeypatch.setattr(sweep.subprocess, "Popen", FakeWorker(failure, 2, misleading))
+    monkeypatch.setattr(sweep_run.subprocess, "Popen", FakeWorker(failure, 2, misleading))
     cell = sweep.Cell("c1", ["m"], None, 4, 0, {}, None, {}, {}, None)
     with pytest.raises(raised, match=text) as caught:
         sweep.SubprocessLauncher(tmp_path)(cell, "0")
@@ -454,7 +456,7 @@ def test_devices_run_cells_through_the_launcher(recipe, dataset, tmp_path):
 def test_cli_default_run_command_and_report(recipe, dataset, tmp_path, monkeypatch):
     from tallrec_cli.cli import app
 
-    monkeypatch.setattr(sweep, "LocalCellRunner", FakeRunner)
+    monkeypatch.setattr(sweep_run, "LocalCellRunner", FakeRunner)
     runner = CliRunner()
     sweep_dir = tmp_path / "sweep"
     args = [str(recipe), "--shots", "0,4", "--seeds", "0,1", "--test", str(dataset / "test.jsonl"),
@@ -486,7 +488,7 @@ def test_run_cell_command_and_subprocess_launcher(recipe, dataset, tmp_path, mon
 
     sweep_dir = tmp_path / "sweep"
     sweep.run_sweep(make_spec(recipe, dataset, shots=[4], seeds=[0]), sweep_dir, runner=FakeRunner())
-    monkeypatch.setattr(sweep, "LocalCellRunner", FakeRunner)
+    monkeypatch.setattr(sweep_run, "LocalCellRunner", FakeRunner)
     (sweep_dir / "cells" / "k4-s0" / "sweep-eval.json").unlink()
     result = CliRunner().invoke(app, ["sweep", "run-cell", str(sweep_dir), "k4-s0"])
     assert result.exit_code == 0, result.output
