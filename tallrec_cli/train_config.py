@@ -23,6 +23,8 @@ REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
 
 
+# ----------------------------------------------------------------------------------------- config
+
 @dataclass
 class ModelSettings:
     name: str = option("smollm2-135m", help="Base model: local folder, .gguf file, hub id, or the embedded smollm2-135m.")
