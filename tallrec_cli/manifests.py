@@ -39,7 +39,7 @@ class Manifest:
 
     def write(self: M, folder: str | Path) -> M:
         """``folder/manifest.json``, atomically: call it last, once everything it describes is written."""
-        write_json_atomic(Path(folder) / MANIFEST_NAME, to_dict(self))
+        write_json_atomic(Path(folder) / MANIFEST_NAME, self.as_dict())
         return self
 
     def as_dict(self) -> dict[str, Any]:

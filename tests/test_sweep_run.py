@@ -366,6 +366,22 @@ def test_worker_records_its_failure(recipe, dataset, tmp_path):
 
 # ---------------------------------------------------------------------------------------- report
 
+def test_sweep_yaml_is_typed_and_a_damaged_one_is_named(recipe, dataset, tmp_path):
+    import yaml
+
+    from tallrec_cli.sweep.spec import read_sweep_record, spec_hash
+
+    sweep_dir = tmp_path / "sweep"
+    sweep.run_sweep(make_spec(recipe, dataset, shots=[4], seeds=[0]), sweep_dir, runner=FakeRunner())
+    record = read_sweep_record(sweep_dir)
+    assert record.config_hash == spec_hash(record.sweep_spec()) and record.spec["shots"] == [4]
+    stored = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    del stored["config_hash"]
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(ArtifactError, match="sweep.yaml is damaged: config_hash: required"):
+        sweep.build_report(sweep_dir)
+
+
 def test_report_rebuilt_from_folders_equals_live_one(recipe, dataset, tmp_path, real_plot):
     sweep_dir = tmp_path / "sweep"
     live = sweep.run_sweep(make_spec(recipe, dataset, test_limit=20), sweep_dir, runner=FakeRunner())

@@ -8,11 +8,10 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
 from tallrec_cli.errors import ArtifactError
 from tallrec_cli.io import MANIFEST_NAME, write_json_atomic, write_text_atomic
-from tallrec_cli.sweep.spec import CELL_RESULT_NAME, INDEX_NAME, SPEC_NAME
+from tallrec_cli.sweep.spec import CELL_RESULT_NAME, INDEX_NAME, read_sweep_record
+
 
 def cell_observations(results) -> list[dict]:
     """One row per (method, test) of each cell result (sweep-eval.json contents)."""
@@ -253,10 +252,7 @@ def _plot_panel(axis, summary: list[dict], methods: list[str], colours: dict, me
 def build_report(sweep_dir: str | Path) -> list[dict]:
     """Rebuild results.json / results.csv / sweep.png from the cell folders and baseline files alone."""
     sweep_dir = Path(sweep_dir)
-    spec_path = sweep_dir / SPEC_NAME
-    if not spec_path.is_file():
-        raise ArtifactError(f"{sweep_dir} has no {SPEC_NAME}: it is not a sweep folder", "pass the --output of `tallrec sweep`")
-    config_hash = (yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}).get("config_hash")
+    config_hash = read_sweep_record(sweep_dir).config_hash
     observations = collect_observations(sweep_dir)
     if not observations:
         raise ArtifactError(f"{sweep_dir} holds no finished cells yet", "run the sweep (re-running resumes it)")

@@ -4,6 +4,7 @@ record why they failed in SWEEP/logs/<cell>.failure.json); the report rebuilt at
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -19,18 +20,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
 from tallrec_cli.config import from_dict, to_dict
 from tallrec_cli.errors import ArtifactError, ConfigError, ResourceError, TallrecError, TrainingInterrupted
-from tallrec_cli.io import MANIFEST_NAME, is_disk_full, write_json_atomic, write_text_atomic
+from tallrec_cli.io import MANIFEST_NAME, is_disk_full, write_json_atomic
 from tallrec_cli.manifests import PromptRecord, TrainRunManifest, ZeroShotCellManifest
 from tallrec_cli.manifests import load as load_manifest
 from tallrec_cli.sweep.baselines import compute_baselines
 from tallrec_cli.sweep.grid import Cell, comparable_config, prepare_sweep
 from tallrec_cli.sweep.report import cell_observations, format_auc, summarize, write_report
-from tallrec_cli.sweep.spec import (CELL_RESULT_NAME, INDEX_NAME, RESULT_FILES, SPEC_NAME, SweepSpec, input_hashes,
-                                    load_sweep_folder, spec_hash)
+from tallrec_cli.sweep.spec import (CELL_RESULT_NAME, INDEX_NAME, RESULT_FILES, SPEC_NAME, SweepRecord, SweepSpec,
+                                    load_sweep_folder, read_sweep_record, spec_hash)
+
 
 class CellRunner(Protocol):
     """Does one cell's work; injectable so tests (and other backends) need not train."""
@@ -344,13 +344,18 @@ class SweepRun:
     wall_seconds: float
 
 
-def prepare_folder(sweep_dir: Path, spec: SweepSpec, config_hash: str, cells: list[Cell], overwrite: bool) -> None:
+def prepare_folder(sweep_dir: Path, record: SweepRecord, cells: list[Cell], overwrite: bool) -> None:
+    """Check ``sweep_dir`` holds this sweep (or nothing), clear what ``overwrite`` replaces, write sweep.yaml."""
     spec_path = sweep_dir / SPEC_NAME
     if spec_path.is_file():
-        recorded = (yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}).get("config_hash")
-        if recorded != config_hash and not overwrite:
+        try:
+            recorded = read_sweep_record(sweep_dir).config_hash
+        except ArtifactError:  # damaged: only --overwrite replaces it
+            recorded = None
+        if recorded != record.config_hash and not overwrite:
             raise ArtifactError(
-                f"{sweep_dir} holds a sweep with a different config (hash {str(recorded)[:12]} vs {config_hash[:12]}: "
+                f"{sweep_dir} holds a sweep with a different config (hash {str(recorded)[:12]} vs "
+                f"{record.config_hash[:12]}: "
                 "grid, recipe, overrides or test files changed)",
                 "re-run with the same config to resume, pass --overwrite to replace it (cells whose config is "
                 "unchanged are kept), or choose another --output")
@@ -366,8 +371,7 @@ def prepare_folder(sweep_dir: Path, spec: SweepSpec, config_hash: str, cells: li
         for name in RESULT_FILES:
             (sweep_dir / name).unlink(missing_ok=True)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(spec_path, yaml.safe_dump({"config_hash": config_hash, "spec": to_dict(spec),
-                                                 "files": input_hashes(spec)}, sort_keys=False))
+    record.write(sweep_dir)
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: str | Path, overwrite: bool = False, keep_going: bool = False,
@@ -384,10 +388,10 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, overwrite: bool = False, k
     log = log or (lambda message: None)
     sweep_dir = Path(sweep_dir).resolve()
     spec, cells, configs = prepare_sweep(spec)
-    config_hash = spec_hash(spec)
-    prepare_folder(sweep_dir, spec, config_hash, cells, overwrite)
+    record = SweepRecord.of(spec)
+    prepare_folder(sweep_dir, record, cells, overwrite)
     try:
-        return _run_grid(spec, sweep_dir, cells, configs, config_hash, keep_going, devices, runner, launcher, log,
+        return _run_grid(spec, sweep_dir, cells, configs, record.config_hash, keep_going, devices, runner, launcher, log,
                          started)
     except OSError as exc:  # e.g. index.json or a baseline file could not be written
         if not is_disk_full(exc):
@@ -491,7 +495,8 @@ def run_single_cell(sweep_dir: str | Path, cell_id: str, runner: CellRunner | No
         return _run_single_cell(sweep_dir, cell_id, runner, record)
     except BaseException as exc:
         if not isinstance(exc, SystemExit):
-            write_json_atomic(failure_path(sweep_dir, cell_id), dataclasses.asdict(CellFailure.of(exc)))
+            with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+                write_json_atomic(failure_path(sweep_dir, cell_id), dataclasses.asdict(CellFailure.of(exc)))
         raise
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from tallrec_cli.config import deep_merge, from_dict, option, parse_overrides, to_dict
 from tallrec_cli.errors import ArtifactError, ConfigError
-from tallrec_cli.io import sha256_file
+from tallrec_cli.io import sha256_file, write_text_atomic
 
 SPEC_NAME = "sweep.yaml"
 
@@ -213,14 +213,42 @@ def json_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@dataclasses.dataclass
+class SweepRecord:
+    """SWEEP/sweep.yaml: the resolved spec, the sha256 of every file it reads, and the hash of both, which tells
+    a resume of this sweep from another sweep in the same folder."""
+    config_hash: str
+    spec: dict[str, Any]  # a resolved SweepSpec as a mapping (`sweep_spec` checks it)
+    files: dict[str, str]
+
+    @classmethod
+    def of(cls, spec: SweepSpec) -> SweepRecord:
+        files, plain = input_hashes(spec), to_dict(spec)
+        return cls(json_hash({"spec": plain, "files": files}), plain, files)
+
+    def write(self, sweep_dir: Path) -> None:
+        write_text_atomic(sweep_dir / SPEC_NAME, yaml.safe_dump(to_dict(self), sort_keys=False))
+
+    def sweep_spec(self, source: str = SPEC_NAME) -> SweepSpec:
+        return from_dict(SweepSpec, self.spec, source=source)
+
+
 def spec_hash(spec: SweepSpec) -> str:
-    payload = {"spec": to_dict(spec), "files": input_hashes(spec)}
-    return json_hash(payload)
+    return SweepRecord.of(spec).config_hash
+
+
+def read_sweep_record(sweep_dir: str | Path) -> SweepRecord:
+    """``SWEEP/sweep.yaml``, validated; a missing or damaged one is an ArtifactError."""
+    path = Path(sweep_dir) / SPEC_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{sweep_dir} has no {SPEC_NAME}: it is not a sweep folder", "pass the --output of `tallrec sweep`")
+    try:
+        return from_dict(SweepRecord, yaml.safe_load(path.read_text(encoding="utf-8")) or {}, source=str(path))
+    except (yaml.YAMLError, ConfigError) as exc:
+        raise ArtifactError(f"{path} is damaged: {'; '.join(getattr(exc, 'problems', [str(exc)]))}",
+                            "re-run the sweep with --overwrite (finished cells whose config is unchanged are kept)") from None
 
 
 def load_sweep_folder(sweep_dir: str | Path) -> SweepSpec:
     """The resolved spec recorded in ``SWEEP/sweep.yaml``."""
-    path = Path(sweep_dir) / SPEC_NAME
-    if not path.is_file():
-        raise ArtifactError(f"{sweep_dir} has no {SPEC_NAME}: it is not a sweep folder", "pass the --output of `tallrec sweep`")
-    return from_dict(SweepSpec, yaml.safe_load(path.read_text(encoding="utf-8"))["spec"], source=str(path))
+    return read_sweep_record(sweep_dir).sweep_spec(str(Path(sweep_dir) / SPEC_NAME))
