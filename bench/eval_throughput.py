@@ -76,7 +76,8 @@ def build_dataset(data: str | None) -> Path:
 
 def train_adapter(dataset: Path, steps: int) -> Path:
     """A SmolLM2 LoRA run trained to answer "Yes."/"No." + EOS (answer-only loss), like TALLRec's adapters."""
-    from tallrec_cli.train import load_train_config, run_training
+    from tallrec_cli.train import run_training
+    from tallrec_cli.train_config import load_train_config
 
     run = Path(tempfile.mkdtemp(prefix="bench-eval-run-")) / "run"
     run_training(load_train_config(None, {
@@ -189,7 +190,7 @@ def cpu_bench(args) -> None:
     import torch
 
     from data_builders import load_split
-    from tallrec_cli.evaluate import scoring_setup
+    from tallrec_cli.evaluate import resolve_scoring
     from tallrec_cli.metrics import safe_auc
     from tallrec_cli.models import load_for_inference
 
@@ -203,7 +204,8 @@ def cpu_bench(args) -> None:
     fp32 = load_for_inference(args.model, adapter, dtype="float32", merge_adapter=False)
     fast = load_for_inference(args.model, adapter, dtype=args.dtype, merge_adapter=False)
     merged = load_for_inference(args.model, adapter, dtype=args.dtype)
-    template, labels = scoring_setup(fast)
+    spec = resolve_scoring(fast)
+    template, labels = spec.template, spec.labels
     tokenizer = fast.tokenizer
     for inference in (fp32, fast, merged):  # warm-up: first calls allocate and pick kernels
         ours_step("warm-up", inference.model, tokenizer, template, records[:8], labels, 8, "auto", "")

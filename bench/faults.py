@@ -139,7 +139,8 @@ class Bench:
 
     def verify(self, folder: Path) -> str | None:
         """None when ``folder`` is absent, has no manifest, or its manifest checks out; else what is wrong."""
-        from tallrec_cli.export import check_files, load_train_run
+        from tallrec_cli.export import load_train_run
+        from tallrec_cli.integrity import check_files
         from tallrec_cli.io import read_jsonl
 
         manifest_path = folder / "manifest.json"

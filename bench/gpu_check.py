@@ -190,7 +190,7 @@ def _step_meter():
 
 
 def train_config(case: Case, shapes: Shapes, data: Path, output: Path, smoke: bool):
-    from tallrec_cli.train import load_train_config
+    from tallrec_cli.train_config import load_train_config
 
     optim = "adamw_torch" if smoke or case.quantization == "none" else "paged_adamw_8bit"
     return load_train_config(None, {
@@ -225,7 +225,9 @@ def run_train_case(case: Case, shapes: Shapes, workdir: Path, peak_flops: float,
     from tallrec_cli.capacity import estimate_recipe
     from tallrec_cli.models import load_tokenizer, resolve_model_source
     from tallrec_cli.prompts import load_template
-    from tallrec_cli.train import model_config_for, prepare_data, run_training
+    from tallrec_cli.capacity import model_config_for
+    from tallrec_cli.train import run_training
+    from tallrec_cli.train_data import prepare_data
 
     data = write_records(workdir / "data", max(shapes.micro_batch * shapes.steps, 8))
     run_dir = workdir / "runs" / f"{case.arch}-{case.quantization}"
@@ -259,7 +261,7 @@ def run_eval(shapes: Shapes, workdir: Path, peak_flops: float) -> list[dict]:
     from tallrec_cli.models import load_for_inference
     from tallrec_cli.prompts import load_template, resolve_label_tokens
     from tallrec_cli.scoring import score_prompts_detailed
-    from tallrec_cli.train import fit_record
+    from tallrec_cli.train_data import fit_record
 
     _reset_peak()
     inference = load_for_inference(model=f"random:{shapes.eval_arch}", dtype="bfloat16")

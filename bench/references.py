@@ -48,14 +48,14 @@ def build_sets(data: Path, work: Path) -> dict[str, tuple[list[dict], list[dict]
 def model_rows(adapter: str, records: list[dict], train: list[dict]) -> list[dict]:
     """Tuned model and zero-shot base (adapter off) on ``records``, compared with history-share and GBDT."""
     from tallrec_cli.compare import BASE_MODEL, Scored, compare, score_baselines
-    from tallrec_cli.evaluate import evaluate_records, scoring_setup
+    from tallrec_cli.evaluate import evaluate_records, resolve_scoring
     from tallrec_cli.models import load_for_inference
 
     inference = load_for_inference(None, adapter, merge_adapter=False)  # the base is scored with the adapter off
-    template, labels = scoring_setup(inference)
-    tuned, _ = evaluate_records(inference, records, template, labels, resamples=0)
+    spec = resolve_scoring(inference)
+    tuned, _ = evaluate_records(inference, records, spec, resamples=0)
     with inference.model.disable_adapter():
-        base, _ = evaluate_records(inference, records, template, labels, resamples=0)
+        base, _ = evaluate_records(inference, records, spec, resamples=0)
     scorers = [Scored("model", "tuned SmolLM2 (make demo)", tuned), Scored(BASE_MODEL, "zero-shot SmolLM2", base)]
     scorers += score_baselines(["history-share", "gbdt"], train, records)
     return compare(records, scorers[0], scorers[1:])["rows"]

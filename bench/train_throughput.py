@@ -54,7 +54,8 @@ def build_records(folder: Path) -> Path:
 
 
 def tallrec_run(dataset: Path, records: int, steps: int, batch: int, loss: str, work: Path) -> float:
-    from tallrec_cli.train import load_train_config, run_training
+    from tallrec_cli.train import run_training
+    from tallrec_cli.train_config import load_train_config
 
     timer = LoopTimer()
     config = load_train_config(None, {
@@ -142,7 +143,9 @@ def gpu_benchmark(args) -> None:
 
     from bench.common import random_model
     from tallrec_cli.models import load_tokenizer, resolve_model_source
-    from tallrec_cli.train import config_from_shape, dry_run, load_train_config, run_training
+    from tallrec_cli.capacity import config_from_shape, dry_run
+    from tallrec_cli.train import run_training
+    from tallrec_cli.train_config import load_train_config
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA GPU")

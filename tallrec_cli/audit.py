@@ -75,18 +75,16 @@ def baseline_scorer(name: str, train: Sequence[dict] | None, seed: int = 0) -> S
 def model_scorer(inference, template: str | None = None, label_words: Sequence[str] | None = None,
                  mode: str = "pair", batch_size: int | None = None, prefix_cache: str = "auto") -> Scorer:
     """A loaded model (``models.load_for_inference``) scoring records through ``evaluate_records``."""
-    from tallrec_cli.evaluate import evaluate_records, model_description, scoring_setup
+    from tallrec_cli.evaluate import evaluate_records, model_description, resolve_scoring
 
-    prompt_template, labels = scoring_setup(inference, template, label_words)
+    spec = resolve_scoring(inference, template, label_words, mode, batch_size, prefix_cache)
 
     def score(records: list[dict], on_progress: Progress | None = None) -> np.ndarray:
-        scores, _ = evaluate_records(inference, records, prompt_template, labels, mode, batch_size, prefix_cache,
-                                     resamples=0, on_batch=on_progress)
+        scores, _ = evaluate_records(inference, records, spec, resamples=0, on_batch=on_progress)
         return scores
 
     label = "tuned model" if inference.adapter else "model"
-    return Scorer("model", label, score, {**model_description(inference), "score_mode": mode,
-                                          "template": prompt_template.name, "labels": labels.as_dict()})
+    return Scorer("model", label, score, {**model_description(inference), **spec.describe()})
 
 
 # --- re-rendered histories ---------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def calibrate_run(run_dir: str | Path, method: str = "temperature", valid: str |
     Returns the report (also RUN/calibration/calibration.json). Everything is checked before the model
     loads; the manifest is rewritten last, atomically.
     """
-    from tallrec_cli.evaluate import evaluate_records, load_test_records
+    from tallrec_cli.evaluate import evaluate_records, load_test_records, resolve_scoring
     from tallrec_cli.io import read_manifest, sha256_file, staged_dir, write_json_atomic
     from tallrec_cli.models import load_for_inference
 
@@ -176,8 +176,8 @@ def calibrate_run(run_dir: str | Path, method: str = "temperature", valid: str |
     _require_both_classes(labels)
     inference = load_for_inference(adapter=str(run_dir), dtype=dtype)
     progress = on_start("validation", len(records)) if on_start else None
-    scores, _ = evaluate_records(inference, records, mode=score_mode, batch_size=batch_size, resamples=0,
-                                 on_batch=progress)
+    spec = resolve_scoring(inference, mode=score_mode, batch_size=batch_size)
+    scores, _ = evaluate_records(inference, records, spec, resamples=0, on_batch=progress)
     path = Path(source)
     fitted_on = {"source": str(source), "split": "valid", "records": len(records), "limit": limit,
                  "sha256": sha256_file(path) if path.is_file() else data.get("valid_sha256")}

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tallrec_cli.errors import ConfigError
+from tallrec_cli.errors import ConfigError, problem_count
 
 T = TypeVar("T")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -205,6 +205,7 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
 
 
 def _build(cls: type[T], data: dict[str, Any], prefix: str, problems: list[str]) -> T:
+    reported = len(problems)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -227,7 +228,8 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, problems: list[str])
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        problems.append(f"{prefix.rstrip('.') or cls.__name__}: {exc}")
+        if len(problems) == reported:  # else a consequence of the problems above (a required field missing)
+            problems.append(f"{prefix.rstrip('.') or cls.__name__}: {exc}")
         return None  # type: ignore[return-value]
 
 
@@ -249,11 +251,8 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     if config is not None:
         _collect_checks(config, problems)
     if problems:
-        bullet = "\n  - "
-        raise ConfigError(
-            f"{source} has {len(problems)} problem{'s' * (len(problems) > 1)}:{bullet}{bullet.join(problems)}",
-            "fix the recipe or the --set overrides; `tallrec keys` lists every key with its help",
-        )
+        raise ConfigError(hint="fix the recipe or the --set overrides; `tallrec keys` lists every key with its help",
+                          problems=problems, heading=f"{source} has {problem_count(problems)}")
     return config
 
 

@@ -249,7 +249,7 @@ def check_recipe_fit(recipe: str | Path | None, overrides: dict | None = None,
     """The recipe's `--dry-run` peak-memory estimate against what this machine has free."""
     from tallrec_cli.capacity import estimate_recipe, shortfall_advice
     from tallrec_cli.errors import TallrecError
-    from tallrec_cli.train import load_train_config
+    from tallrec_cli.train_config import load_train_config
 
     name = f"recipe {Path(recipe).name if recipe else '(defaults)'}"
     try:

@@ -88,7 +88,7 @@ def check_ensemble_request(names: Sequence[str], run_manifest: dict[str, Any] | 
                            train_source: str | None) -> list[str]:
     """Problems before any loading: unknown baselines, no train run (no validation split to fit on), a
     baseline that would be trained on other data than the run."""
-    from tallrec_cli.train import _data_sha256
+    from tallrec_cli.manifests import split_sha256
 
     problems = [f"--ensemble: unknown baseline {name!r} (use {', '.join(BASELINES)})"
                 for name in names if name not in BASELINES]
@@ -99,7 +99,7 @@ def check_ensemble_request(names: Sequence[str], run_manifest: dict[str, Any] | 
     data = run_manifest.get("data") or {}
     if not train_source:
         problems.append("--ensemble: the run names no training data; pass --train with the run's data")
-    elif data.get("train_sha256") and _data_sha256(train_source, "train") != data["train_sha256"]:
+    elif data.get("train_sha256") and split_sha256(train_source, "train") != data["train_sha256"]:
         problems.append(f"--ensemble: --train {train_source} is not the data the run was trained on "
                         f"({data.get('train')}); the baseline must learn from the run's own training split")
     return problems
@@ -113,16 +113,16 @@ def fit_blends(names: Sequence[str], run_manifest: dict[str, Any], train_records
     once for every blend).
     """
     from tallrec_cli.evaluate import load_test_records
-    from tallrec_cli.train import _data_sha256
+    from tallrec_cli.manifests import split_sha256
 
     data = run_manifest.get("data") or {}
     valid_source = data.get("valid") or data.get("train")
     valid = load_test_records(valid_source, "valid", limit)
     model_scores = score_valid(valid)
     labels = labels_of(valid)
-    train = {"source": str(train_source), "sha256": _data_sha256(train_source, "train")}
+    train = {"source": str(train_source), "sha256": split_sha256(train_source, "train")}
     fitted_on = {"source": str(valid_source), "split": "valid", "records": len(valid), "limit": limit,
-                 "sha256": _data_sha256(valid_source, "valid")}
+                 "sha256": split_sha256(valid_source, "valid")}
     blends = []
     for name in names:
         if on_fit:
@@ -159,10 +159,10 @@ def load_blend(path: str | Path, baseline: str | None = None) -> Blend:
 def refit_baseline(blend: Blend, seed: int = 0) -> FittedBlend:
     """The blend's baseline fitted again on its recorded training data, refused if that data changed."""
     from data_builders import load_split
-    from tallrec_cli.train import _data_sha256
+    from tallrec_cli.manifests import split_sha256
 
     source = blend.train["source"]
-    if not Path(source).exists() or _data_sha256(source, "train") != blend.train["sha256"]:
+    if not Path(source).exists() or split_sha256(source, "train") != blend.train["sha256"]:
         raise ConfigError(f"the {blend.baseline} ensemble was fitted with training data {source} that is gone or "
                           "has changed", "run `tallrec eval --ensemble` again")
     baseline = make_baseline(blend.baseline, seed)

@@ -19,7 +19,25 @@ class TallrecError(Exception):
 
 
 class ConfigError(TallrecError):
-    """A recipe, option or override is invalid."""
+    """A recipe, option or override is invalid.
+
+    ``problems`` (one line each) are the data. Given a list, the message is rendered from it: ``heading``
+    (e.g. "recipe.yaml has 2 problems", see `problem_count`) and one bullet per problem. Callers that
+    regroup problems (a sweep naming the cells each one affects) read the list, never the text.
+    """
+
+    def __init__(self, message: str | None = None, hint: str | None = None, problems: list[str] | None = None,
+                 heading: str | None = None):
+        self.problems = list(problems) if problems else [message or ""]
+        if problems:
+            bullet = "\n  - "
+            message = f"{heading or problem_count(self.problems)}:{bullet}{bullet.join(self.problems)}"
+        super().__init__(message or "", hint)
+
+
+def problem_count(problems: list) -> str:
+    """``1 problem`` / ``3 problems``."""
+    return f"{len(problems)} problem{'s' * (len(problems) > 1)}"
 
 
 class DataError(TallrecError):
@@ -36,3 +54,14 @@ class ArtifactError(TallrecError):
 
 class ResourceError(TallrecError):
     """Not enough memory or disk for what was asked."""
+
+
+class TrainingInterrupted(TallrecError):
+    """Ctrl-C stopped a run after ``step`` optimizer steps (a checkpoint was saved, so it can resume).
+
+    Callers tell an interruption from a failure by this type and read ``step``, never the message.
+    """
+
+    def __init__(self, step: int, message: str, hint: str | None = None):
+        super().__init__(message, hint)
+        self.step = step

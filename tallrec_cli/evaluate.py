@@ -1,7 +1,8 @@
 """Evaluation and prediction: score records with P(yes), compute metrics, write eval folders.
 
-``evaluate_records`` scores one list of records (calibration and audit call it); ``evaluate_tests``
-(eval and sweep) adds reading test files and writing ``<root>/<test-name>/`` folders (metrics.json, predictions.jsonl,
+``resolve_scoring`` fixes how a model scores (template, label tokens, mode, batch size, prefix cache) once;
+``evaluate_records`` scores one list of records (calibration and audit call it); ``evaluate_tests`` (eval and
+sweep) adds reading test files and writing ``<root>/<test-name>/`` folders (metrics.json, predictions.jsonl,
 optional plots, manifest.json written last). ``predict_rows`` scores new histories and candidates.
 """
 
@@ -18,9 +19,11 @@ import numpy as np
 
 from tallrec_cli.calibration import Calibration, applied, calibration_metrics
 from tallrec_cli.errors import ConfigError, DataError, ModelError
-from tallrec_cli.io import read_manifest, sha256_file, staged_dir, write_json_atomic, write_jsonl_atomic, write_manifest
+from tallrec_cli.io import read_manifest, sha256_file, staged_dir, write_json_atomic, write_jsonl_atomic
+from tallrec_cli.manifests import EvalManifest
 from tallrec_cli.metrics import BOOTSTRAP_RESAMPLES, compute_metrics, ranking_metrics
-from tallrec_cli.prompts import LabelTokens, PromptTemplate, load_template, resolve_label_tokens
+from tallrec_cli.prompts import load_template, resolve_label_tokens
+from tallrec_cli.scoring import ScoringSpec
 
 DEFAULT_TEMPLATE = "alpaca"
 DEFAULT_LABEL_WORDS = ("Yes", "No")
@@ -29,16 +32,15 @@ DOMAINS = ("movie", "book")
 SPLIT_NAMES = ("train", "valid", "test")
 
 
-def scoring_setup(inference, template: PromptTemplate | str | None = None,
-                  label_words: Sequence[str] | None = None) -> tuple[PromptTemplate, LabelTokens]:
-    """The prompt template and label tokens to score with.
+def resolve_scoring(inference, template: str | None = None, label_words: Sequence[str] | None = None,
+                    mode: str = "pair", batch_size: int | None = None, prefix_cache: str = "auto") -> ScoringSpec:
+    """The scoring spec for ``inference`` (a ``models.InferenceModel``, weights loaded or not yet).
 
-    Explicit arguments win; otherwise what the run / export manifest recorded; otherwise the defaults
-    (alpaca, Yes/No). Recorded label ids must still be what this tokenizer gives, or training and
-    scoring would read different tokens.
+    Template and label words: explicit arguments win; otherwise what the run / export manifest recorded;
+    otherwise the defaults (alpaca, Yes/No). Recorded label ids must still be what this tokenizer gives, or
+    training and scoring would read different tokens.
     """
-    if not isinstance(template, PromptTemplate):
-        template = load_template(template or inference.template or DEFAULT_TEMPLATE)
+    prompt_template = load_template(template or inference.template or DEFAULT_TEMPLATE)
     recorded = inference.labels or {}
     if label_words is None:
         label_words = (recorded.get("positive_word", DEFAULT_LABEL_WORDS[0]),
@@ -46,7 +48,7 @@ def scoring_setup(inference, template: PromptTemplate | str | None = None,
     if len(label_words) != 2:
         raise ConfigError(f"expected two label words (positive, negative), got {list(label_words)}",
                           "pass them as --label-words Yes,No")
-    labels = resolve_label_tokens(inference.tokenizer, template, label_words[0], label_words[1])
+    labels = resolve_label_tokens(inference.tokenizer, prompt_template, label_words[0], label_words[1])
     if recorded and (recorded.get("positive_word"), recorded.get("negative_word")) == tuple(label_words):
         expected = (recorded.get("positive_id"), recorded.get("negative_id"))
         if expected != (labels.positive_id, labels.negative_id):
@@ -54,7 +56,7 @@ def scoring_setup(inference, template: PromptTemplate | str | None = None,
                 f"the run recorded label ids {expected} for {list(label_words)} but this tokenizer gives "
                 f"{(labels.positive_id, labels.negative_id)}",
                 "evaluate with the tokenizer the adapter was trained with (the run's base model)")
-    return template, labels
+    return ScoringSpec(prompt_template, labels, mode, batch_size, prefix_cache)
 
 
 def load_test_records(path: str | Path, split: str = "test", limit: int | None = None) -> list[dict]:
@@ -78,35 +80,23 @@ def result_name(path: str | Path, split: str = "test") -> str:
     return path.stem
 
 
-def evaluate_records(inference, records: Sequence[dict], template: PromptTemplate | str | None = None,
-                     labels: LabelTokens | Sequence[str] | None = None, mode: str = "pair",
-                     batch_size: int | None = None, prefix_cache: str = "auto",
-                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                     on_batch: Callable[[int], None] | None = None,
+def evaluate_records(inference, records: Sequence[dict], spec: ScoringSpec, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = 0, on_batch: Callable[[int], None] | None = None,
                      calibration: Calibration | None = None) -> tuple[np.ndarray, dict]:
     """Score ``records`` (each with instruction, input, label; user_id enables GAUC) with ``inference``
-    (a ``models.InferenceModel``) and compute every metric.
+    (a ``models.InferenceModel``) as ``spec`` says and compute every metric.
 
-    ``labels`` is a resolved ``LabelTokens`` or two label words. Returns (P(yes) per record in input
-    order, metrics dict with ``score_mode``, ``template``, ``labels`` and ``scoring`` details).
+    Returns (P(yes) per record in input order, metrics dict with ``score_mode``, ``template``, ``labels``
+    and ``scoring`` details).
     With ``calibration`` (see `tallrec calibrate`) the scores and metrics are the calibrated ones and
     ``uncalibrated`` keeps log-loss, Brier and ECE of the raw scores.
     """
-    from tallrec_cli.scoring import score_prompts_detailed
-
     if not records:
         raise DataError("no records to evaluate", "pass a non-empty test file")
-    if isinstance(labels, LabelTokens):
-        template = template if isinstance(template, PromptTemplate) else load_template(
-            template or inference.template or DEFAULT_TEMPLATE)
-    else:
-        template, labels = scoring_setup(inference, template, labels)
     truth = [_label(record, index) for index, record in enumerate(records)]
-    prompts = [template.render(record, inference.tokenizer) for record in records]
-    result = score_prompts_detailed(inference.model, inference.tokenizer, prompts, labels, mode, batch_size,
-                                    on_batch, prefix_cache)
+    result = spec.score(inference.model, inference.tokenizer, spec.render(records, inference.tokenizer), on_batch)
     users = [record["user_id"] for record in records] if all("user_id" in record for record in records) else None
-    scores, calibration_note = applied(calibration, result.scores, mode)
+    scores, calibration_note = applied(calibration, result.scores, spec.mode)
     metrics = compute_metrics(truth, scores, users, resamples, seed)
     if users is None:
         metrics["notes"].append("GAUC not computed: the records carry no user_id")
@@ -114,20 +104,17 @@ def evaluate_records(inference, records: Sequence[dict], template: PromptTemplat
         metrics["notes"].append(calibration_note)
     if calibration is not None and scores is not result.scores:
         metrics.update(calibration=calibration.as_dict(), uncalibrated=calibration_metrics(truth, result.scores))
-    metrics.update(score_mode=mode, template=template.name, labels=labels.as_dict(), scoring=result.describe())
+    metrics.update(**spec.describe(), scoring=result.describe())
     return scores, metrics
 
 
-def model_scorer(inference, template: str | None = None, label_words: Sequence[str] | None = None,
-                 mode: str = "pair", batch_size: int | None = None, prefix_cache: str = "auto",
-                 calibration: Calibration | None = None,
+def model_scorer(inference, spec: ScoringSpec, calibration: Calibration | None = None,
                  on_start: Callable[[str, int], Callable[[int], None] | None] | None = None):
     """``score(records, name)`` -> the P(yes) eval would report for them (e.g. validation records to fit
-    an ensemble on), with the same template, labels, score mode and calibration."""
+    an ensemble on), with the same spec and calibration."""
     def score(records: Sequence[dict], name: str = "validation") -> np.ndarray:
         progress = on_start(name, len(records)) if on_start else None
-        return evaluate_records(inference, records, template, label_words, mode, batch_size, prefix_cache, 0, 0,
-                                progress, calibration)[0]
+        return evaluate_records(inference, records, spec, resamples=0, on_batch=progress, calibration=calibration)[0]
     return score
 
 
@@ -169,10 +156,9 @@ def write_eval_folder(folder: Path, records: Sequence[dict], scores: np.ndarray,
             for record, score in zip(records, scores)))
         if plots:
             write_plots(staging, [record["label"] for record in records], scores, f"{folder.name} ({metrics['score_mode']})")
-        write_manifest(staging, "eval", {**inputs, "metrics": {key: metrics[key] for key in (
+        EvalManifest.new(**inputs, metrics={key: metrics[key] for key in (
             "score_mode", "records", "positives", "auc", "auc_ci95", "gauc", "gauc_ci95", "users", "gauc_users",
-            "log_loss", "accuracy", "brier", "ece")},
-            "files": sorted(path.name for path in staging.iterdir())})
+            "log_loss", "accuracy", "brier", "ece")}, files=sorted(path.name for path in staging.iterdir())).write(staging)
     return folder
 
 
@@ -231,10 +217,8 @@ def load_tests(tests: Sequence[str | Path], split: str = "test", limit: int | No
             for name, path in zip(names, tests)]
 
 
-def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path, template: str | None = None,
-                   label_words: Sequence[str] | None = None, mode: str = "pair", batch_size: int | None = None,
-                   prefix_cache: str = "auto", resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                   plots: bool = False, overwrite: bool = False,
+def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path, spec: ScoringSpec, *,
+                   resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, plots: bool = False, overwrite: bool = False,
                    on_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
                    references: Sequence[str] = (), train_records: Sequence[dict] | None = None,
                    calibration: Calibration | None = None, ensembles: Sequence = ()) -> list[dict]:
@@ -249,18 +233,16 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
     from tallrec_cli.compare import BASE_MODEL, Scored, compare, score_baselines, write_comparison
     from tallrec_cli.ensemble import compare_blends, write_blends
 
-    prompt_template, labels = scoring_setup(inference, template, label_words)
     model = model_description(inference)
     results = []
     for test in tests:
         progress = on_start(test.name, len(test.records)) if on_start else None
-        scores, metrics = evaluate_records(inference, test.records, prompt_template, labels, mode, batch_size,
-                                           prefix_cache, resamples, seed, progress, calibration)
+        scores, metrics = evaluate_records(inference, test.records, spec, resamples, seed, progress, calibration)
         metrics = {"test": test.name, "source": str(test.path), **metrics}
         inputs = {**model, "test": {"name": test.name, "path": str(test.path.resolve()), "split": test.split,
                                     "limit": test.limit,
                                     "sha256": sha256_file(test.path) if test.path.is_file() else None},
-                  "prompt": {"template": prompt_template.name}, "labels": labels.as_dict(), "score_mode": mode,
+                  "prompt": {"template": spec.template.name}, "labels": spec.labels.as_dict(), "score_mode": spec.mode,
                   "calibration": metrics.get("calibration")}
         comparison, model_label = None, "tuned model" if inference.adapter else "model"
         writers = []
@@ -269,8 +251,7 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
             if BASE_MODEL in references:
                 progress = on_start(f"{test.name} without adapter", len(test.records)) if on_start else None
                 with inference.model.disable_adapter():
-                    base_scores, _ = evaluate_records(inference, test.records, prompt_template, labels, mode,
-                                                      batch_size, prefix_cache, 0, seed, progress)
+                    base_scores, _ = evaluate_records(inference, test.records, spec, 0, seed, progress)
                 scorers.append(Scored(BASE_MODEL, "zero-shot base", base_scores))
             scorers += score_baselines([name for name in references if name != BASE_MODEL], train_records,
                                        test.records, seed)
@@ -363,29 +344,22 @@ def candidate_prompt_parts(row: dict, domain: str = "movie", where: str = "row")
         target=wording.target_item.format(item=str(row["candidate"]).strip()))}
 
 
-def predict_rows(inference, rows: Sequence[dict], domain: str = "movie", template: str | None = None,
-                 label_words: Sequence[str] | None = None, mode: str = "pair", batch_size: int | None = None,
-                 prefix_cache: str = "auto", rank: bool = False, ks: Sequence[int] = DEFAULT_RANK_KS,
+def predict_rows(inference, rows: Sequence[dict], spec: ScoringSpec, *, domain: str = "movie", rank: bool = False,
+                 ks: Sequence[int] = DEFAULT_RANK_KS,
                  on_batch: Callable[[int], None] | None = None,
                  calibration: Calibration | None = None, blend=None) -> tuple[list[dict], dict]:
     """P(yes) per row (``p_yes`` added, calibrated when ``calibration`` is given; ``rank`` within the user
     with ``rank=True``) and a summary (score mode, HR@K / NDCG@K when ranking rows that carry labels).
     With ``blend`` (an ``ensemble.FittedBlend``) ``p_yes`` is the ensemble's and ``p_yes_model`` the model's."""
-    from tallrec_cli.scoring import score_prompts_detailed
-
-    prompt_template, labels = scoring_setup(inference, template, label_words)
-    prompts = [prompt_template.render(candidate_prompt_parts(row, domain, f"row {number}"), inference.tokenizer)
-               for number, row in enumerate(rows, start=1)]
-    result = score_prompts_detailed(inference.model, inference.tokenizer, prompts, labels, mode, batch_size,
-                                    on_batch, prefix_cache)
-    scores, calibration_note = applied(calibration, result.scores, mode)
+    parts = [candidate_prompt_parts(row, domain, f"row {number}") for number, row in enumerate(rows, start=1)]
+    result = spec.score(inference.model, inference.tokenizer, spec.render(parts, inference.tokenizer), on_batch)
+    scores, calibration_note = applied(calibration, result.scores, spec.mode)
     output = [{**row, "p_yes": float(score)} for row, score in zip(rows, scores)]
     if blend is not None:
         model_scores, (scores, _) = scores, blend.score(rows, scores)
         output = [{**row, "p_yes": float(score), "p_yes_model": float(model_score)}
                   for row, score, model_score in zip(rows, scores, model_scores)]
-    summary: dict[str, Any] = {"rows": len(output), "score_mode": mode, "template": prompt_template.name,
-                               "labels": labels.as_dict(), "scoring": result.describe(),
+    summary: dict[str, Any] = {"rows": len(output), **spec.describe(), "scoring": result.describe(),
                                "calibration_note": calibration_note,
                                "ensemble": blend.blend.as_dict() if blend is not None else None}
     if rank:

@@ -21,14 +21,13 @@ import yaml
 
 from tallrec_cli.calibration import card_section
 from tallrec_cli.errors import ArtifactError, ConfigError, ModelError, ResourceError
-from tallrec_cli.io import (
-    MANIFEST_NAME, check_output_folder, file_hashes, read_manifest, refuse_overlap, sha256_file, staged_dir,
-    write_manifest, write_text_atomic,
-)
+from tallrec_cli.integrity import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_intact
+from tallrec_cli.io import MANIFEST_NAME, check_output_folder, file_hashes, refuse_overlap, staged_dir, write_text_atomic
+from tallrec_cli.manifests import (AdapterExportManifest, MergedExportManifest, SourceRun, TrainedAdapter,
+                                   TrainRunManifest)
+from tallrec_cli.manifests import load as load_manifest
 from tallrec_cli.models import EMBEDDED_MODELS, ModelSource
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 MERGE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 # Largest |merged - (base + adapter)| logit difference accepted, relative to the largest reference logit:
 # fp32 differs only by summation order; a 16-bit merge rounds W + BA once per weight.
@@ -66,81 +65,10 @@ SAMPLE_RECORDS = [
 
 
 @dataclass(frozen=True)
-class FileCheck:
-    """Result of re-hashing a folder against recorded sha256 values."""
-    changed: tuple[str, ...] = ()
-    missing: tuple[str, ...] = ()
-    extra: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return not (self.changed or self.missing or self.extra)
-
-    def describe(self) -> str:
-        parts = [f"{what}: {', '.join(names)}" for what, names in
-                 (("changed", self.changed), ("missing", self.missing), ("extra", self.extra)) if names]
-        return "; ".join(parts) or "all files match"
-
-
-def check_files(folder: str | Path, expected: dict[str, str], allow_extra: bool = False) -> FileCheck:
-    """Re-hash ``folder`` against ``expected`` (relative path -> sha256)."""
-    folder = Path(folder)
-    missing = tuple(sorted(name for name in expected if not (folder / name).is_file()))
-    changed = tuple(sorted(name for name in expected
-                           if name not in missing and sha256_file(folder / name) != expected[name]))
-    extra = () if allow_extra else tuple(sorted(set(file_hashes(folder)) - set(expected)))
-    return FileCheck(changed, missing, extra)
-
-
-def check_safetensors(path: str | Path) -> list[str]:
-    """Parse a safetensors file completely and return its tensor names; truncation, a damaged header or
-    non-finite values are an ArtifactError naming the file."""
-    import torch
-    from safetensors import safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            names = list(handle.keys())
-            bad = [name for name in names if not torch.isfinite(handle.get_tensor(name)).all()]
-    except Exception as exc:  # safetensors raises its own error types for every kind of damage
-        raise ArtifactError(f"{path} is damaged or truncated: cannot be read as safetensors "
-                            f"({str(exc).splitlines()[0]})", "re-create it (re-run training or the export)") from None
-    if bad:
-        raise ArtifactError(f"{path} holds non-finite values in {', '.join(bad[:3])}",
-                            "the training run diverged; export another checkpoint or retrain")
-    return names
-
-
-def check_adapter_intact(folder: str | Path, manifest: dict[str, Any],
-                         adapter_dir: str | Path) -> tuple[dict[str, Any], list[str]]:
-    """Before any weights load: the files match the hashes the manifest recorded, and the adapter's config
-    and weights parse (no truncation, damaged header or non-finite values). Returns (config, tensor names)."""
-    folder, adapter_dir = Path(folder), Path(adapter_dir)
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        if not (adapter_dir / name).is_file():
-            raise ArtifactError(f"{adapter_dir / name} is missing", "the folder is incomplete; retrain or export again")
-    recorded = manifest.get("files") or {}
-    if recorded:
-        check = check_files(folder, recorded, allow_extra=True)
-        if not check.ok:
-            raise ArtifactError(f"{folder} does not match the hashes in its manifest ({check.describe()})",
-                                "it was modified after it was written; restore the files, retrain or export again")
-    config_path = adapter_dir / ADAPTER_CONFIG
-    try:
-        adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{config_path} is not valid JSON ({exc})", "restore it, retrain or export again") from None
-    if not isinstance(adapter_config, dict):
-        raise ArtifactError(f"{config_path} does not hold a JSON object", "restore it, retrain or export again")
-    return adapter_config, check_safetensors(adapter_dir / ADAPTER_WEIGHTS)
-
-
-@dataclass(frozen=True)
 class TrainRun:
     """A finished train run folder, with its adapter checked to be intact."""
     path: Path
-    manifest: dict[str, Any]
+    manifest: TrainRunManifest
     adapter_dir: Path
     adapter_config: dict[str, Any]
     tensor_names: tuple[str, ...]
@@ -161,9 +89,9 @@ def load_train_run(run_dir: str | Path) -> TrainRun:
             "so there is no final adapter to export",
             "let `tallrec train` finish, or resume it with --resume",
         )
-    manifest = read_manifest(run_dir, "train-run")
-    adapter_dir = run_dir / manifest.get("adapter_dir", "adapter")
-    adapter_config, names = check_adapter_intact(run_dir, manifest, adapter_dir)
+    manifest = load_manifest(run_dir, TrainRunManifest)
+    adapter_dir = run_dir / manifest.adapter_dir
+    adapter_config, names = check_adapter_intact(run_dir, {}, adapter_dir)  # a run's manifest records no hashes
     return TrainRun(run_dir, manifest, adapter_dir, adapter_config, tuple(names))
 
 
@@ -174,7 +102,7 @@ def resolve_base(run: TrainRun, base_model: str | None = None) -> ModelSource:
 
     from tallrec_cli.models import check_adapter_matches_base, model_identity, resolve_model_source
 
-    recorded = run.manifest.get("base_model") or {}
+    recorded = run.manifest.base_model
     name = base_model or recorded.get("name")
     if not name:
         raise ArtifactError(f"{run.path}/{MANIFEST_NAME} names no base model", "pass --base-model")
@@ -286,16 +214,6 @@ def _tokenizer_differs(run: TrainRun, source: ModelSource) -> bool:
     return signature(mine) != signature(base)
 
 
-def dataset_name(data: dict[str, Any]) -> str:
-    """A run's dataset by name: its own ``name``, else the dataset folder (or the file's folder)."""
-    if data.get("name"):
-        return str(data["name"])
-    if not data.get("train"):
-        return "unknown"
-    train = Path(data["train"])
-    return (train.parent.name or train.stem) if train.suffix in (".json", ".jsonl") else train.name
-
-
 def _is_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
@@ -304,14 +222,13 @@ def _front_matter(meta: dict[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000) + "---\n"
 
 
-def _model_index(name: str, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def _model_index(name: str, manifest: TrainedAdapter) -> list[dict[str, Any]]:
     """HF model-index entry with the validation AUC and the shots/seed it was measured at."""
-    data = manifest.get("data") or {}
-    auc = (manifest.get("metrics") or {}).get("val_auc", (manifest.get("best") or {}).get("val_auc"))
+    auc = manifest.val_auc
     if auc is None:
         return []
-    shots, seed = data.get("shots"), data.get("sample_seed", manifest.get("seed"))
-    dataset = dataset_name(data)
+    shots, seed = manifest.data.shots, manifest.data.sample_seed
+    dataset = manifest.data.dataset_name
     return [{"name": name, "results": [{
         "task": {"type": "text-classification", "name": "Recommendation (will the user like the item: Yes/No)"},
         "dataset": {"type": dataset, "name": dataset, "split": "valid"},
@@ -321,11 +238,11 @@ def _model_index(name: str, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     }]}]
 
 
-def _prompt_section(manifest: dict[str, Any]) -> str:
+def _prompt_section(manifest: TrainedAdapter) -> str:
     from tallrec_cli.prompts import load_template
 
-    template_name = (manifest.get("prompt") or {}).get("template", "alpaca")
-    labels = manifest.get("labels") or {}
+    template_name = manifest.prompt.template
+    labels = manifest.labels
     try:
         template = load_template(template_name)
         example = (f"```text\n{template.with_input}{template.response_prefix}\n```\n\n"
@@ -340,17 +257,16 @@ def _prompt_section(manifest: dict[str, Any]) -> str:
     )
 
 
-def _results_section(manifest: dict[str, Any]) -> str:
-    data, best, lora = manifest.get("data") or {}, manifest.get("best") or {}, manifest.get("lora") or {}
-    metrics = manifest.get("metrics") or {}
+def _results_section(manifest: TrainedAdapter) -> str:
+    data = manifest.data
     rows = [
-        ("validation AUC", metrics.get("val_auc", best.get("val_auc"))), ("best step", best.get("step")),
-        ("dataset", dataset_name(data)), ("shots", data.get("shots")),
-        ("sample seed", data.get("sample_seed", manifest.get("seed"))), ("train records", data.get("train_records")),
-        ("validation records", data.get("valid_records")),
-        ("dataset manifest sha256", data.get("dataset_manifest_sha256")),
-        ("LoRA", ", ".join(f"{key}={value}" for key, value in lora.items()) or None),
-        ("training quantization", manifest.get("quantization")), ("training dtype", manifest.get("dtype")),
+        ("validation AUC", manifest.val_auc), ("best step", manifest.best.step),
+        ("dataset", data.dataset_name), ("shots", data.shots),
+        ("sample seed", data.sample_seed), ("train records", data.train_records),
+        ("validation records", data.valid_records),
+        ("dataset manifest sha256", data.dataset_manifest_sha256),
+        ("LoRA", ", ".join(f"{key}={value}" for key, value in manifest.lora.items()) or None),
+        ("training quantization", manifest.quantization), ("training dtype", manifest.dtype),
     ]
     table = "\n".join(f"| {key} | {value} |" for key, value in rows if value is not None)
     return f"## Training and results\n\n| | |\n|---|---|\n{table}\n"
@@ -369,14 +285,13 @@ def _vllm_section(check: VllmCheck, base: str, name: str, path: str) -> str:
     return f"## Serve with vLLM\n\nThis adapter {verdict}.{notes}\n{command}"
 
 
-def adapter_card(name: str, base: str, manifest: dict[str, Any], check: VllmCheck, embedded: bool,
+def adapter_card(name: str, base: str, manifest: TrainedAdapter, check: VllmCheck, embedded: bool,
                  path: str, tokenizer_included: bool) -> str:
     """README.md for an adapter export: HF front matter, prompt/scoring, results, PEFT and vLLM usage."""
-    data = manifest.get("data") or {}
     meta = {"base_model": base, "library_name": "peft", "pipeline_tag": "text-generation",
             "tags": ["tallrec", "lora", "peft", "recommendation"]
             + ([f"base_model:adapter:{base}"] if _is_hub_id(base) else []),
-            "datasets": [dataset_name(data)], "metrics": ["roc_auc"]}
+            "datasets": [manifest.data.dataset_name], "metrics": ["roc_auc"]}
     index = _model_index(name, manifest)
     if index:
         meta["model-index"] = index
@@ -385,7 +300,7 @@ def adapter_card(name: str, base: str, manifest: dict[str, Any], check: VllmChec
     return (
         _front_matter(meta) + f"\n# {name}\n\nA LoRA adapter for `{base}` that answers whether a user will like an "
         f"item (TALLRec-style), exported by tallrec.\n{embedded_note}\n" + _prompt_section(manifest) + "\n"
-        + _results_section(manifest) + card_section(manifest) + "\n## Use with PEFT\n\n```python\n"
+        + _results_section(manifest) + card_section(manifest.as_dict()) + "\n## Use with PEFT\n\n```python\n"
         "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
         f'model = AutoPeftModelForCausalLM.from_pretrained("{path}")  # loads {base}, then the adapter\n'
         f'tokenizer = AutoTokenizer.from_pretrained("{path if tokenizer_included else base}")\n```\n\n'
@@ -400,7 +315,7 @@ class AdapterExport:
     base: str
     vllm: VllmCheck
     tokenizer_included: bool
-    manifest: dict[str, Any]
+    manifest: AdapterExportManifest
 
 
 def _check_output(output: Path, run_dir: str | Path, base_model: str | None, overwrite: bool) -> None:
@@ -413,12 +328,7 @@ def _check_output(output: Path, run_dir: str | Path, base_model: str | None, ove
 
 def _run_payload(run: TrainRun) -> dict[str, Any]:
     """What an export carries over from its run manifest (recognising the base, prompting, provenance)."""
-    manifest = run.manifest
-    keys = ("base_model", "base_model_config", "prompt", "labels", "data", "best", "metrics", "lora",
-            "quantization", "dtype", "seed", "calibration")
-    payload = {key: manifest[key] for key in keys if key in manifest}
-    payload["source_run"] = {"path": str(run.path.resolve()), "created": manifest.get("created")}
-    return payload
+    return {**run.manifest.carried(), "source_run": SourceRun(str(run.path.resolve()), run.manifest.created)}
 
 
 def export_adapter(run_dir: str | Path, output: str | Path, name: str | None = None, overwrite: bool = False,
@@ -431,7 +341,7 @@ def export_adapter(run_dir: str | Path, output: str | Path, name: str | None = N
     source = resolve_base(run, base_model)
     base = serving_name(source)
     name = name or output.name
-    model_type = (run.manifest.get("base_model_config") or {}).get("model_type")
+    model_type = (run.manifest.base_model_config or {}).get("model_type")
     vllm = check_vllm_compatibility(run.adapter_config, run.tensor_names, model_type)
     include_tokenizer = _tokenizer_differs(run, source)
     with staged_dir(output, overwrite=overwrite) as staging:
@@ -442,14 +352,12 @@ def export_adapter(run_dir: str | Path, output: str | Path, name: str | None = N
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(run.adapter_dir).save_pretrained(staging)
-        payload = _run_payload(run)
-        card = adapter_card(name, base, payload, vllm, source.kind == "embedded", str(output.resolve()),
+        card = adapter_card(name, base, run.manifest, vllm, source.kind == "embedded", str(output.resolve()),
                             include_tokenizer)
         write_text_atomic(staging / "README.md", card)
-        manifest = write_manifest(staging, "adapter-export", {
-            **payload, "name": name, "adapter_dir": ".", "base_model_name_or_path": base,
-            "tokenizer_included": include_tokenizer, "vllm": vllm.as_dict(), "files": file_hashes(staging),
-        })
+        manifest = AdapterExportManifest.new(
+            **_run_payload(run), name=name, base_model_name_or_path=base, tokenizer_included=include_tokenizer,
+            vllm=vllm.as_dict(), files=file_hashes(staging)).write(staging)
     return AdapterExport(output, base, vllm, include_tokenizer, manifest)
 
 
@@ -498,7 +406,7 @@ def verification_records(run: TrainRun, limit: int) -> tuple[list[dict], str]:
 
     from tallrec_cli.errors import TallrecError
 
-    valid = (run.manifest.get("data") or {}).get("valid")
+    valid = run.manifest.data.valid
     if valid and Path(valid).exists():
         try:
             records = [record for record in load_split(valid, "valid") if record.get("label") in (0, 1)]
@@ -577,15 +485,15 @@ class MergedExport:
     shards: int
     size_bytes: int
     verification: MergeVerification
-    manifest: dict[str, Any]
+    manifest: MergedExportManifest
 
 
-def merged_card(name: str, base: str, manifest: dict[str, Any], dtype: str, quantized: str | None,
+def merged_card(name: str, base: str, manifest: TrainedAdapter, dtype: str, quantized: str | None,
                 verification: MergeVerification) -> str:
     """README.md for a merged export: loads with plain transformers, no adapter needed."""
     meta = {"base_model": base, "library_name": "transformers", "pipeline_tag": "text-generation",
             "tags": ["tallrec", "lora", "merged", "recommendation"],
-            "datasets": [dataset_name(manifest.get("data") or {})], "metrics": ["roc_auc"]}
+            "datasets": [manifest.data.dataset_name], "metrics": ["roc_auc"]}
     index = _model_index(name, manifest)
     if index:
         meta["model-index"] = index
@@ -596,7 +504,7 @@ def merged_card(name: str, base: str, manifest: dict[str, Any], dtype: str, quan
     return (
         _front_matter(meta) + f"\n# {name}\n\n`{base}` with a tallrec LoRA adapter merged in ({dtype}). "
         f"Load it with `AutoModelForCausalLM.from_pretrained` or serve it with `vllm serve PATH`.\n{quant_note}\n"
-        + _prompt_section(manifest) + "\n" + _results_section(manifest) + card_section(manifest)
+        + _prompt_section(manifest) + "\n" + _results_section(manifest) + card_section(manifest.as_dict())
         + "\n## Merge verification\n\n"
         f"Reloaded from disk and compared with base + adapter on {check.logit_prompts} prompts "
         f"({check.prompts_source}): max |logit difference| {check.max_abs_logit_diff:.3g} "
@@ -638,13 +546,13 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
     # Weights load straight onto the device, so a GPU too small fails inside load_model with this advice.
     oom_hint = (f"merge in host RAM instead: --device cpu (about {merged_bytes / 1e9:.1f} GB of RAM at {dtype})"
                 if device != "cpu" else "free host RAM or merge on a machine with more memory")
-    quantization = run.manifest.get("quantization") or "none"
+    quantization = run.manifest.quantization
     quantized = None if quantization == "none" else quantization
 
     tokenizer_source = ModelSource("local", str(run.adapter_dir), str(run.adapter_dir)) if run.has_tokenizer else source
     tokenizer = load_tokenizer(tokenizer_source)
-    template = load_template((run.manifest.get("prompt") or {}).get("template", "alpaca"))
-    labels = LabelTokens(**run.manifest["labels"])
+    template = load_template(run.manifest.prompt.template)
+    labels = LabelTokens(**run.manifest.labels)
     records, prompts_source = verification_records(run, max(verify_samples, LOGIT_PROMPTS))
     prompts = [template.render(record, tokenizer) for record in records]
     truth = [int(record["label"]) for record in records]
@@ -683,14 +591,12 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
             )
         base = serving_name(source)
         name = name or output.name
-        payload = _run_payload(run)
-        write_text_atomic(staging / "README.md", merged_card(name, base, payload, dtype, quantized, verification))
+        write_text_atomic(staging / "README.md", merged_card(name, base, run.manifest, dtype, quantized, verification))
         weights = sorted(staging.glob("*.safetensors"))
-        manifest = write_manifest(staging, "merged-export", {
-            **payload, "name": name, "base_model_name_or_path": base,
-            "merge": {"dtype": dtype, "training_quantization": quantized or "none",
-                      "merged_into": f"unquantized base reloaded in {dtype}", "max_shard_size": max_shard_size},
-            "verification": verification.as_dict(), "files": file_hashes(staging),
-        })
+        manifest = MergedExportManifest.new(
+            **_run_payload(run), name=name, base_model_name_or_path=base,
+            merge={"dtype": dtype, "training_quantization": quantized or "none",
+                   "merged_into": f"unquantized base reloaded in {dtype}", "max_shard_size": max_shard_size},
+            verification=verification.as_dict(), files=file_hashes(staging)).write(staging)
         size = sum(path.stat().st_size for path in weights)
     return MergedExport(output, dtype, quantized, len(weights), size, verification, manifest)

@@ -126,21 +126,28 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def manifest_header(kind: str) -> dict[str, Any]:
+    """What every manifest starts with: kind, creation time, package versions, command line."""
+    return {"kind": kind, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": package_versions(), "command": list(sys.argv)}
+
+
 def write_manifest(folder: str | os.PathLike, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Write ``manifest.json`` last: kind, creation time, versions, command line and ``payload``."""
-    manifest = {
-        "kind": kind,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": package_versions(),
-        "command": sys.argv,
-        **payload,
-    }
+    """Write ``manifest.json`` last: the header and ``payload``. Kinds with a type go through
+    `tallrec_cli.manifests` (``TYPE.new(...).write(folder)``), which validates them."""
+    from tallrec_cli.manifests import TYPES
+
+    if kind in TYPES:
+        raise TypeError(f"a {kind} manifest is written with {TYPES[kind].__name__}.new(...).write(folder)")
+    manifest = {**manifest_header(kind), **payload}
     write_json_atomic(Path(folder) / MANIFEST_NAME, manifest)
     return manifest
 
 
-def read_manifest(folder: str | os.PathLike, kind: str | Iterable[str] | None = None) -> dict[str, Any]:
-    """Read a folder's manifest; a missing one means the artifact never finished."""
+def read_manifest(folder: str | os.PathLike, kind: str | Iterable[str] | None = None,
+                  typed: bool = True) -> dict[str, Any]:
+    """Read a folder's manifest; a missing one means the artifact never finished. A kind with a type in
+    `tallrec_cli.manifests` is validated against it (``typed``), so a missing field fails here, by name."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not folder.exists():
@@ -161,6 +168,10 @@ def read_manifest(folder: str | os.PathLike, kind: str | Iterable[str] | None = 
                 f"{folder} holds a '{manifest.get('kind')}' artifact, expected {' or '.join(sorted(kinds))}",
                 "pass the right folder",
             )
+    if typed:
+        from tallrec_cli.manifests import parse
+
+        parse(manifest, path)
     return manifest
 
 

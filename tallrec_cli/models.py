@@ -317,10 +317,9 @@ def _adapter_base_name(adapter_dir: Path) -> str | None:
 def check_adapter_matches_base(adapter_dir: Path, base_model) -> None:
     """Refuse an adapter whose recorded base model has a different architecture or size than ``base_model``
     (a loaded model, or just its config: export checks before loading any weights)."""
-    manifest_path = adapter_dir / "manifest.json"
     expected = None
-    if manifest_path.exists():
-        expected = json.loads(manifest_path.read_text()).get("base_model_config")
+    if (adapter_dir / "manifest.json").exists():
+        expected = read_manifest(adapter_dir, ("train-run", "adapter-export", "merged-export")).get("base_model_config")
     if not expected:
         return
     actual = getattr(base_model, "config", base_model)
@@ -362,9 +361,10 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, dty
         labels = manifest.get("labels")
         trained_quantization = manifest.get("quantization") or "none"
         adapter_dir = adapter_dir / manifest.get("adapter_dir", "adapter" if manifest["kind"] == "train-run" else ".")
-        from tallrec_cli.export import check_adapter_intact
+        from tallrec_cli.integrity import check_adapter_intact
 
-        check_adapter_intact(adapter, manifest, adapter_dir)  # a flipped byte is refused, never scored
+        # a flipped byte is refused, never scored
+        check_adapter_intact(adapter, manifest.get("files") or {}, adapter_dir)
         model = model or manifest["base_model"]["name"]
     elif model is not None and Path(model, "manifest.json").exists():
         manifest = read_manifest(model)

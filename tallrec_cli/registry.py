@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tallrec_cli.errors import ArtifactError, ConfigError
-from tallrec_cli.export import FileCheck, check_files, dataset_name
-from tallrec_cli.io import MANIFEST_NAME, read_manifest, refuse_overlap, staged_dir, tallrec_home
+from tallrec_cli.integrity import FileCheck, check_files
+from tallrec_cli.io import MANIFEST_NAME, refuse_overlap, staged_dir, tallrec_home
+from tallrec_cli.manifests import AdapterExportManifest
+from tallrec_cli.manifests import load as load_manifest
 
 STORE_ENV = "TALLREC_ADAPTERS"
-EXPORT_KIND = "adapter-export"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -66,16 +67,13 @@ class AdapterEntry:
 def _entry(path: Path) -> AdapterEntry:
     size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
     try:
-        manifest = read_manifest(path, EXPORT_KIND)
+        manifest = load_manifest(path, AdapterExportManifest)
     except ArtifactError as exc:
         return AdapterEntry(path.name, path, size_bytes=size, problem=exc.message)
-    data = manifest.get("data") or {}
-    auc = (manifest.get("metrics") or {}).get("val_auc", (manifest.get("best") or {}).get("val_auc"))
     return AdapterEntry(
-        name=path.name, path=path, base_model=manifest.get("base_model_name_or_path"),
-        dataset=dataset_name(data),
-        shots=data.get("shots"), seed=data.get("sample_seed", manifest.get("seed")), auc=auc,
-        size_bytes=size, created=manifest.get("created"),
+        name=path.name, path=path, base_model=manifest.base_model_name_or_path, dataset=manifest.data.dataset_name,
+        shots=manifest.data.shots, seed=manifest.data.sample_seed, auc=manifest.val_auc, size_bytes=size,
+        created=manifest.created,
     )
 
 
@@ -100,8 +98,8 @@ def add_adapter(export_dir: str | Path, name: str | None = None, store: str | Pa
                 overwrite: bool = False) -> Path:
     """Copy an intact adapter export into the store under ``name`` (default: its folder name)."""
     export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir, EXPORT_KIND)
-    check = check_files(export_dir, manifest.get("files") or {})
+    manifest = load_manifest(export_dir, AdapterExportManifest)
+    check = check_files(export_dir, manifest.files)
     if not check.ok:
         raise ArtifactError(f"{export_dir} does not match its manifest ({check.describe()})", "re-export it")
     target = check_free(name or export_dir.name, store, overwrite)
@@ -114,10 +112,10 @@ def add_adapter(export_dir: str | Path, name: str | None = None, store: str | Pa
 def verify_adapter(name: str, store: str | Path | None = None) -> FileCheck:
     """Re-hash every file of adapter ``name`` against its manifest."""
     path = adapter_path(name, store)
-    manifest = read_manifest(path, EXPORT_KIND)
-    if not manifest.get("files"):
+    manifest = load_manifest(path, AdapterExportManifest)
+    if not manifest.files:
         raise ArtifactError(f"{path / MANIFEST_NAME} records no file hashes", "re-export the adapter")
-    return check_files(path, manifest["files"])
+    return check_files(path, manifest.files)
 
 
 def read_card(name: str, store: str | Path | None = None) -> str:

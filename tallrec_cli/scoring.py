@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tallrec_cli.errors import ConfigError, ResourceError
-from tallrec_cli.prompts import LabelTokens
+from tallrec_cli.prompts import LabelTokens, PromptTemplate
 
 SCORE_MODES = ("pair", "tallrec")
 PREFIX_CACHE_MODES = ("auto", "on", "off")
@@ -48,6 +48,36 @@ class ScoringResult:
                 "prefix_tokens": self.prefix_tokens, "prompt_tokens": self.prompt_tokens,
                 "seconds": round(self.seconds, 3),
                 "prompts_per_s": round(len(self.scores) / self.seconds, 3) if self.seconds else None}
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """How records become P(yes): resolved once (template and label tokens checked against the tokenizer,
+    `tallrec_cli.evaluate.resolve_scoring`) and handed to validation, eval, predict and audit alike."""
+    template: PromptTemplate
+    labels: LabelTokens
+    mode: str = "pair"
+    batch_size: int | None = None  # None: the largest expected to fit
+    prefix_cache: str = "auto"
+
+    def __post_init__(self):
+        if self.mode not in SCORE_MODES:
+            raise ConfigError(f"score mode {self.mode!r} is not one of {', '.join(SCORE_MODES)}")
+        if self.prefix_cache not in PREFIX_CACHE_MODES:
+            raise ConfigError(f"prefix cache {self.prefix_cache!r} is not one of {', '.join(PREFIX_CACHE_MODES)}")
+
+    def score(self, model, tokenizer, prompts: Sequence[str],
+              on_batch: Callable[[int], None] | None = None) -> ScoringResult:
+        """P(yes) for rendered ``prompts`` (see `score_prompts_detailed`)."""
+        return score_prompts_detailed(model, tokenizer, prompts, self.labels, self.mode, self.batch_size, on_batch,
+                                      self.prefix_cache)
+
+    def render(self, records: Sequence[dict], tokenizer) -> list[str]:
+        return [self.template.render(record, tokenizer) for record in records]
+
+    def describe(self) -> dict:
+        """What results record about how they were scored."""
+        return {"score_mode": self.mode, "template": self.template.name, "labels": self.labels.as_dict()}
 
 
 # Vocabulary rows projected at a time in ``tallrec`` mode: the fp32 copy of the head stays bounded

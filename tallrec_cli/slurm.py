@@ -52,7 +52,9 @@ def emit_slurm(spec, sweep_dir: str | Path, overwrite: bool = False, options: Se
     import os
 
     from tallrec_cli.io import write_text_atomic
-    from tallrec_cli.sweep import _prepare_folder, prepare_sweep, spec_hash, start_grid
+    from tallrec_cli.sweep.grid import prepare_sweep
+    from tallrec_cli.sweep.run import prepare_folder, start_grid
+    from tallrec_cli.sweep.spec import SweepRecord
 
     bad = [option for option in options if not option.startswith("--") or option.startswith("--array")]
     if bad:
@@ -60,9 +62,10 @@ def emit_slurm(spec, sweep_dir: str | Path, overwrite: bool = False, options: Se
                           "e.g. --slurm-option=--partition=gpu --slurm-option=--time=04:00:00")
     sweep_dir = Path(sweep_dir).resolve()
     spec, cells, configs = prepare_sweep(spec)
-    config_hash = spec_hash(spec)
-    _prepare_folder(sweep_dir, spec, config_hash, cells, overwrite)
-    _, results, pending, _ = start_grid(spec, sweep_dir, cells, configs, config_hash, log or (lambda message: None))
+    record = SweepRecord.of(spec)
+    prepare_folder(sweep_dir, record, cells, overwrite)
+    _, results, pending, _ = start_grid(spec, sweep_dir, cells, configs, record.config_hash,
+                                        log or (lambda message: None))
     if not pending:
         raise ConfigError(f"every cell of {sweep_dir} is finished; there is nothing to submit",
                           f"tallrec sweep report {sweep_dir}")

@@ -21,8 +21,7 @@ from transformers import TrainerCallback
 from tallrec_cli.fsdp import root_gathered, trainable_state
 from tallrec_cli.io import replace_dir
 from tallrec_cli.metrics import group_auc, log_loss, safe_auc
-from tallrec_cli.prompts import LabelTokens
-from tallrec_cli.scoring import score_prompts
+from tallrec_cli.scoring import ScoringSpec
 
 
 @dataclass
@@ -83,34 +82,44 @@ def training_autocast(model, args):
     return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
 
 
-class ValidationCallback(TrainerCallback):
-    """Every ``eval_every`` steps (and at the last step): P(yes) on the validation prompts with the
-    same `score_prompts` eval uses, AUC and log loss, a metrics.jsonl row, the adapter saved when the
-    selection metric improves, early stopping after ``patience`` evaluations without improvement.
+@dataclass(frozen=True)
+class ValidationSet:
+    """The rendered validation prompts, their 0/1 labels and (for per-user AUC) their user ids."""
+    prompts: list[str]
+    labels: list[int]
+    users: list | None = None
 
-    With ``eval_at_start`` a fresh run is first validated at step 0, before any update: the untrained
+
+@dataclass(frozen=True)
+class ValidationSchedule:
+    every: int  # validate (and checkpoint) every this many steps, and at the last one
+    patience: int | None = None  # stop after this many evaluations without improvement
+    at_start: bool = False  # validate the untrained adapter at step 0
+
+
+class ValidationCallback(TrainerCallback):
+    """Every ``schedule.every`` steps (and at the last step): P(yes) on the validation prompts with the
+    scoring spec eval uses, AUC and log loss, a metrics.jsonl row, the adapter saved when the selection
+    metric improves, early stopping after ``schedule.patience`` evaluations without improvement.
+
+    With ``schedule.at_start`` a fresh run is first validated at step 0, before any update: the untrained
     adapter leaves the base model unchanged, so that row says what tuning gained.
 
     A checkpoint is requested at every evaluation so that --resume can rebuild the selection state
     from metrics.jsonl rows up to the checkpoint's step.
     """
 
-    def __init__(self, status: TrainingStatus, run_dir: Path, tokenizer, prompts: list[str], labels: list[int],
-                 label_tokens: LabelTokens, eval_every: int, patience: int | None, score_mode: str,
-                 eval_batch_size: int, is_main: bool, eval_at_start: bool = False, users: list | None = None):
+    def __init__(self, status: TrainingStatus, run_dir: Path, tokenizer, valid: ValidationSet, spec: ScoringSpec,
+                 schedule: ValidationSchedule, is_main: bool):
         self.status = status
         self.run_dir = run_dir
         self.tokenizer = tokenizer
-        self.prompts = prompts
-        self.labels = np.asarray(labels)
-        self.label_tokens = label_tokens
-        self.eval_every = eval_every
-        self.patience = patience
-        self.score_mode = score_mode
-        self.eval_batch_size = eval_batch_size
+        self.prompts = valid.prompts
+        self.labels = np.asarray(valid.labels)
+        self.users = valid.users  # with user ids, rows also carry per-user AUC (val_gauc)
+        self.spec = spec
+        self.schedule = schedule
         self.is_main = is_main
-        self.eval_at_start = eval_at_start
-        self.users = users  # with user ids, rows also carry per-user AUC (val_gauc)
         self.started = time.monotonic()
         self.losses_since_eval: list[float] = []
         self.pending: dict | None = None
@@ -124,19 +133,19 @@ class ValidationCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         # Here rather than on_train_begin: the progress display is up by now.
-        if self.eval_at_start and state.global_step == 0 and self.status.start_row is None:
+        if self.schedule.at_start and state.global_step == 0 and self.status.start_row is None:
             self.pending = self._evaluate(model, state, args)
             self.status.record(self.pending)
             self._write_pending()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
-        if step % self.eval_every and step < state.max_steps:
+        if step % self.schedule.every and step < state.max_steps:
             return
         row = self._evaluate(model, state, args)
         if self.status.record(row):  # every rank: under FSDP, gathering the adapter takes all of them
             self._save_adapter(model)
-        if self.patience is not None and self.status.evals_since_best >= self.patience:
+        if self.schedule.patience is not None and self.status.evals_since_best >= self.schedule.patience:
             control.should_training_stop = True
         control.should_save = True
         self.pending = row
@@ -166,11 +175,9 @@ class ValidationCallback(TrainerCallback):
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return score_prompts(model, self.tokenizer, self.prompts, self.label_tokens, mode=self.score_mode,
-                                 batch_size=self.eval_batch_size)
+            return self.spec.score(model, self.tokenizer, self.prompts).scores
         rank, world = dist.get_rank(), dist.get_world_size()
-        mine = score_prompts(model, self.tokenizer, self.prompts[rank::world], self.label_tokens,
-                             mode=self.score_mode, batch_size=self.eval_batch_size)
+        mine = self.spec.score(model, self.tokenizer, self.prompts[rank::world]).scores
         parts: list = [None] * world
         dist.all_gather_object(parts, mine)
         scores = np.empty(len(self.prompts), dtype=np.float32)

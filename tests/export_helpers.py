@@ -22,22 +22,23 @@ def write_valid_data(folder: Path, copies: int = 3) -> Path:
 
 def make_train_run(run_dir: Path, base: str, quantization: str = "none", r: int = 8,
                    targets: tuple[str, ...] = LLAMA_TARGETS, valid: Path | None = None, seed: int = 0,
-                   lora_options: dict | None = None, save_tokenizer: bool = True, dtype: str = "float32",
+                   save_tokenizer: bool = True, dtype: str = "float32",
                    device: str = "cpu") -> Path:
     """A finished run folder: RUN/adapter (PEFT safetensors + tokenizer) and a train-run manifest."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tallrec_cli.io import sha256_file, write_manifest
+    from tallrec_cli.manifests import BestStep, RunData, RunMetrics, split_sha256, train_run_manifest
     from tallrec_cli.models import (
         base_model_config_summary, load_model, load_tokenizer, model_identity, resolve_model_source,
     )
     from tallrec_cli.prompts import load_template, resolve_label_tokens
+    from tallrec_cli.train_config import load_train_config
 
     source = resolve_model_source(base)
     tokenizer = load_tokenizer(source)
     model = load_model(source, dtype, quantization, device=device)
-    lora = dict(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(targets), **(lora_options or {}))
+    lora = dict(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(targets))
     peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", bias="none", **lora))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -50,15 +51,16 @@ def make_train_run(run_dir: Path, base: str, quantization: str = "none", r: int 
         tokenizer.save_pretrained(adapter_dir)
     template = load_template("alpaca")
     labels = resolve_label_tokens(tokenizer, template, outputs=("Yes.", "No."))
-    data = {"train": str(valid) if valid else None, "valid": str(valid) if valid else None,
-            "train_sha256": sha256_file(valid) if valid else None, "valid_sha256": sha256_file(valid) if valid else None,
-            "dataset_manifest_sha256": "0" * 64, "name": "tiny-movies", "shots": 16, "sample_seed": seed,
-            "train_records": 16, "valid_records": 24, "truncated_records": 0}
-    write_manifest(run_dir, "train-run", {
-        "base_model": model_identity(source), "base_model_config": base_model_config_summary(model),
-        "adapter_dir": "adapter", "prompt": {"template": template.name}, "labels": labels.as_dict(),
-        "quantization": quantization, "dtype": dtype, "lora": {k: v for k, v in lora.items() if k != "target_modules"},
-        "data": data, "seed": seed, "best": {"step": 4, "val_auc": 0.625},
-        "metrics": {"val_auc": 0.625, "train_loss": 0.69}, "wall_seconds": 1.0, "config": {},
-    })
+    config = load_train_config(None, {  # the manifest's dtype field records the resolved one
+        "model": {"name": base, "quantization": quantization},
+        "lora": {"r": r, "alpha": 2 * r, "dropout": 0.0, "target_modules": list(targets)},
+        "data": {"shots": 16, "sample_seed": seed, **({"train": str(valid), "valid": str(valid)} if valid else {})},
+        "training": {"seed": seed}})
+    path = str(valid) if valid else None
+    data = RunData(train=path, valid=path, shots=16, sample_seed=seed, train_records=16, valid_records=24,
+                   train_sha256=split_sha256(path, "valid"), valid_sha256=split_sha256(path, "valid"),
+                   dataset_manifest_sha256="0" * 64, name="tiny-movies")
+    train_run_manifest(config, base_model=model_identity(source), base_model_config=base_model_config_summary(model),
+                       labels=labels.as_dict(), dtype=dtype, data=data, best=BestStep(4, 0.625),
+                       metrics=RunMetrics(0.625, 0.69), wall_seconds=1.0).write(run_dir)
     return run_dir

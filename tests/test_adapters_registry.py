@@ -96,3 +96,12 @@ def test_rm_removes_and_unknown_names_are_listed(store):
     assert isinstance(missing.exception, ArtifactError) and "known: movies" in missing.exception.message
     assert _cli("adapters", "rm", "movies", "--store", str(store), "--yes").exit_code == 0
     assert list_adapters(store) == [] and "no adapters" in _cli("adapters", "list", "--store", str(store)).output
+
+
+def test_the_registry_reads_manifests_without_importing_export():
+    """It needs the export manifest's type and the file checks, not the exporter (and its model code)."""
+    import subprocess
+    import sys
+
+    code = "import sys, tallrec_cli.registry; print('tallrec_cli.export' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

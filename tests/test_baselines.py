@@ -122,7 +122,7 @@ def test_sweep_baselines_use_the_records_training_draws(tmp_path, tiny_model_dir
 
     from tallrec_cli import sweep
     from tallrec_cli.prompts import load_template
-    from tallrec_cli.train import prepare_data
+    from tallrec_cli.train_data import prepare_data
 
     data = write_dataset(tmp_path / "data")
     recipe = tmp_path / "recipe.yaml"

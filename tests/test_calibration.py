@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from tallrec_cli.calibration import Calibration, applied, calibration_metrics, card_section, fit, logit, sigmoid
 from tallrec_cli.errors import DataError
-from tallrec_cli.io import read_jsonl, read_manifest, write_json_atomic
+from tallrec_cli.io import read_jsonl, read_manifest
 from tests.test_eval_cli import error_of, invoke, make_run, model_dir, write_jsonl  # noqa: F401 (fixture)
 from tests.test_scoring_prompts import movie_records
 
@@ -55,11 +55,7 @@ def test_a_calibration_of_other_scores_is_not_applied():
 
 
 def _run_with_valid(model_dir, tmp_path, valid_rows):  # noqa: F811 (fixture)
-    run = make_run(model_dir, tmp_path / "run")
-    valid = write_jsonl(tmp_path / "valid.jsonl", valid_rows)
-    manifest = read_manifest(run)
-    write_json_atomic(run / "manifest.json", {**manifest, "data": {"train": str(valid), "valid": str(valid)}})
-    return run
+    return make_run(model_dir, tmp_path / "run", data=write_jsonl(tmp_path / "valid.jsonl", valid_rows))
 
 
 def test_calibrate_stores_the_map_and_eval_predict_export_apply_it(model_dir, tmp_path):  # noqa: F811
@@ -97,4 +93,4 @@ def test_calibrate_on_one_class_validation_writes_nothing(model_dir, tmp_path): 
     run = _run_with_valid(model_dir, tmp_path, rows)
     result = invoke("calibrate", run, "--dtype", "float32")
     assert "every record has label 1" in error_of(result).message
-    assert "calibration" not in read_manifest(run) and not (run / "calibration").exists()
+    assert read_manifest(run)["calibration"] is None and not (run / "calibration").exists()

@@ -17,9 +17,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from tallrec_cli import models, scoring, train
+from tallrec_cli import capacity, models, scoring, train, train_config
 from tallrec_cli.errors import ConfigError, ResourceError
-from tallrec_cli.prompts import LabelTokens
+from tallrec_cli.prompts import LabelTokens, load_template
+from tallrec_cli.scoring import ScoringSpec
 from tests.conftest import build_tiny_llama
 from tests.train_helpers import tiny_config, write_dataset
 
@@ -90,10 +91,10 @@ def test_kbit_model_keeps_frozen_weights_and_activations_in_compute_dtype(tiny_6
 # ------------------------------------------------------------------------------- 4. the --dry-run estimate
 
 def _estimate(recipe: str, shape: str, seq_len: int = 512, valid_tokens=None, **overrides):
-    config = train.load_train_config(REPO / "recipes" / recipe, overrides)
-    model_config = train.config_from_shape(shape)
-    counts = train.count_parameters(model_config, config.lora)
-    return {k: v / train.GIB for k, v in train.estimate_memory(model_config, counts, config, seq_len,
+    config = train_config.load_train_config(REPO / "recipes" / recipe, overrides)
+    model_config = capacity.config_from_shape(shape)
+    counts = capacity.count_parameters(model_config, config.lora)
+    return {k: v / capacity.GIB for k, v in capacity.estimate_memory(model_config, counts, config, seq_len,
                                                                 valid_tokens).items()}
 
 
@@ -124,11 +125,11 @@ def test_estimate_reports_the_larger_of_training_and_validation():
 
 def test_tallrec_recipe_fits_24_gib_with_margin():
     estimate = _estimate("tallrec-llama-7b.yaml", "llama-7b")
-    assert estimate["total"] + train.CUDA_RESERVE_GIB < 0.8 * 24
+    assert estimate["total"] + capacity.CUDA_RESERVE_GIB < 0.8 * 24
 
 
 def test_dry_run_says_the_cuda_context_is_extra(tmp_path, tiny_model_dir):
-    result = train.dry_run(tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run"))
+    result = capacity.dry_run(tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run"))
     assert any("CUDA context" in note for note in result["notes"])
     assert result["memory_gib"]["total"] == max(result["memory_gib"]["training"], result["memory_gib"]["validation"])
 
@@ -139,22 +140,25 @@ def _labels():
     return LabelTokens(positive_word="Yes", negative_word="No", positive_id=5, negative_id=6)
 
 
+def _spec():
+    return ScoringSpec(load_template("alpaca"), _labels(), batch_size=2)
+
+
 def test_validation_runs_under_the_trainers_autocast(tmp_path, tiny_model_dir, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tallrec_cli import train_callbacks
-    from tallrec_cli.train_callbacks import TrainingStatus, ValidationCallback
+    from tallrec_cli.train_callbacks import TrainingStatus, ValidationCallback, ValidationSchedule, ValidationSet
 
     seen = []
 
-    def spy(model, tokenizer, prompts, labels, mode, batch_size):
+    def spy(spec, model, tokenizer, prompts):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        return np.linspace(0.1, 0.9, len(prompts))
+        return types.SimpleNamespace(scores=np.linspace(0.1, 0.9, len(prompts)))
 
-    monkeypatch.setattr(train_callbacks, "score_prompts", spy)
+    monkeypatch.setattr(ScoringSpec, "score", spy)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     callback = ValidationCallback(TrainingStatus("val_auc"), tmp_path, AutoTokenizer.from_pretrained(tiny_model_dir),
-                                  ["a", "b"], [0, 1], _labels(), 1, None, "pair", 2, False)
+                                  ValidationSet(["a", "b"], [0, 1]), _spec(), ValidationSchedule(1), False)
     state = types.SimpleNamespace(global_step=1, max_steps=1, epoch=1.0)
     callback.on_step_end(types.SimpleNamespace(bf16=True, fp16=False), state, types.SimpleNamespace(), model=model)
     assert seen == [(True, torch.bfloat16)]
@@ -183,7 +187,7 @@ def _fake_gpu_model(model_config, width: int = 2):
 def test_auto_batch_size_counts_the_prefix_cache(monkeypatch):
     free = 6 * 2 ** 30  # a 7B 4-bit model on a 12 GiB card
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 12 * 2 ** 30))
-    model = _fake_gpu_model(train.config_from_shape("llama-7b"))
+    model = _fake_gpu_model(capacity.config_from_shape("llama-7b"))
     rows = scoring.auto_batch_size(model, longest_tokens=240, prefix_tokens=80)
     kv_per_row = 32 * (80 + 240) * 2 * 4096 * 2  # layers x tokens x (keys + values) x width
     assert rows * kv_per_row <= free and rows < scoring.auto_batch_size(model, 240)
@@ -298,13 +302,13 @@ def test_export_command_passes_device(tmp_path, monkeypatch):
 def test_preflight_refuses_several_gpus_in_one_process(tmp_path, tiny_model_dir, monkeypatch):
     _fake_cuda(monkeypatch, count=2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(train, "triton_needs_missing_compiler", lambda: False)
+    monkeypatch.setattr(train_config, "triton_needs_missing_compiler", lambda: False)
     config = tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run")
     with pytest.raises(ConfigError, match="2 GPUs are visible") as error:
-        train.preflight(config)
+        train_config.preflight(config)
     assert "CUDA_VISIBLE_DEVICES=0" in error.value.message and "accelerate launch" in error.value.message
     monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun / accelerate launch each rank has its own GPU
-    train.preflight(config)
+    train_config.preflight(config)
 
 
 def test_preflight_warns_when_triton_will_lack_a_c_compiler(tmp_path, tiny_model_dir, monkeypatch, capsys):
@@ -316,18 +320,18 @@ def test_preflight_warns_when_triton_will_lack_a_c_compiler(tmp_path, tiny_model
     monkeypatch.setattr(transformers.utils, "is_triton_available", lambda: True)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.delenv("CC", raising=False)
-    train.preflight(tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run"))
+    train_config.preflight(tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run"))
     assert "C compiler" in capsys.readouterr().err
 
 
 def test_bfloat16_on_a_pre_ampere_gpu_is_a_config_error(tmp_path, tiny_model_dir, monkeypatch):
     _fake_cuda(monkeypatch, capability=(7, 5))
-    monkeypatch.setattr(train, "triton_needs_missing_compiler", lambda: False)
+    monkeypatch.setattr(train_config, "triton_needs_missing_compiler", lambda: False)
     with pytest.raises(ConfigError, match="compute capability 8.0"):
         models.resolve_dtype("bfloat16")
     config = tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run", model__dtype="bfloat16")
     with pytest.raises(ConfigError, match="model.dtype"):
-        train.preflight(config)
+        train_config.preflight(config)
     assert models.resolve_dtype("auto") == torch.float16
 
 
@@ -381,27 +385,26 @@ def test_ranks_validate_a_share_each_and_decide_on_the_gathered_scores(tmp_path,
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tallrec_cli import train_callbacks
-    from tallrec_cli.train_callbacks import TrainingStatus, ValidationCallback
+    from tallrec_cli.train_callbacks import TrainingStatus, ValidationCallback, ValidationSchedule, ValidationSet
 
     prompts, labels = [f"p{i}" for i in range(6)], [0, 1, 0, 1, 0, 1]
     rank0_scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], dtype=np.float32)
     scored = []
 
-    def rank1_scores(model, tokenizer, shard, labels, mode, batch_size):
+    def rank1_scores(spec, model, tokenizer, shard):
         scored.append(list(shard))
-        return np.full(len(shard), 0.5, dtype=np.float32)  # rank 1's own numbers
+        return types.SimpleNamespace(scores=np.full(len(shard), 0.5, dtype=np.float32))  # rank 1's own numbers
 
     def all_gather_object(parts, mine):  # rank 0 contributes its share, rank 1 its own
         parts[0], parts[1] = rank0_scores[0::2], mine
 
-    monkeypatch.setattr(train_callbacks, "score_prompts", rank1_scores)
+    monkeypatch.setattr(ScoringSpec, "score", rank1_scores)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
     monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
     monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
     callback = ValidationCallback(TrainingStatus("val_auc"), tmp_path, AutoTokenizer.from_pretrained(tiny_model_dir),
-                                  prompts, labels, _labels(), 1, None, "pair", 2, False)
+                                  ValidationSet(prompts, labels), _spec(), ValidationSchedule(1), False)
     state = types.SimpleNamespace(global_step=1, max_steps=2, epoch=1.0)
     callback.on_step_end(types.SimpleNamespace(bf16=False, fp16=False), state, types.SimpleNamespace(),
                          model=AutoModelForCausalLM.from_pretrained(tiny_model_dir))

@@ -12,7 +12,7 @@ from tallrec_cli.baselines import make_baseline
 from tallrec_cli.calibration import logit, sigmoid
 from tallrec_cli.ensemble import Blend, fit_blend, load_blend
 from tallrec_cli.errors import ConfigError, DataError
-from tallrec_cli.io import read_jsonl, read_manifest, write_json_atomic
+from tallrec_cli.io import read_jsonl, read_manifest
 from tests.test_baselines import _many_users
 from tests.test_eval_cli import error_of, invoke, make_run, model_dir  # noqa: F401 (fixture)
 
@@ -37,18 +37,11 @@ def _write_split(folder, name, rows):
 
 @pytest.fixture()
 def run_and_data(model_dir, tmp_path):  # noqa: F811 (fixture)
-    from tallrec_cli.train import _data_sha256
-
     data = tmp_path / "data"
     data.mkdir()
     for name, count, seed in (("train", 240, 0), ("valid", 60, 1), ("test", 50, 2)):
         _write_split(data, name, _many_users(count, seed))
-    run = make_run(model_dir, tmp_path / "run")
-    manifest = read_manifest(run)
-    write_json_atomic(run / "manifest.json", {
-        **manifest, "data": {"train": str(data), "valid": str(data), "train_sha256": _data_sha256(str(data), "train")},
-        "config": {"data": {"train": str(data)}}})
-    return run, data
+    return make_run(model_dir, tmp_path / "run", data=data), data
 
 
 def test_eval_ensemble_fits_on_validation_compares_and_predict_reuses_it(run_and_data, tmp_path):

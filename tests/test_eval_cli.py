@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 
 from tallrec_cli.cli import app
 from tallrec_cli.errors import TallrecError
-from tallrec_cli.io import read_jsonl, read_manifest, write_manifest
+from tallrec_cli.io import read_jsonl, read_manifest
+from tallrec_cli.manifests import BestStep, RunMetrics, run_data, train_run_manifest
+from tallrec_cli.train_config import load_train_config
 from tests.test_scoring_prompts import movie_records, sharpen
 
 
@@ -47,8 +49,9 @@ def model_dir(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-def make_run(model_dir, folder, hidden_size=None):
-    """A finished train-run folder with a real LoRA adapter (B initialised nonzero)."""
+def make_run(model_dir, folder, hidden_size=None, data=None):
+    """A finished train-run folder with a real LoRA adapter (B initialised nonzero), trained on ``data`` (a
+    dataset folder; default: a small one beside the run)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -68,9 +71,16 @@ def make_run(model_dir, folder, hidden_size=None):
     if hidden_size:
         summary["hidden_size"] = hidden_size
     labels = resolve_label_tokens(AutoTokenizer.from_pretrained(model_dir), load_template("alpaca"))
-    write_manifest(folder, "train-run", {"base_model": {"kind": "local", "name": str(model_dir)},
-                                         "base_model_config": summary, "adapter_dir": "adapter",
-                                         "prompt": {"template": "alpaca"}, "labels": labels.as_dict()})
+    if data is None:
+        data = folder.parent / f"{folder.name}-data"
+        data.mkdir(parents=True, exist_ok=True)
+        for split in ("train", "valid"):
+            write_jsonl(data / f"{split}.jsonl", movie_records(12))
+    config = load_train_config(None, {"model": {"name": str(model_dir)}, "lora": {"r": 4, "alpha": 8},
+                                      "data": {"train": str(data)}})
+    train_run_manifest(config, base_model={"kind": "local", "name": str(model_dir)}, base_model_config=summary,
+                       labels=labels.as_dict(), dtype="float32", data=run_data(config, 16, 8, 0),
+                       best=BestStep(4, 0.6), metrics=RunMetrics(0.6), wall_seconds=1.0).write(folder)
     return folder
 
 

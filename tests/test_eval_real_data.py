@@ -13,7 +13,7 @@ SLICE = 200
 def test_zero_shot_auc_of_smollm2_on_real_test_records(real_data, tmp_path):
     from data_builders import load_split, sample_records
     from data_builders.build import build_config, build_dataset
-    from tallrec_cli.evaluate import evaluate_records
+    from tallrec_cli.evaluate import evaluate_records, resolve_scoring
     from tallrec_cli.models import load_for_inference
 
     build_dataset(build_config("movielens-100k", "tallrec", {"path": str(real_data / "ml-100k"),
@@ -24,7 +24,7 @@ def test_zero_shot_auc_of_smollm2_on_real_test_records(real_data, tmp_path):
     results = {}
     for name, records in tests.items():
         chosen = sample_records(records, SLICE, seed=0)
-        _, metrics = evaluate_records(inference, chosen, resamples=1000)
+        _, metrics = evaluate_records(inference, chosen, resolve_scoring(inference), resamples=1000)
         results[name] = {key: metrics[key] for key in ("records", "positives", "auc", "auc_ci95", "gauc", "log_loss",
                                                         "accuracy", "ece")}
         results[name]["prompts_per_s"] = metrics["scoring"]["prompts_per_s"]

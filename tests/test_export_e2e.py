@@ -17,7 +17,8 @@ def test_train_export_reload_same_p_yes(tmp_path):
     from tallrec_cli.models import load_for_inference, load_tokenizer, resolve_model_source
     from tallrec_cli.prompts import LabelTokens, load_template
     from tallrec_cli.scoring import score_prompts
-    from tallrec_cli.train import load_train_config, run_training
+    from tallrec_cli.train import run_training
+    from tallrec_cli.train_config import load_train_config
     from tests.train_helpers import write_dataset
 
     data = write_dataset(tmp_path / "data", train=8, valid=8)

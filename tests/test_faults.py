@@ -173,7 +173,8 @@ def test_item02_sigkill_in_the_middle_of_an_overwrite_loses_nothing(tmp_path):
 # 3 ------------------------------------------------------------------------------------------------------
 
 def test_item03_resume_continues_the_folder_given_not_the_recorded_one(tmp_path, tiny_model_dir, data_dir):
-    from tallrec_cli.train import resume_config, run_training
+    from tallrec_cli.train import run_training
+    from tallrec_cli.train_config import resume_config
     from tests.test_train_run import InterruptAt
 
     original = tmp_path / "runs" / "original"
@@ -222,10 +223,11 @@ def test_item05_eval_limit_must_be_positive(tmp_path, limit):
 
 def test_item06_sweep_report_names_the_missing_cells(tmp_path, tiny_model_dir, monkeypatch):
     from tallrec_cli import sweep
+    from tallrec_cli.sweep import report as sweep_report
     from tests.test_sweep_run import FakeRunner, make_spec
     from tests.test_sweep_run import write_dataset as write_sweep_dataset
 
-    monkeypatch.setattr(sweep, "plot_results", lambda summary, path: Path(path).write_bytes(b"\x89PNG stub"))
+    monkeypatch.setattr(sweep_report, "plot_results", lambda summary, path: Path(path).write_bytes(b"\x89PNG stub"))
     dataset = write_sweep_dataset(tmp_path / "data")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model: {{name: {tiny_model_dir}, dtype: float32}}\ndata: {{train: {dataset}}}\n"
@@ -261,7 +263,8 @@ def test_item08_disk_full_during_a_checkpoint_is_an_error_and_resume_skips_it(tm
                                                                             monkeypatch):
     import transformers
 
-    from tallrec_cli.train import resume_config, run_training
+    from tallrec_cli.train import run_training
+    from tallrec_cli.train_config import resume_config
 
     real_save = transformers.Trainer._save_rng_state
 
@@ -282,7 +285,8 @@ def test_item08_disk_full_during_a_checkpoint_is_an_error_and_resume_skips_it(tm
 
 
 def test_item08_resume_names_and_skips_a_broken_checkpoint(tmp_path, tiny_model_dir, data_dir, capsys):
-    from tallrec_cli.train import resume_config, run_training
+    from tallrec_cli.train import run_training
+    from tallrec_cli.train_config import resume_config
     from tests.test_train_run import InterruptAt
 
     run = tmp_path / "run"
@@ -319,7 +323,8 @@ KILL_DURING_CHECKPOINT = textwrap.dedent("""
 
 
 def test_item08_sigkill_during_a_checkpoint_write_then_resume(tmp_path, tiny_model_dir, data_dir):
-    from tallrec_cli.train import resume_config, run_training
+    from tallrec_cli.train import run_training
+    from tallrec_cli.train_config import resume_config
 
     run, ready = tmp_path / "run", tmp_path / "ready"
     process = subprocess.Popen([sys.executable, "-c", KILL_DURING_CHECKPOINT, str(tiny_model_dir), str(data_dir),
@@ -424,7 +429,7 @@ def test_item11_negative_seeds_batch_sizes_and_a_folder_as_recipe(tmp_path):
 
 def test_item12_text_fields_keep_the_text_typed(tmp_path):
     from tallrec_cli.config import parse_overrides
-    from tallrec_cli.train import TrainConfig, load_train_config
+    from tallrec_cli.train_config import TrainConfig, load_train_config
 
     config = load_train_config(None, parse_overrides(["labels.positive=Yes", "labels.negative=no"], TrainConfig))
     assert (config.labels.positive, config.labels.negative) == ("Yes", "no")
@@ -450,7 +455,7 @@ def test_item13_a_schedule_that_never_leaves_lr_0_is_refused_before_loading(tmp_
 
 def test_item14_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, tiny_model_dir, data_dir,
                                                                             monkeypatch):
-    from tallrec_cli import train
+    from tallrec_cli import train, train_config
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -461,7 +466,7 @@ def test_item14_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp
         with pytest.raises(KeyboardInterrupt):
             train.run_training(tiny_config(tiny_model_dir, data_dir, run))
     assert not (run / "checkpoints").exists()
-    summary = train.run_training(train.resume_config(run), resume=True)
+    summary = train.run_training(train_config.resume_config(run), resume=True)
     assert summary["steps"] == 4 and (run / "manifest.json").exists()
 
 
@@ -513,7 +518,7 @@ def test_item16_values_that_were_accepted_silently(tmp_path, tiny_model_dir, dat
 
     from tallrec_cli.models import load_tokenizer, resolve_model_source
     from tallrec_cli.prompts import load_template
-    from tallrec_cli.train import prepare_data
+    from tallrec_cli.train_data import prepare_data
 
     config = tiny_config(tiny_model_dir, data_dir, tmp_path / "run", data__shots=100000)
     data = prepare_data(config, load_tokenizer(resolve_model_source(str(tiny_model_dir))), load_template("alpaca"))
@@ -536,7 +541,7 @@ def test_item17_ctrl_c_outside_the_training_loop_says_so_and_exits_130(tmp_path,
 # 18 -----------------------------------------------------------------------------------------------------
 
 def test_item18_every_problem_in_one_pass_with_plain_type_names():
-    from tallrec_cli.train import load_train_config
+    from tallrec_cli.train_config import load_train_config
 
     with pytest.raises(ConfigError) as error:
         load_train_config(None, {"training": {"seed": "abc", "batch_size": 6, "micro_batch_size": 4},

@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from tallrec_cli.errors import ConfigError
-from tallrec_cli.train import preflight, run_training
+from tallrec_cli.train import run_training
+from tallrec_cli.train_config import preflight
 from tests.train_helpers import tiny_config, write_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,7 +114,7 @@ def test_dry_run_per_gpu_estimate_from_an_accelerate_config():
     assert "does not fit in 24 GiB per GPU" in one.output and "short by" in one.output
 
     from tallrec_cli.capacity import per_gpu_fit
-    from tallrec_cli.train import load_train_config
+    from tallrec_cli.train_config import load_train_config
 
     config = load_train_config(recipe, {"model": {"name": "random:llama-3-70b"}})
     totals = [per_gpu_fit(config, count, 512, 24.0)["total_gib"] for count in (2, 4, 8)]

@@ -60,7 +60,7 @@ def test_embedded_model_converts_once_to_safetensors():
 def test_inference_folds_the_adapter_into_the_weights_with_the_same_scores(tmp_path, tiny_model_dir):
     import numpy as np
 
-    from tallrec_cli.evaluate import scoring_setup
+    from tallrec_cli.evaluate import resolve_scoring
     from tallrec_cli.scoring import score_prompts
     from tests.export_helpers import SAMPLE_RECORDS, make_train_run
 
@@ -69,7 +69,8 @@ def test_inference_folds_the_adapter_into_the_weights_with_the_same_scores(tmp_p
     apart = models.load_for_inference(adapter=str(run), dtype="float32", device="cpu", merge_adapter=False)
     assert not any("lora" in name for name, _ in merged.model.named_parameters())
     assert any("lora" in name for name, _ in apart.model.named_parameters())
-    template, labels = scoring_setup(merged)
-    prompts = [template.render(record, merged.tokenizer) for record in SAMPLE_RECORDS]
+    spec = resolve_scoring(merged)
+    labels = spec.labels
+    prompts = spec.render(SAMPLE_RECORDS, merged.tokenizer)
     np.testing.assert_allclose(score_prompts(merged.model, merged.tokenizer, prompts, labels),
                                score_prompts(apart.model, apart.tokenizer, prompts, labels), atol=1e-5)

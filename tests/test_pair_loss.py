@@ -23,7 +23,8 @@ def _trainer(tmp_path, tiny_model_dir, **overrides):
 
     from tallrec_cli.models import load_tokenizer, resolve_model_source
     from tallrec_cli.prompts import load_template, resolve_label_tokens
-    from tallrec_cli.train import _sft_config, build_model, prepare_data
+    from tallrec_cli.train import _sft_config, build_model
+    from tallrec_cli.train_data import prepare_data
 
     config = tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run",
                          prompt__loss="pair", lora__dropout=0.0, **overrides)

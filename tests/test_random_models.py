@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tallrec_cli.capacity import count_parameters, model_config_for
 from tallrec_cli.errors import ModelError
 from tallrec_cli.models import load_model, load_tokenizer, resolve_model_source
 from tallrec_cli.prompts import load_template, resolve_label_tokens
-from tallrec_cli.train import count_parameters, load_train_config, model_config_for
+from tallrec_cli.train_config import load_train_config
 
 
 @pytest.mark.parametrize("name, billions, vocab, kv_heads", [("random:llama-2-7b", 6.74, 32000, 32),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tallrec_cli.errors import ResourceError
-from tallrec_cli.prompts import load_template, resolve_label_tokens
-from tallrec_cli.scoring import score_prompts, score_prompts_detailed, split_lm_head
+from tallrec_cli.errors import ConfigError, ResourceError
+from tallrec_cli.prompts import LabelTokens, load_template, resolve_label_tokens
+from tallrec_cli.scoring import ScoringSpec, score_prompts, score_prompts_detailed, split_lm_head
 
 INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will like the target movie "
                'by answering "Yes." or "No.".')
@@ -151,3 +151,13 @@ def test_other_runtime_errors_are_not_retried(scorer, monkeypatch):
     with pytest.raises(RuntimeError, match="shape mismatch"):
         score_prompts(model, tokenizer, prompts, labels, batch_size=4, prefix_cache="off")
     assert seen == [4]
+
+
+def test_a_scoring_spec_refuses_unknown_modes_when_built_not_when_scoring():
+    labels = LabelTokens(positive_word="Yes", negative_word="No", positive_id=5, negative_id=6)
+    with pytest.raises(ConfigError, match="score mode 'sharp' is not one of pair, tallrec"):
+        ScoringSpec(load_template("alpaca"), labels, mode="sharp")
+    with pytest.raises(ConfigError, match="prefix cache 'always'"):
+        ScoringSpec(load_template("alpaca"), labels, prefix_cache="always")
+    spec = ScoringSpec(load_template("alpaca"), labels, "tallrec")
+    assert spec.describe() == {"score_mode": "tallrec", "template": "alpaca", "labels": labels.as_dict()}

@@ -14,7 +14,7 @@ from data_builders.structure import (
     HistoryItem, drop_history, find_template, history, parse_input, render_input, shortened, structure_fields,
 )
 from data_builders.templates import load_record_template, template_names
-from tallrec_cli.train import fit_record
+from tallrec_cli.train_data import fit_record
 
 TITLES = ["Toy Story (1995)", "Heat (1995)", "Fargo (1996)", "Casino (1995)", "Babe (1995)", "Se7en (1995)"]
 

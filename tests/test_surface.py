@@ -200,7 +200,7 @@ def test_a_default_eval_run_prints_no_third_party_noise(tiny_model_dir, tmp_path
     from tests.export_helpers import make_train_run, write_valid_data
 
     test = write_valid_data(tmp_path / "data")
-    run = make_train_run(tmp_path / "run", str(tiny_model_dir))
+    run = make_train_run(tmp_path / "run", str(tiny_model_dir), valid=test)
     env = {key: value for key, value in os.environ.items() if key != "TALLREC_DEBUG"}
     env.update(COLUMNS="80", PYTHONWARNINGS="default")  # warnings on, as a user's shell may have them
     done = subprocess.run([sys.executable, "-m", "tallrec_cli", "eval", "--adapter", str(run), "--test", str(test),
@@ -221,7 +221,7 @@ def test_a_default_eval_run_prints_no_third_party_noise(tiny_model_dir, tmp_path
 def test_help_examples_of_set_are_keys_of_that_command(command, example):
     from data_builders.config import BuildConfig
     from tallrec_cli.config import describe
-    from tallrec_cli.train import TrainConfig
+    from tallrec_cli.train_config import TrainConfig
 
     text = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).output
     assert example in text
@@ -247,7 +247,7 @@ def test_every_help_example_uses_options_and_keys_of_the_command_it_names():
 
     from data_builders.config import BuildConfig
     from tallrec_cli.config import describe
-    from tallrec_cli.train import TrainConfig
+    from tallrec_cli.train_config import TrainConfig
 
     commands = dict(_leaf_commands())
     keys = {"data": {name for name, _, _ in describe(BuildConfig)}, "other": {name for name, _, _ in describe(TrainConfig)}}
@@ -274,13 +274,13 @@ def test_every_help_example_uses_options_and_keys_of_the_command_it_names():
 
 def test_the_literal_choices_are_the_librarys_own():
     from data_builders import config as data_config
-    from tallrec_cli import calibration, evaluate, models, scoring, train
+    from tallrec_cli import calibration, evaluate, models, scoring, train_config
     from tallrec_cli.commands import _common
 
     pairs = [(_common.ScoreMode, scoring.SCORE_MODES), (_common.PrefixCache, scoring.PREFIX_CACHE_MODES),
              (_common.Dtype, models.DTYPES), (_common.Quantization, models.QUANTIZATIONS),
              (_common.Domain, evaluate.DOMAINS), (_common.CalibrationMethod, calibration.METHODS),
-             (_common.ReportTo, train.REPORT_TO), (_common.Source, data_config.SOURCES),
+             (_common.ReportTo, train_config.REPORT_TO), (_common.Source, data_config.SOURCES),
              (_common.Split, data_config.SPLITS), (_common.DataFormat, data_config.FORMATS),
              (_common.HistoryStrategy, data_config.HISTORY_STRATEGIES)]
     for literal, values in pairs:
@@ -318,7 +318,7 @@ def test_every_command_is_a_module_function_on_its_modules_app():
 
 def test_tallrec_keys_lists_every_train_key_with_its_help():
     from tallrec_cli.config import describe
-    from tallrec_cli.train import TrainConfig
+    from tallrec_cli.train_config import TrainConfig
 
     result = CliRunner().invoke(app, ["keys", "train"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
@@ -328,7 +328,7 @@ def test_tallrec_keys_lists_every_train_key_with_its_help():
 
 def test_the_config_error_hint_points_at_tallrec_keys():
     from tallrec_cli.errors import ConfigError
-    from tallrec_cli.train import load_train_config
+    from tallrec_cli.train_config import load_train_config
 
     with pytest.raises(ConfigError) as error:
         load_train_config(None, {"lora": {"rank": 8}})

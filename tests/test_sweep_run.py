@@ -13,9 +13,13 @@ from typer.testing import CliRunner
 
 from data_builders.structure import HistoryItem, render_input, structure_fields
 from tallrec_cli import sweep
+from tallrec_cli.sweep import report as sweep_report
+from tallrec_cli.sweep import run as sweep_run
 from tallrec_cli.config import to_dict
-from tallrec_cli.errors import ArtifactError, ConfigError, DataError, ResourceError, TallrecError
-from tallrec_cli.io import write_manifest
+from tallrec_cli.errors import (ArtifactError, ConfigError, DataError, ResourceError, TallrecError,
+                                TrainingInterrupted)
+from tallrec_cli.manifests import (BestStep, PromptRecord, RunMetrics, ZeroShotCellManifest, run_data,
+                                   train_run_manifest)
 from tests.train_helpers import MOVIE_TEMPLATE
 
 INSTRUCTION = ('Given the user\'s preference and unpreference, identify whether the user will like the target movie '
@@ -51,6 +55,17 @@ def write_dataset(folder: Path, train: int = 40, valid: int = 12, test: int = 24
     return folder
 
 
+def fake_cell_manifest(cell, config):
+    """The manifest a cell's training leaves, through the constructors the real runner uses."""
+    identity = {"kind": "local", "name": config.model.name}
+    if cell.zero_shot:
+        return ZeroShotCellManifest.new(base_model=identity, prompt=PromptRecord(config.prompt.template),
+                                        labels={"positive_word": "Yes", "negative_word": "No"}, config=to_dict(config))
+    return train_run_manifest(config, base_model=identity, base_model_config=None, labels={}, dtype="float32",
+                              data=run_data(config, cell.shots, 12, 0), best=BestStep(2, 0.5),
+                              metrics=RunMetrics(0.5), wall_seconds=0.1)
+
+
 class FakeRunner:
     """Writes a train-run manifest and returns a made-up AUC that grows with shots."""
 
@@ -65,7 +80,7 @@ class FakeRunner:
             (cell_dir / "config.yaml").write_text("half-written")
             raise self.fail[cell.id]
         cell_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(cell_dir, "zero-shot-cell" if cell.zero_shot else "train-run", {"config": to_dict(config)})
+        fake_cell_manifest(cell, config).write(cell_dir)
         self.trained.append(cell.id)
 
     def evaluate(self, cell, cell_dir, config):
@@ -83,7 +98,7 @@ def real_plot():
 def quick_plot(request, monkeypatch):
     """Drawing sweep.png costs ~0.5 s per run; only tests requesting `real_plot` draw it."""
     if "real_plot" not in request.fixturenames:
-        monkeypatch.setattr(sweep, "plot_results", lambda summary, path: Path(path).write_bytes(b"\x89PNG stub"))
+        monkeypatch.setattr(sweep_report, "plot_results", lambda summary, path: Path(path).write_bytes(b"\x89PNG stub"))
 
 
 @pytest.fixture
@@ -174,6 +189,24 @@ def test_every_cell_is_validated_before_any_runs(recipe, dataset, tmp_path):
     assert "k64-s0, k64-s1" in caught.value.message and not runner.trained
 
 
+def test_cell_problems_are_read_from_the_error_not_its_wording(recipe, dataset, tmp_path, monkeypatch):
+    """The sweep groups each cell's problems by cell from ConfigError.problems: how the message is worded
+    (heading, bullets) changes nothing."""
+    from tallrec_cli import train_config
+
+    def preflight(config, check_output=True):
+        raise ConfigError("two problems, worded freely - with a dash", problems=[
+            f"problem a of r={config.lora.r}", "problem b\n  - not a bullet"], heading="whatever:\n  - fake")
+
+    monkeypatch.setattr(train_config, "preflight", preflight)
+    spec = make_spec(recipe, dataset, shots=[4], seeds=[0, 1], axes=["lora.r=8,16"])
+    with pytest.raises(ConfigError) as caught:
+        sweep.run_sweep(spec, tmp_path / "sweep", runner=FakeRunner())
+    assert caught.value.problems == [
+        "problem a of r=8  [lora.r=8_k4-s0, lora.r=8_k4-s1]", "problem b\n  - not a bullet  [all cells]",
+        "problem a of r=16  [lora.r=16_k4-s0, lora.r=16_k4-s1]"]
+
+
 # --------------------------------------------------------------------------------- run and resume
 
 def test_run_then_resume_skips_finished_and_redoes_killed_cells(recipe, dataset, tmp_path):
@@ -258,7 +291,7 @@ def test_disk_full_stops_with_clear_error_and_keeps_finished_cells(recipe, datas
     assert (sweep_dir / "cells" / "k4-s0" / "manifest.json").is_file() and "k8-s0" not in runner.trained
 
 
-@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), TallrecError("interrupted at step 3; a checkpoint is saved")])
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), TrainingInterrupted(3, "stopped by the user")])
 def test_ctrl_c_marks_the_cell_interrupted_and_keeps_finished_ones(recipe, dataset, tmp_path, interrupt):
     sweep_dir = tmp_path / "sweep"
     runner = FakeRunner(fail={"k4-s1": interrupt})
@@ -270,7 +303,84 @@ def test_ctrl_c_marks_the_cell_interrupted_and_keeps_finished_ones(recipe, datas
     assert resumed.trained == ["k4-s1", "k8-s0", "k8-s1"]
 
 
+def test_an_interruption_is_known_by_its_type_not_its_message(recipe, dataset, tmp_path):
+    """A failure whose text reads like an interruption is a failed cell; Ctrl-C in training, whatever its
+    message says, stops the sweep as interrupted."""
+    sweep_dir = tmp_path / "sweep"
+    lookalike = TallrecError("interrupted at step 3; a checkpoint is saved")
+    result = sweep.run_sweep(make_spec(recipe, dataset), sweep_dir, keep_going=True,
+                             runner=FakeRunner(fail={"k4-s1": lookalike}))
+    assert statuses(sweep_dir)["k4-s1"] == "failed" and [f.cell.id for f in result.failures] == ["k4-s1"]
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(make_spec(recipe, dataset), sweep_dir, keep_going=True,
+                        runner=FakeRunner(fail={"k4-s1": TrainingInterrupted(7, "Strg-C: angehalten")}))
+    assert statuses(sweep_dir)["k4-s1"] == "interrupted"
+
+
+class FakeWorker:
+    """A finished worker process: its log says one thing, its failure file (if written) another."""
+
+    def __init__(self, failure: dict | None, code: int, log: str):
+        self.failure, self.code, self.log = failure, code, log
+
+    def __call__(self, command, stdout, stderr, env):
+        sweep_dir, cell_id = Path(command[-2]), command[-1]
+        stdout.write(self.log)
+        if self.failure is not None:
+            sweep.failure_path(sweep_dir, cell_id).write_text(json.dumps(self.failure))
+        return self
+
+    def wait(self):
+        return self.code
+
+
+@pytest.mark.parametrize("failure, raised, text", [
+    ({"type": "DataError", "message": "the test file went away", "hint": "rebuild it", "step": None},
+     TallrecError, "the test file went away"),
+    ({"type": "TrainingInterrupted", "message": "stopped", "hint": "resume it", "step": 5}, TrainingInterrupted, "stopped"),
+    (None, TallrecError, "stopped without recording why"),
+])
+def test_subprocess_launcher_reads_the_failure_file_not_the_log(tmp_path, monkeypatch, failure, raised, text):
+    misleading = "error: interrupted at step 1\ninternal error: something else\n"
+    monkeypatch.setattr(sweep_run.subprocess, "Popen", FakeWorker(failure, 2, misleading))
+    cell = sweep.Cell("c1", ["m"], None, 4, 0, {}, None, {}, {}, None)
+    with pytest.raises(raised, match=text) as caught:
+        sweep.SubprocessLauncher(tmp_path)(cell, "0")
+    assert "exit code 2" in caught.value.message and "interrupted at step 1" not in caught.value.message
+    if failure is not None:
+        assert caught.value.hint == failure["hint"]
+    if raised is TrainingInterrupted:
+        assert caught.value.step == 5
+
+
+def test_worker_records_its_failure(recipe, dataset, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    sweep.run_sweep(make_spec(recipe, dataset, shots=[4], seeds=[0]), sweep_dir, runner=FakeRunner())
+    interrupted = FakeRunner(fail={"k4-s0": TrainingInterrupted(2, "halted")})
+    (sweep_dir / "cells" / "k4-s0" / "manifest.json").unlink()
+    with pytest.raises(TrainingInterrupted):
+        sweep.run_single_cell(sweep_dir, "k4-s0", runner=interrupted)
+    recorded = sweep.read_failure(sweep.failure_path(sweep_dir, "k4-s0"))
+    assert recorded == sweep.CellFailure("TrainingInterrupted", "halted", None, 2) and recorded.interrupted
+
+
 # ---------------------------------------------------------------------------------------- report
+
+def test_sweep_yaml_is_typed_and_a_damaged_one_is_named(recipe, dataset, tmp_path):
+    import yaml
+
+    from tallrec_cli.sweep.spec import read_sweep_record, spec_hash
+
+    sweep_dir = tmp_path / "sweep"
+    sweep.run_sweep(make_spec(recipe, dataset, shots=[4], seeds=[0]), sweep_dir, runner=FakeRunner())
+    record = read_sweep_record(sweep_dir)
+    assert record.config_hash == spec_hash(record.sweep_spec()) and record.spec["shots"] == [4]
+    stored = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    del stored["config_hash"]
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(ArtifactError, match="sweep.yaml is damaged: config_hash: required"):
+        sweep.build_report(sweep_dir)
+
 
 def test_report_rebuilt_from_folders_equals_live_one(recipe, dataset, tmp_path, real_plot):
     sweep_dir = tmp_path / "sweep"
@@ -362,7 +472,7 @@ def test_devices_run_cells_through_the_launcher(recipe, dataset, tmp_path):
 def test_cli_default_run_command_and_report(recipe, dataset, tmp_path, monkeypatch):
     from tallrec_cli.cli import app
 
-    monkeypatch.setattr(sweep, "LocalCellRunner", FakeRunner)
+    monkeypatch.setattr(sweep_run, "LocalCellRunner", FakeRunner)
     runner = CliRunner()
     sweep_dir = tmp_path / "sweep"
     args = [str(recipe), "--shots", "0,4", "--seeds", "0,1", "--test", str(dataset / "test.jsonl"),
@@ -394,12 +504,12 @@ def test_run_cell_command_and_subprocess_launcher(recipe, dataset, tmp_path, mon
 
     sweep_dir = tmp_path / "sweep"
     sweep.run_sweep(make_spec(recipe, dataset, shots=[4], seeds=[0]), sweep_dir, runner=FakeRunner())
-    monkeypatch.setattr(sweep, "LocalCellRunner", FakeRunner)
+    monkeypatch.setattr(sweep_run, "LocalCellRunner", FakeRunner)
     (sweep_dir / "cells" / "k4-s0" / "sweep-eval.json").unlink()
     result = CliRunner().invoke(app, ["sweep", "run-cell", str(sweep_dir), "k4-s0"])
     assert result.exit_code == 0, result.output
     assert (sweep_dir / "cells" / "k4-s0" / "sweep-eval.json").is_file()
     ghost = sweep.Cell("no-such-cell", ["m"], None, 4, 0, {}, None, {}, {}, None)
-    with pytest.raises(TallrecError, match=r"error: .*has no cell 'no-such-cell'.*exit code 2"):
+    with pytest.raises(TallrecError, match=r"has no cell 'no-such-cell'.*exit code 2"):
         sweep.SubprocessLauncher(sweep_dir)(ghost, "0")  # a real `python -m tallrec_cli.cli sweep run-cell` child
     assert "has no cell" in (sweep_dir / "logs" / "no-such-cell.log").read_text()

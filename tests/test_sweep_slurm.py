@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -61,7 +62,7 @@ def test_emitted_array_run_locally_per_index_fills_the_sweep_and_report_merges(t
 
 def _update_many(sweep_dir: str, cell_ids: list[str], own: str, times: int) -> None:
     cells = [sweep.Cell(cell_id, ["m"], None, 4, 0, {}, None, {}, {}, None) for cell_id in cell_ids]
-    index = sweep.SweepIndex(sweep.Path(sweep_dir), "hash", cells)
+    index = sweep.SweepIndex(Path(sweep_dir), "hash", cells)
     for number in range(times):
         index.update(own, status="running", count=number)
     index.update(own, status="done", count=times)

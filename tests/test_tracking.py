@@ -8,7 +8,8 @@ import json
 import pytest
 
 from tallrec_cli.errors import ConfigError
-from tallrec_cli.train import preflight, run_training
+from tallrec_cli.train import run_training
+from tallrec_cli.train_config import preflight
 from tests.train_helpers import tiny_config, write_dataset
 
 

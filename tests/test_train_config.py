@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from tallrec_cli.capacity import KNOWN_ARCHITECTURES, config_from_shape, count_parameters, dry_run
 from tallrec_cli.config import parse_overrides
 from tallrec_cli.errors import ConfigError, ModelError
-from tallrec_cli.train import (
-    KNOWN_ARCHITECTURES, config_from_shape, count_parameters, dry_run, eval_interval, fit_record, load_train_config,
-    preflight,
-)
+from tallrec_cli.train_config import eval_interval, load_train_config, preflight
+from tallrec_cli.train_data import fit_record
 from tests.train_helpers import MOVIE_TEMPLATE, record, tiny_config, write_dataset
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
@@ -143,7 +142,7 @@ def test_dry_run_estimates_without_loading_weights(tmp_path, tiny_model_dir, mon
 
 
 def test_seven_b_estimates_scale_with_quantization():
-    from tallrec_cli.train import estimate_memory
+    from tallrec_cli.capacity import estimate_memory
 
     shape = config_from_shape("llama-7b")
     config = load_train_config(RECIPES[0].parent / "llama-2-7b-qlora.yaml")
@@ -153,3 +152,14 @@ def test_seven_b_estimates_scale_with_quantization():
     eight = estimate_memory(shape, counts, load_train_config(None, {"model": {"quantization": "8bit"}}), 512)["weights"]
     assert four < eight < counts["total"] * 2
     assert set(KNOWN_ARCHITECTURES) >= {"llama-7b", "llama-3-8b", "qwen2.5-7b"}
+
+
+def test_a_train_config_loads_without_the_trainer():
+    """`tallrec doctor`, sweeps and --dry-run read configs: importing them loads no ML framework."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tallrec_cli.train_config import load_train_config; load_train_config(None); "
+            "print(sorted(m for m in ('trl', 'transformers', 'torch', 'peft', 'tallrec_cli.train') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tallrec_cli.train import load_train_config, run_training
+from tallrec_cli.train import run_training
+from tallrec_cli.train_config import load_train_config
 
 
 @pytest.mark.slow

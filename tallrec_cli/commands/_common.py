@@ -17,7 +17,7 @@ Dtype = Literal["auto", "bfloat16", "float16", "float32"]  # tallrec_cli.models.
 Quantization = Literal["none", "8bit", "4bit"]  # tallrec_cli.models.QUANTIZATIONS
 Domain = Literal["movie", "book"]  # tallrec_cli.evaluate.DOMAINS
 CalibrationMethod = Literal["temperature", "platt"]  # tallrec_cli.calibration.METHODS
-ReportTo = Literal["none", "tensorboard", "wandb", "mlflow"]  # tallrec_cli.train.REPORT_TO
+ReportTo = Literal["none", "tensorboard", "wandb", "mlflow"]  # tallrec_cli.train_config.REPORT_TO
 Source = Literal["movielens-100k", "movielens-1m", "movielens-latest", "bookcrossing", "amazon",
                  "csv"]  # data_builders.config.SOURCES
 Split = Literal["tallrec", "leave-last-out", "last-n", "temporal", "user"]  # data_builders.config.SPLITS

@@ -21,14 +21,13 @@ def _label_words(text: str | None) -> list[str] | None:
 
 def _load(model, adapter, dtype, quantization, trust_remote_code, template, label_words, merge_adapter: bool = True):
     """The model, after the template and label words were checked against its tokenizer (no weights yet)."""
-    from tallrec_cli.evaluate import scoring_setup
-
+    from tallrec_cli.evaluate import resolve_scoring
     from tallrec_cli.models import load_for_inference
 
     with err_console.status("loading the model"):
         return load_for_inference(model, adapter, dtype, quantization, trust_remote_code,
                                   merge_adapter=merge_adapter,
-                                  before_weights=lambda partial: scoring_setup(partial, template, label_words))
+                                  before_weights=lambda partial: resolve_scoring(partial, template, label_words))
 
 
 def _local(model: str | None) -> str | None:
@@ -121,7 +120,7 @@ def eval_command(
     from tallrec_cli.compare import check_references, comparison_table, evaluate_baseline_tests, parse_names
     from tallrec_cli.ensemble import check_ensemble_request, fit_blends
     from tallrec_cli.errors import ConfigError
-    from tallrec_cli.evaluate import eval_output_root, evaluate_tests, load_tests, model_scorer
+    from tallrec_cli.evaluate import eval_output_root, evaluate_tests, load_tests, model_scorer, resolve_scoring
     from tallrec_cli.io import check_output_folder, refuse_overlap
 
     baselines, references, ensembles = parse_names(baseline), parse_names(compare), parse_names(ensemble)
@@ -153,6 +152,7 @@ def eval_command(
     # `--compare base` scores with the adapter switched off, so it must stay apart from the weights
     inference = _load(model, adapter, dtype, quantization, trust_remote_code, template, _label_words(label_words),
                       merge_adapter=BASE_MODEL not in references)
+    spec = resolve_scoring(inference, template, _label_words(label_words), score, batch_size, prefix_cache)
     calibration = calibration_for(adapter or model) if calibrated else None
     with progress() as bar:
         def on_start(name: str, records: int):
@@ -160,11 +160,10 @@ def eval_command(
             return lambda done: bar.advance(task, done)
 
         blends = fit_blends(ensembles, _run_manifest(adapter), train_records, train_source,
-                            model_scorer(inference, template, _label_words(label_words), score, batch_size,
-                                         prefix_cache, calibration, on_start), seed, limit) if ensembles else []
-        results = evaluate_tests(inference, tests, root, template, _label_words(label_words), score, batch_size,
-                                 prefix_cache, bootstrap, seed, plots, overwrite, on_start, references, train_records,
-                                 calibration, blends)
+                            model_scorer(inference, spec, calibration, on_start), seed, limit) if ensembles else []
+        results = evaluate_tests(inference, tests, root, spec, resamples=bootstrap, seed=seed, plots=plots,
+                                 overwrite=overwrite, on_start=on_start, references=references,
+                                 train_records=train_records, calibration=calibration, ensembles=blends)
     console.print(metrics_table(f"eval ({score} scores)", [(r["test"], r["metrics"]) for r in results]))
     for result in results:
         if result["comparison"]:
@@ -222,7 +221,7 @@ def predict_command(
     from tallrec_cli.calibration import calibration_for
     from tallrec_cli.ensemble import load_blend, refit_baseline
     from tallrec_cli.errors import ConfigError
-    from tallrec_cli.evaluate import predict_rows, read_candidates, write_predictions
+    from tallrec_cli.evaluate import predict_rows, read_candidates, resolve_scoring, write_predictions
     from tallrec_cli.io import check_writable, refuse_overlap
 
     try:
@@ -238,11 +237,13 @@ def predict_command(
     rows = read_candidates(input)
     blend = refit_baseline(load_blend(ensemble, ensemble_baseline)) if ensemble else None
     inference = _load(model, adapter, dtype, quantization, trust_remote_code, template, _label_words(label_words))
+    spec = resolve_scoring(inference, template, _label_words(label_words), score, batch_size, prefix_cache)
     with progress() as bar:
         task = bar.add_task("scoring", total=len(rows))
-        scored, summary = predict_rows(inference, rows, domain, template, _label_words(label_words), score,
-                                       batch_size, prefix_cache, rank, ks, lambda done: bar.advance(task, done),
-                                       calibration_for(adapter or model) if calibrated else None, blend)
+        scored, summary = predict_rows(inference, rows, spec, domain=domain, rank=rank, ks=ks,
+                                       on_batch=lambda done: bar.advance(task, done),
+                                       calibration=calibration_for(adapter or model) if calibrated else None,
+                                       blend=blend)
     write_predictions(output, scored)
     if summary["calibration_note"]:
         console.print(summary["calibration_note"], highlight=False)

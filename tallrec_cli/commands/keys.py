@@ -16,7 +16,7 @@ Schema = Literal["train", "data", "sweep"]
 def _schemas() -> dict[str, tuple[str, type]]:
     from data_builders.config import BuildConfig
     from tallrec_cli.sweep import SweepSpec
-    from tallrec_cli.train import TrainConfig
+    from tallrec_cli.train_config import TrainConfig
 
     return {"train": ("train recipe keys (`tallrec train RECIPE --set KEY=VALUE`, sweep axes and overrides)",
                       TrainConfig),

@@ -149,7 +149,8 @@ def run_cell_command(
 ) -> None:
     """Run one cell of a prepared sweep folder (a worker process of --devices, or a Slurm array task)."""
     from tallrec_cli.console import err_console
-    from tallrec_cli.sweep import is_disk_full, run_single_cell
+    from tallrec_cli.io import is_disk_full
+    from tallrec_cli.sweep import run_single_cell
 
     try:
         run_single_cell(sweep_dir, cell_id, record=record)

@@ -60,6 +60,7 @@ def train_command(
     `tallrec train recipes/llama-3-70b-qlora-fsdp.yaml --dry-run --accelerate-config recipes/accelerate/fsdp2-2gpu.yaml`
     """
     from tallrec_cli import train as training
+    from tallrec_cli import train_config
     from tallrec_cli.config import parse_overrides
     from tallrec_cli.console import console, err_console
 
@@ -69,25 +70,26 @@ def train_command(
 
         raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
     if resume:
-        run_dir = output or training.load_train_config(recipe).output.dir
-        config = training.resume_config(run_dir)
+        run_dir = output or train_config.load_train_config(recipe).output.dir
+        config = train_config.resume_config(run_dir)
         err_console.print(f"resuming {run_dir} with its saved config.yaml (other options are ignored)")
     else:
         from tallrec_cli.config import deep_merge
 
-        config = training.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides, training.TrainConfig)))
+        config = train_config.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides,
+                                                                             train_config.TrainConfig)))
     if dry_run:
-        from tallrec_cli.capacity import per_gpu_fit, processes_from_accelerate_config
+        from tallrec_cli.capacity import dry_run as estimate, per_gpu_fit, processes_from_accelerate_config
 
         if accelerate_config is not None:
             processes = processes_from_accelerate_config(accelerate_config)
-        result = training.dry_run(config, gpu_memory)
+        result = estimate(config, gpu_memory)
         _render_dry_run(result, console)
         if processes:
             _render_per_gpu(per_gpu_fit(config, processes, result["sequence_length"], gpu_memory), console)
         return
     summary = training.run_training(config, resume=resume)
-    if training.is_main_process():  # under torchrun / accelerate launch, rank 0 alone reports
+    if train_config.is_main_process():  # under torchrun / accelerate launch, rank 0 alone reports
         _render_summary(summary, console)
 
 
