@@ -38,9 +38,11 @@ def _lora_b(adapter_dir: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(adapter_dir / "adapter_model.safetensors").items() if "lora_" in k}
 
 
-def test_lora_run_writes_the_contract_folder(tmp_path, tiny_model_dir, data_dir):
+def test_lora_run_writes_the_contract_folder(tmp_path, tiny_model_dir, data_dir, capfd, monkeypatch):
+    monkeypatch.delenv("TALLREC_DEBUG", raising=False)
     run = tmp_path / "run"
     summary = run_training(tiny_config(tiny_model_dir, data_dir, run, data__shots=12))
+    assert "Tokenizing" not in capfd.readouterr().err  # trl's datasets.map bars are third-party noise
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["kind"] == "train-run" and MANIFEST_KEYS <= set(manifest)
     assert DATA_KEYS <= set(manifest["data"]) and manifest["data"]["train_records"] == 12
