@@ -13,7 +13,6 @@ import numpy as np
 
 from data_builders import amazon, bookcrossing, csv_source, movielens
 from data_builders.config import PRESETS_DIR, BuildConfig, preset_names
-from data_builders.context import FIELDS as CONTEXT_FIELDS
 from data_builders.context import ContextAdder
 from data_builders.dataset import write_tallrec_json
 from data_builders.download import ARCHIVES, fetch_movielens
@@ -117,7 +116,7 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
         if Path(config.template).suffix:  # a custom template file travels with the records it rendered
             shutil.copyfile(config.template, staging / "template.yaml")
         renderer = Renderer(examples, template, config.domain, config.seed)
-        context = ContextAdder(examples) if template.uses_context else None
+        context = ContextAdder(examples, template.context_fields, config.seed) if template.uses_context else None
         vectors = _item_vectors(config, examples, on_progress)
         selector = (HistorySelector(config.history, config.history_len, vectors, interactions.item_ids, template)
                     if vectors is not None or context is not None else None)
@@ -149,7 +148,8 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
             "history": {"strategy": config.history, "k": config.history_len, "n": config.history_pool,
                         "similarity": vectors.source if vectors is not None else None,
                         "training_views": 2 if config.history == "mixed" else 1},
-            "context": {"fields": list(CONTEXT_FIELDS), "from": "training split (ordered for training records)",
+            "context": {"fields": list(context.fields),
+                        "from": "training split (counts ordered, cf_like cross-fitted for training records)",
                         "cold": context.cold} if context is not None else None,
             "ratings_used": len(interactions),
             "notes": report.notes,

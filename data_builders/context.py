@@ -1,13 +1,18 @@
-"""Collaborative context for prompts: like-rates of the target item and of the user, from the training
-split only.
+"""Collaborative context for prompts, from the training split only.
 
-CoLLM / BinLLM put collaborative information into the prompt. Here it is four numbers a template can
-print through its ``context`` line: how many of the target item's ratings were likes (``item_likes`` of
-``item_ratings``) and the same for the user (``user_likes`` of ``user_ratings``). They are counted over
-the training split's records only. A training record sees only training records before it in time
-(ordered statistics, ties in record order), so its own label, and later ones, never reach its prompt;
-validation and test records see the whole training split. Items and users with no counted rating
-(cold) get 0 of 0 and are counted in the manifest.
+CoLLM / BinLLM put collaborative information into the prompt. Here it is numbers a template can print
+through its ``context`` line:
+
+- ``item_likes`` of ``item_ratings``: how many of the target item's ratings were likes, and the same for
+  the user (``user_likes`` of ``user_ratings``). A training record counts only training records before it
+  in time (ordered statistics, ties in record order), so its own label, and later ones, never reach its
+  prompt; validation and test records count the whole training split. Items and users with no counted
+  rating (cold) get 0 of 0 and are counted in the manifest.
+- ``cf_like``: the bias-only collaborative model's P(like) in percent (1-99), the same model as the
+  ``bias`` reference (``tallrec_cli.baselines``) fitted on the training split, so a test record's number
+  is that reference's score. Training records get cross-fitted numbers (``CF_FOLDS`` folds; a record's
+  number comes from the model fitted on the other folds), so no record's own label reaches its prompt,
+  the stacking rule. Computed only for templates whose context line prints it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import pandas as pd
 
 from data_builders.records import Examples
 
-FIELDS = ("item_likes", "item_ratings", "user_likes", "user_ratings")
+COUNT_FIELDS = ("item_likes", "item_ratings", "user_likes", "user_ratings")
+CF_FOLDS = 5
 
 
 @dataclass
@@ -59,17 +65,48 @@ class TrainingCounts:
     def fields(self, index: int, item: int, user: int) -> dict[str, int]:
         """Context numbers for the record ``examples.target[index]`` about ``item`` by ``user``."""
         if index in self.before:
-            return dict(zip(FIELDS, self.before[index]))
-        return dict(zip(FIELDS, (int(self.item_likes[item]), int(self.item_ratings[item]),
-                                 int(self.user_likes[user]), int(self.user_ratings[user]))))
+            return dict(zip(COUNT_FIELDS, self.before[index]))
+        return dict(zip(COUNT_FIELDS, (int(self.item_likes[item]), int(self.item_ratings[item]),
+                                       int(self.user_likes[user]), int(self.user_ratings[user]))))
+
+
+def cf_percent(probabilities: np.ndarray) -> np.ndarray:
+    """P(like) as a whole percent kept to two digits (1-99), one token per digit for the model to read."""
+    return np.clip(np.rint(100 * probabilities), 1, 99).astype(np.int64)
+
+
+def cf_likes(examples: Examples, seed: int) -> np.ndarray:
+    """``cf_like`` for every record (indexed like ``examples.target``): the bias model fitted on the
+    training split scores validation and test records; training records are cross-fitted."""
+    from sklearn.model_selection import KFold
+
+    from tallrec_cli.baselines import C_BIAS, OneHotModel, bias_features
+
+    interactions = examples.interactions
+    rows = examples.order[examples.target]
+    features = [bias_features(str(interactions.user_ids[user]), f"id:{interactions.item_ids[item]}")
+                for user, item in zip(interactions.user_code[rows], interactions.item_code[rows])]
+    labels = examples.liked[examples.target].astype(np.int64)
+    train = np.flatnonzero(examples.split == 0)
+    scores = np.full(len(rows), np.nan)
+    later = np.flatnonzero(examples.split != 0)
+    model = OneHotModel.fit([features[i] for i in train], labels[train], C_BIAS, seed)
+    scores[later] = model.score([features[i] for i in later])
+    for fit_part, held_out in KFold(CF_FOLDS, shuffle=True, random_state=seed).split(train):
+        fold = OneHotModel.fit([features[i] for i in train[fit_part]], labels[train[fit_part]], C_BIAS, seed)
+        scores[train[held_out]] = fold.score([features[i] for i in train[held_out]])
+    return cf_percent(scores)
 
 
 class ContextAdder:
-    """Adds ``context`` to each record of a split and counts cold items and users per split."""
+    """Adds ``context`` (the ``fields`` a template prints) to each record of a split and counts cold items
+    and users per split."""
 
-    def __init__(self, examples: Examples):
+    def __init__(self, examples: Examples, fields: tuple[str, ...], seed: int):
         self.examples = examples
+        self.fields = fields
         self.counts = TrainingCounts.from_examples(examples)
+        self.cf_like = cf_likes(examples, seed) if "cf_like" in fields else None
         self.item_code = {item: code for code, item in enumerate(examples.interactions.item_ids)}
         self.user_code = {user: code for code, user in enumerate(examples.interactions.user_ids)}
         self.cold: dict[str, dict[str, int]] = {}
@@ -81,4 +118,6 @@ class ContextAdder:
             context = self.counts.fields(index, self.item_code[record["item_id"]], self.user_code[record["user_id"]])
             cold["items"] += context["item_ratings"] == 0
             cold["users"] += context["user_ratings"] == 0
-            yield {**record, "context": context}
+            if self.cf_like is not None:
+                context["cf_like"] = int(self.cf_like[index])
+            yield {**record, "context": {field: context[field] for field in self.fields}}

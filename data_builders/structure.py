@@ -104,8 +104,7 @@ def _parse_context(text: str, template: Template) -> dict[str, int] | None:
     """Context numbers back from a rendered context line ({} for an empty one, None if it does not match)."""
     if not text or template.context is None:
         return {} if not text else None
-    match = _input_pattern(template.context, ("item_likes", "item_ratings", "user_likes", "user_ratings"),
-                           r"\d+").match(text)
+    match = _input_pattern(template.context, template.context_fields, r"\d+").match(text)
     return {key: int(value) for key, value in match.groupdict().items()} if match else None
 
 

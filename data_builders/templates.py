@@ -4,7 +4,8 @@ A template has one or more ``variants`` ({instruction, input}); with several, on
 (seeded), P5-style. ``input`` uses ``{liked}``, ``{disliked}`` and ``{target}``; ``history_item`` and
 ``target_item`` wrap an item's text (``{item}``) and ``separator`` joins history items. An optional
 ``context`` line (``{item_likes}``, ``{item_ratings}``, ``{user_likes}``, ``{user_ratings}``: training-split
-counts, see ``data_builders.context``) fills the input's ``{context}``.
+counts; ``{cf_like}``: the bias model's P(like) in percent; see ``data_builders.context``) fills the input's
+``{context}``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 from tallrec_cli.errors import ConfigError
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+CONTEXT_FIELDS = ("item_likes", "item_ratings", "user_likes", "user_ratings", "cf_like")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,11 @@ class Template:
     @property
     def uses_context(self) -> bool:
         return self.context is not None
+
+    @property
+    def context_fields(self) -> tuple[str, ...]:
+        """The context fields the context line prints, in ``CONTEXT_FIELDS`` order."""
+        return tuple(field for field in CONTEXT_FIELDS if "{" + field + "}" in (self.context or ""))
 
     def output(self, label: int) -> str:
         return self.yes if label else self.no
@@ -93,10 +100,10 @@ def load_record_template(name_or_path: str) -> Template:
                               "brace)") from None
     if template.context is not None:
         try:
-            template.context.format(item_likes=0, item_ratings=0, user_likes=0, user_ratings=0)
+            template.context.format(**dict.fromkeys(CONTEXT_FIELDS, 0))
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"template {path}: context uses an unknown placeholder {exc}",
-                              "it may use {item_likes}, {item_ratings}, {user_likes} and {user_ratings}") from None
+                              "it may use " + ", ".join("{" + field + "}" for field in CONTEXT_FIELDS)) from None
         if not all("{context}" in variant["input"] for variant in variants):
             raise ConfigError(f"template {path} has a context line but a variant's input has no {{context}}")
     return template

@@ -202,24 +202,34 @@ class OneHotLogistic(Baseline):
         raise NotImplementedError
 
     def _fit(self, train: list[dict]) -> None:
-        from sklearn.linear_model import LogisticRegression
-
-        labels = labels_of(train)
-        self.constant = None
-        if np.unique(labels).size < 2:
-            self.constant = float(labels.mean()) if labels.size else 0.5
+        self.model = OneHotModel.fit([self._features(record) for record in train], labels_of(train), self.C, self.seed)
+        if self.model.constant is not None:
             self.notes.append("single-class training sample: constant score")
-            return
-        rows = [self._features(record) for record in train]
-        self.vocabulary = {name: index for index, name in enumerate(sorted({f for row in rows for f in row}))}
-        self.model = LogisticRegression(C=self.C, solver="liblinear", max_iter=1000, random_state=self.seed)
-        self.model.fit(_one_hot(rows, self.vocabulary), labels)
 
     def _score(self, records: list[dict]) -> np.ndarray:
+        return self.model.score([self._features(record) for record in records])
+
+
+class OneHotModel:
+    """A fitted logistic regression over one-hot feature names (or a constant for one-class labels)."""
+
+    def __init__(self, vocabulary: dict[str, int], model: Any, constant: float | None):
+        self.vocabulary, self.model, self.constant = vocabulary, model, constant
+
+    @classmethod
+    def fit(cls, rows: Sequence[list[str]], labels: np.ndarray, C: float, seed: int) -> OneHotModel:
+        from sklearn.linear_model import LogisticRegression
+
+        if np.unique(labels).size < 2:
+            return cls({}, None, float(labels.mean()) if labels.size else 0.5)
+        vocabulary = {name: index for index, name in enumerate(sorted({f for row in rows for f in row}))}
+        model = LogisticRegression(C=C, solver="liblinear", max_iter=1000, random_state=seed)
+        return cls(vocabulary, model.fit(_one_hot(rows, vocabulary), labels), None)
+
+    def score(self, rows: Sequence[list[str]]) -> np.ndarray:
         if self.constant is not None:
-            return np.full(len(records), self.constant)
-        matrix = _one_hot([self._features(record) for record in records], self.vocabulary)
-        return self.model.predict_proba(matrix)[:, 1]
+            return np.full(len(rows), self.constant)
+        return self.model.predict_proba(_one_hot(rows, self.vocabulary))[:, 1]
 
 
 class LogReg(OneHotLogistic):
@@ -234,12 +244,20 @@ class LogReg(OneHotLogistic):
         return features
 
 
+C_BIAS = 1.0  # the bias model's inverse L2 strength (shared with data_builders.context's cf_like)
+
+
 class Bias(OneHotLogistic):
     name, label = "bias", "Bias (user+item)"
+    C = C_BIAS
 
     def _features(self, record: dict) -> list[str]:
-        user = user_key(record)
-        return [f"item={item_key(record)}"] + ([f"user={user}"] if user is not None else [])
+        return bias_features(user_key(record), item_key(record))
+
+
+def bias_features(user: str | None, item: str | None) -> list[str]:
+    """The bias model's features: one-hot item and user (keys as ``user_key`` / ``item_key`` make them)."""
+    return [f"item={item}"] + ([f"user={user}"] if user is not None else [])
 
 
 GBDT_FEATURES = ("user_rate", "user_count", "item_rate", "item_count", "history_share", "history_len",

@@ -14,7 +14,7 @@ import pytest
 from data_builders.build import build_config, build_dataset
 from data_builders.selection import RELEVANT_SUFFIX, ItemVectors, relevant_positions
 from data_builders.structure import HistoryItem, render_input, shortened
-from data_builders.templates import load_record_template
+from data_builders.templates import TEMPLATES_DIR, load_record_template
 from tallrec_cli.errors import ConfigError
 from tallrec_cli.io import read_jsonl
 
@@ -170,3 +170,55 @@ def test_imported_text_with_a_context_line_parses_back_to_its_numbers():
               "input": render_input(template, 0, items, "C (1997)", context)}
     parsed = parse_input(record, [template])
     assert parsed["context"] == context and parsed["target_title"] == "C (1997)"
+
+
+def _flip_rating(source: dict, user: str, item: str) -> dict:
+    frame = pd.read_csv(source["path"])
+    row = (frame["user_id"] == user) & (frame["item_id"] == item)
+    assert row.sum() == 1
+    frame.loc[row, "rating"] = 6 - frame.loc[row, "rating"]
+    frame.to_csv(source["path"], index=False)
+    return source
+
+
+def test_cf_like_is_the_bias_reference_for_test_and_cross_fitted_for_training(tmp_path):
+    from tallrec_cli.baselines import make_baseline
+
+    rng = np.random.default_rng(1)
+    source = _log(tmp_path / "raw")
+    frame = pd.read_csv(source["path"])  # noise, so the bias model is not a perfect separator
+    frame["rating"] = np.where(rng.random(len(frame)) < 0.2, 6 - frame["rating"], frame["rating"])
+    frame.to_csv(source["path"], index=False)
+    manifest = build(tmp_path, "cf", source, template="tallrec-movie-cf")
+    assert manifest["context"]["fields"] == ["cf_like"]
+    data = splits(tmp_path / "cf")
+    reference = make_baseline("bias").fit(data["train"]).score(data["test"])
+    assert [r["context"]["cf_like"] for r in data["test"]] == np.clip(np.rint(100 * reference), 1, 99).tolist()
+    assert f"gives {data['test'][0]['context']['cf_like']}% that" in data["test"][0]["input"]
+
+    # a training record's own label never reaches its number: flip it and the number stays
+    record = data["train"][7]
+    _flip_rating(source, record["user_id"], record["item_id"])
+    build(tmp_path, "flipped", source, template="tallrec-movie-cf")
+    flipped = {r["id"]: r for r in splits(tmp_path / "flipped")["train"]}[record["id"]]
+    assert flipped["label"] != record["label"]
+    assert flipped["context"] == record["context"]
+    # while the test numbers, from the model fitted on all of training, move with it
+    assert [r["context"] for r in splits(tmp_path / "flipped")["test"]] != [r["context"] for r in data["test"]]
+
+
+def test_cf_line_parses_back_and_unknown_context_fields_are_errors(tmp_path):
+    from data_builders.structure import parse_input
+
+    template = load_record_template("tallrec-movie-cf")
+    assert template.context_fields == ("cf_like",)
+    items = [HistoryItem("A (1995)", True)]
+    record = {"instruction": template.variants[0]["instruction"],
+              "input": render_input(template, 0, items, "C (1997)", {"cf_like": 73})}
+    assert parse_input(record, [template])["context"] == {"cf_like": 73}
+    text = (TEMPLATES_DIR / "tallrec-movie-cf.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("{cf_like}", "{mf_score}"))
+    with pytest.raises(ConfigError, match="unknown placeholder 'mf_score'") as info:
+        load_record_template(str(bad))
+    assert "{cf_like}" in info.value.hint
