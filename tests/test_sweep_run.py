@@ -167,6 +167,24 @@ def test_sweep_yaml_with_domains(tmp_path, recipe, dataset):
     assert list(cells[0].tests) == ["data-test"]
 
 
+def test_shipped_history_sweep_spec_is_valid_but_for_its_data_builds():
+    """The shipped grid spec's only problems on a fresh checkout are the dataset builds its header lists,
+    and its header states the grid it holds (domains x loss x shots x seeds)."""
+    import yaml
+
+    path = Path(__file__).parents[1] / "recipes" / "sweeps" / "smollm2-movielens-history.yaml"
+    raw = yaml.safe_load(path.read_text())
+    with pytest.raises(ConfigError) as info:
+        sweep.load_sweep_spec(path)
+    assert info.value.problems == [f"domains.{name}.tests.mls-{name}: data/mls-{name}/test.jsonl does not exist"
+                                   for name in raw["domains"]]
+    header = " ".join(path.read_text().replace("#", " ").split())
+    for name in raw["domains"]:
+        assert f"-o data/mls-{name}" in header  # each domain's data has its build command
+    cells = len(raw["domains"]) * len(raw["axes"]["prompt.loss"]) * len(raw["shots"]) * len(raw["seeds"])
+    assert f"The full grid is {cells} cells" in header
+
+
 def test_bad_grid_values_are_all_reported(recipe, dataset, tmp_path):
     with pytest.raises(ConfigError) as caught:
         make_spec(recipe, dataset, shots=[4, 4, -1], seeds=[0, 0], tests=[str(tmp_path / "missing.jsonl")])
