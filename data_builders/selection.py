@@ -6,7 +6,11 @@ target item, kept in time order, and trains on both the recent and the relevant 
 
 - ``collaborative``: factors of the item x user matrix of the *training split's* records only (+1 liked,
   -1 disliked, rows normalised; truncated SVD, i.e. co-occurrence compressed to a few dimensions), so
-  no validation or test interaction shapes any history;
+  no validation or test interaction shapes any history. Training records are cross-fitted: each gets
+  the vectors of the matrix without its fold (``FOLDS``), as a test record's target is not in the matrix
+  either. Vectors holding a record's own rating pick the items the user rated the way they rated the
+  target, and the history's like-share then leaks the label (it did: the history-share rule scored AUC
+  0.89 on such training records and 0.80 on test);
 - ``text``: the base model's mean-pooled last hidden states of each item's title, computed once per model
   and item list and cached under $TALLREC_HOME/embeddings keyed by their hash.
 
@@ -30,17 +34,26 @@ from data_builders.templates import Template
 STRATEGIES = ("recent", "relevant", "mixed")
 SIMILARITIES = ("collaborative", "text")
 COLLABORATIVE_DIMENSIONS = 32
+FOLDS = 5  # cross-fitting folds of the training records' collaborative vectors
 RELEVANT_SUFFIX = "~relevant"  # id of the second (relevant) view of a mixed training record
 
 
 @dataclass
 class ItemVectors:
-    """Unit-length vectors per item code (zero rows: no vector)."""
+    """Unit-length vectors per item code (zero rows: no vector). Cross-fitted vectors also hold, per
+    training record (in split order), its fold and, per fold, the vectors fitted without it."""
     vectors: np.ndarray
     source: str
+    fold_of_training_record: np.ndarray | None = None
+    fold_vectors: tuple[np.ndarray, ...] = ()
 
-    def similarities(self, items: Sequence[int], target: int) -> np.ndarray:
-        return self.vectors[list(items)] @ self.vectors[target]
+    def similarities(self, items: Sequence[int], target: int, training_record: int | None = None) -> np.ndarray:
+        """Cosines of ``items`` with ``target``; ``training_record`` (its position in the training split)
+        selects the vectors fitted without that record's fold."""
+        vectors = self.vectors
+        if training_record is not None and self.fold_of_training_record is not None:
+            vectors = self.fold_vectors[self.fold_of_training_record[training_record]]
+        return vectors[list(items)] @ vectors[target]
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -54,17 +67,29 @@ def collaborative_vectors(examples: Examples, dimensions: int = COLLABORATIVE_DI
     from sklearn.decomposition import TruncatedSVD
     from sklearn.preprocessing import normalize
 
+    from sklearn.model_selection import KFold
+
     interactions = examples.interactions
     train = examples.target[examples.split == 0]
     rows = examples.order[train]
     items, users = interactions.item_code[rows], interactions.user_code[rows]
     signs = np.where(examples.liked[train], 1.0, -1.0)  # co-liked and co-disliked items point the same way
     shape = (len(interactions.item_ids), len(interactions.user_ids))
-    incidence = normalize(csr_matrix((signs, (items, users)), shape=shape))
     rank = max(1, min(dimensions, min(shape) - 1))
-    factors = TruncatedSVD(rank, random_state=0).fit_transform(incidence)
-    return ItemVectors(_unit_rows(factors), f"collaborative: truncated SVD ({rank} factors) of the training "
-                                            f"split's item x user matrix ({len(rows)} ratings)")
+
+    def factors(kept: np.ndarray) -> np.ndarray:
+        incidence = normalize(csr_matrix((signs[kept], (items[kept], users[kept])), shape=shape))
+        return _unit_rows(TruncatedSVD(rank, random_state=0).fit_transform(incidence))
+
+    fold_of = np.zeros(len(train), dtype=np.int64)
+    for fold, (_, held_out) in enumerate(KFold(min(FOLDS, max(len(train), 2)), shuffle=True, random_state=0)
+                                         .split(train)):
+        fold_of[held_out] = fold
+    every = np.ones(len(train), dtype=bool)
+    return ItemVectors(factors(every), f"collaborative: truncated SVD ({rank} factors) of the training split's "
+                                       f"item x user matrix ({len(rows)} ratings; training records cross-fitted, "
+                                       f"{FOLDS} folds)",
+                       fold_of, tuple(factors(fold_of != fold) for fold in range(int(fold_of.max()) + 1)))
 
 
 def _embedding_cache(model: str, titles: Sequence[str]) -> Path:
@@ -137,18 +162,21 @@ class HistorySelector:
                 "input": render_input(self.template, int(record["variant"] or 0), chosen, record["target_title"],
                                       record.get("context"))}
 
-    def _relevant(self, record: dict) -> list[int]:
+    def _relevant(self, record: dict, training_record: int | None) -> list[int]:
         codes = [self.item_code[item["item_id"]] for item in record["history"]]
-        return relevant_positions(self.vectors.similarities(codes, self.item_code[record["item_id"]]), self.keep)
+        similarities = self.vectors.similarities(codes, self.item_code[record["item_id"]], training_record)
+        return relevant_positions(similarities, self.keep)
 
     def records(self, records: Iterator[dict], training: bool) -> Iterator[dict]:
-        for record in records:
+        """``records`` of one split in split order (training: the order of ``examples.split == 0``)."""
+        for position, record in enumerate(records):
             count = len(record["history"])
             recent = list(range(max(0, count - self.keep), count))
+            training_record = position if training else None
             if self.strategy == "recent":
                 yield self._view(record, recent)
             elif self.strategy == "relevant" or not training:
-                yield self._view(record, self._relevant(record))
+                yield self._view(record, self._relevant(record, training_record))
             else:  # mixed: both views of every training record
                 yield self._view(record, recent)
-                yield self._view(record, self._relevant(record), RELEVANT_SUFFIX)
+                yield self._view(record, self._relevant(record, training_record), RELEVANT_SUFFIX)

@@ -222,3 +222,34 @@ def test_cf_line_parses_back_and_unknown_context_fields_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown placeholder 'mf_score'") as info:
         load_record_template(str(bad))
     assert "{cf_like}" in info.value.hint
+
+
+def _random_log(folder: Path, users: int = 80, items: int = 30, per_user: int = 24) -> dict:
+    """Ratings that carry no signal at all: any history that predicts a label learnt it from the label."""
+    rng = np.random.default_rng(3)
+    rows = [{"user_id": f"u{user}", "item_id": f"i{item}", "rating": int(rng.choice([1, 5])), "timestamp": 1000 * user + step}
+            for user in range(users) for step, item in enumerate(rng.choice(items, size=per_user, replace=False))]
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / "log.csv", index=False)
+    pd.DataFrame({"item_id": [f"i{i}" for i in range(items)], "title": [f"Item {i}" for i in range(items)]}).to_csv(
+        folder / "items.csv", index=False)
+    return {"path": str(folder / "log.csv"), "items_path": str(folder / "items.csv")}
+
+
+def test_relevant_history_of_a_training_record_does_not_leak_its_own_label(tmp_path):
+    """The training split's item vectors hold each training record's own rating; picking the history items
+    most similar to the target through them would pick the items the user rated the same way, and the
+    history's like-share would predict the label even where ratings are pure noise. Cross-fitted vectors
+    leave the rule on relevant histories where it is on recent ones (a little below 0.5 there: a liked
+    record leaves one like fewer among its user's other ratings)."""
+    from tallrec_cli.baselines import history_share
+    from tallrec_cli.metrics import safe_auc
+
+    source = _random_log(tmp_path / "raw")
+    aucs = {}
+    for history in ("recent", "relevant"):
+        build(tmp_path, history, source, history=history, history_pool=12, history_len=4)
+        train = splits(tmp_path / history)["train"]
+        aucs[history] = safe_auc(np.array([r["label"] for r in train]),
+                                 np.array([history_share(r["history"]) for r in train]))
+    assert aucs["recent"] < 0.5 and abs(aucs["relevant"] - aucs["recent"]) < 0.03, aucs
