@@ -23,12 +23,10 @@ install: $(STAMP)
 # history-share rule, the bias-only user+item model and a full-data GBDT, AUC and per-user AUC with 95%
 # intervals and paired differences.
 demo: install
-	$(BIN)/tallrec data build movielens-latest --preset many-users --history relevant --set history_pool=50 \
-		--set similarity=collaborative --template tallrec-movie-cf --output $(DEMO)/data --overwrite
+	$(BIN)/tallrec data build movielens-latest --preset many-users --output $(DEMO)/data --overwrite
 	$(BIN)/tallrec data stats $(DEMO)/data
 	$(BIN)/tallrec train recipes/smollm2-135m-lora.yaml --train $(DEMO)/data --output $(DEMO)/run --overwrite
-	$(BIN)/tallrec eval --adapter $(DEMO)/run --test $(DEMO)/data --limit 500 --compare history-share,bias,gbdt \
-		--ensemble gbdt --overwrite
+	$(BIN)/tallrec eval --adapter $(DEMO)/run --test $(DEMO)/data --limit 500 --compare base,history-share,bias,gbdt --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q -ra

@@ -87,7 +87,7 @@ class DataSettings:
 class PromptSettings:
     template: str = option("alpaca", help="Prompt template: alpaca, tallrec-exact, chat, or a YAML file.")
     max_length: int = option(512, help="Cutoff in tokens for prompt + answer; longer records lose their oldest history titles.")
-    loss: str = option("pair", choices=("answer", "full", "pair"),
+    loss: str = option("answer", choices=("answer", "full", "pair"),
                        help="Loss on the answer only, on the whole sequence (TALLRec), or pair: binary log-loss of "
                             "the P(yes) eval reports (the two label logits at the answer position).")
     class_weight: str = option("none", choices=("none", "balanced"),

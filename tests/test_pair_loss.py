@@ -114,7 +114,7 @@ def test_answer_positions_reads_the_first_completion_token():
 
 def test_class_weight_needs_the_pair_loss(tmp_path):
     with pytest.raises(ConfigError, match="class_weight: balanced needs prompt.loss=pair"):
-        tiny_config(tmp_path, tmp_path, tmp_path / "run", prompt__loss="answer", prompt__class_weight="balanced")
+        tiny_config(tmp_path, tmp_path, tmp_path / "run", prompt__class_weight="balanced")
 
 
 def test_pair_loss_trains_and_records_it(tmp_path, tiny_model_dir):
