@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from data_builders.records import Examples
+from data_builders.templates import COUNT_FIELDS
 
-COUNT_FIELDS = ("item_likes", "item_ratings", "user_likes", "user_ratings")
 CF_FOLDS = 5
 
 
@@ -80,11 +80,12 @@ def cf_likes(examples: Examples, seed: int) -> np.ndarray:
     training split scores validation and test records; training records are cross-fitted."""
     from sklearn.model_selection import KFold
 
-    from tallrec_cli.baselines import C_BIAS, OneHotModel, bias_features
+    from tallrec_cli.baselines import C_BIAS, OneHotModel, bias_features, item_key, user_key
 
     interactions = examples.interactions
     rows = examples.order[examples.target]
-    features = [bias_features(str(interactions.user_ids[user]), f"id:{interactions.item_ids[item]}")
+    features = [bias_features(user_key({"user_id": interactions.user_ids[user]}),
+                              item_key({"item_id": interactions.item_ids[item]}))
                 for user, item in zip(interactions.user_code[rows], interactions.item_code[rows])]
     labels = examples.liked[examples.target].astype(np.int64)
     train = np.flatnonzero(examples.split == 0)

@@ -65,9 +65,8 @@ def collaborative_vectors(examples: Examples, dimensions: int = COLLABORATIVE_DI
     """Item factors from the training split's records (their targets: who rated what, liked or not)."""
     from scipy.sparse import csr_matrix
     from sklearn.decomposition import TruncatedSVD
-    from sklearn.preprocessing import normalize
-
     from sklearn.model_selection import KFold
+    from sklearn.preprocessing import normalize
 
     interactions = examples.interactions
     train = examples.target[examples.split == 0]

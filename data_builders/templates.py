@@ -18,7 +18,8 @@ import yaml
 from tallrec_cli.errors import ConfigError
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
-CONTEXT_FIELDS = ("item_likes", "item_ratings", "user_likes", "user_ratings", "cf_like")
+COUNT_FIELDS = ("item_likes", "item_ratings", "user_likes", "user_ratings")
+CONTEXT_FIELDS = (*COUNT_FIELDS, "cf_like")
 
 
 @dataclass(frozen=True)
