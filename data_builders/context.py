@@ -10,8 +10,8 @@ through its ``context`` line:
   rating (cold) get 0 of 0 and are counted in the manifest.
 - ``cf_like``: the bias-only collaborative model's P(like) in percent (1-99), the same model as the
   ``bias`` reference (``tallrec_cli.baselines``) fitted on the training split, so a test record's number
-  is that reference's score. Training records get cross-fitted numbers (``CF_FOLDS`` folds; a record's
-  number comes from the model fitted on the other folds), so no record's own label reaches its prompt,
+  is that reference's score. Training records get cross-fitted numbers (a record's
+  number comes from the model fitted on the other folds, ``Examples.training_folds``), so no record's own label reaches its prompt,
   the stacking rule. Computed only for templates whose context line prints it.
 """
 
@@ -25,8 +25,6 @@ import pandas as pd
 
 from data_builders.records import Examples
 from data_builders.templates import COUNT_FIELDS
-
-CF_FOLDS = 5
 
 
 @dataclass
@@ -78,8 +76,6 @@ def cf_percent(probabilities: np.ndarray) -> np.ndarray:
 def cf_likes(examples: Examples, seed: int) -> np.ndarray:
     """``cf_like`` for every record (indexed like ``examples.target``): the bias model fitted on the
     training split scores validation and test records; training records are cross-fitted."""
-    from sklearn.model_selection import KFold
-
     from tallrec_cli.baselines import C_BIAS, OneHotModel, bias_features, item_key, user_key
 
     interactions = examples.interactions
@@ -93,9 +89,11 @@ def cf_likes(examples: Examples, seed: int) -> np.ndarray:
     later = np.flatnonzero(examples.split != 0)
     model = OneHotModel.fit([features[i] for i in train], labels[train], C_BIAS, seed)
     scores[later] = model.score([features[i] for i in later])
-    for fit_part, held_out in KFold(CF_FOLDS, shuffle=True, random_state=seed).split(train):
-        fold = OneHotModel.fit([features[i] for i in train[fit_part]], labels[train[fit_part]], C_BIAS, seed)
-        scores[train[held_out]] = fold.score([features[i] for i in train[held_out]])
+    folds = examples.training_folds(seed)
+    for fold in np.unique(folds):
+        fit_part, held_out = train[folds != fold], train[folds == fold]
+        fitted = OneHotModel.fit([features[i] for i in fit_part], labels[fit_part], C_BIAS, seed)
+        scores[held_out] = fitted.score([features[i] for i in held_out])
     return cf_percent(scores)
 
 

@@ -19,6 +19,7 @@ from data_builders.templates import Template
 from tallrec_cli.errors import ConfigError
 
 SPLIT_NAMES = ("train", "valid", "test")
+CROSS_FIT_FOLDS = 5
 
 
 @dataclass
@@ -40,6 +41,20 @@ class Examples:
 
     def target_users(self) -> np.ndarray:
         return self.interactions.user_code[self.order[self.target]]
+
+    def training_folds(self, seed: int) -> np.ndarray:
+        """The cross-fitting fold of each training record, in split order. What a training record's
+        prompt or history is computed from is fitted without its fold, so its own label never reaches it
+        (the stacking rule); validation and test records use fits on the whole training split."""
+        from sklearn.model_selection import KFold
+
+        count = int((self.split == 0).sum())
+        folds = np.zeros(count, dtype=np.int64)
+        if count >= 2:
+            splits = KFold(min(CROSS_FIT_FOLDS, count), shuffle=True, random_state=seed).split(np.arange(count))
+            for fold, (_, held_out) in enumerate(splits):
+                folds[held_out] = fold
+        return folds
 
 
 def _record_order(user: np.ndarray, times: np.ndarray) -> np.ndarray:

@@ -7,8 +7,8 @@ target item, kept in time order, and trains on both the recent and the relevant 
 - ``collaborative``: factors of the item x user matrix of the *training split's* records only (+1 liked,
   -1 disliked, rows normalised; truncated SVD, i.e. co-occurrence compressed to a few dimensions), so
   no validation or test interaction shapes any history. Training records are cross-fitted: each gets
-  the vectors of the matrix without its fold (``FOLDS``), as a test record's target is not in the matrix
-  either. Vectors holding a record's own rating pick the items the user rated the way they rated the
+  the vectors of the matrix without its fold (``Examples.training_folds``), as a test record's target is
+  not in the matrix either. Vectors holding a record's own rating pick the items the user rated the way they rated the
   target, and the history's like-share then leaks the label (it did: the history-share rule scored AUC
   0.89 on such training records and 0.80 on test);
 - ``text``: the base model's mean-pooled last hidden states of each item's title, computed once per model
@@ -34,7 +34,6 @@ from data_builders.templates import Template
 STRATEGIES = ("recent", "relevant", "mixed")
 SIMILARITIES = ("collaborative", "text")
 COLLABORATIVE_DIMENSIONS = 32
-FOLDS = 5  # cross-fitting folds of the training records' collaborative vectors
 RELEVANT_SUFFIX = "~relevant"  # id of the second (relevant) view of a mixed training record
 
 
@@ -65,7 +64,6 @@ def collaborative_vectors(examples: Examples, dimensions: int = COLLABORATIVE_DI
     """Item factors from the training split's records (their targets: who rated what, liked or not)."""
     from scipy.sparse import csr_matrix
     from sklearn.decomposition import TruncatedSVD
-    from sklearn.model_selection import KFold
     from sklearn.preprocessing import normalize
 
     interactions = examples.interactions
@@ -80,14 +78,11 @@ def collaborative_vectors(examples: Examples, dimensions: int = COLLABORATIVE_DI
         incidence = normalize(csr_matrix((signs[kept], (items[kept], users[kept])), shape=shape))
         return _unit_rows(TruncatedSVD(rank, random_state=0).fit_transform(incidence))
 
-    fold_of = np.zeros(len(train), dtype=np.int64)
-    for fold, (_, held_out) in enumerate(KFold(min(FOLDS, max(len(train), 2)), shuffle=True, random_state=0)
-                                         .split(train)):
-        fold_of[held_out] = fold
+    fold_of = examples.training_folds(seed=0)
     every = np.ones(len(train), dtype=bool)
     return ItemVectors(factors(every), f"collaborative: truncated SVD ({rank} factors) of the training split's "
                                        f"item x user matrix ({len(rows)} ratings; training records cross-fitted, "
-                                       f"{FOLDS} folds)",
+                                       f"{int(fold_of.max()) + 1} folds)",
                        fold_of, tuple(factors(fold_of != fold) for fold in range(int(fold_of.max()) + 1)))
 
 
