@@ -273,6 +273,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers' GGUF loader ("Converting and de-quantizing GGUF tensors") uses plain tqdm, which its
+    # progress-bar switch does not reach; tqdm reads TQDM_* variables when it is imported.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)

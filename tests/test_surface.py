@@ -215,6 +215,20 @@ def test_a_default_eval_run_prints_no_third_party_noise(tiny_model_dir, tmp_path
     assert debug.returncode == 0 and "Warning" in debug.stderr  # the switch hides real noise, and shows it again
 
 
+def test_the_gguf_loaders_plain_tqdm_bar_is_silenced_and_debug_shows_it():
+    """transformers' GGUF conversion (the embedded model's first load) draws a plain tqdm bar that
+    transformers' own progress-bar switch does not reach."""
+    script = ("from tallrec_cli.console import quiet_libraries; quiet_libraries()\n"
+              "from transformers.modeling_gguf_pytorch_utils import tqdm\n"
+              "for _ in tqdm(range(3), desc='GGUF tensors'): pass\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TALLREC_DEBUG", "TQDM_"))}
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**env, "TALLREC_DEBUG": "1"}, timeout=300)
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "GGUF tensors" not in quiet.stderr and "GGUF tensors" in loud.stderr
+
+
 @pytest.mark.parametrize("command, example", [
     (["data", "build"], "--set like_threshold=4"), (["train"], "--set lora.r=16"),
     (["sweep", "run"], "--set training.lr=3e-4"), (["doctor"], "--set training.micro_batch_size=4")])
