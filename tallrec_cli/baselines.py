@@ -16,6 +16,9 @@
   the target's age in days since its first training rating.
 - ``mf``: logistic matrix factorisation (biases + 32 factors, torch, AdamW) of the training split's
   user x item like matrix.
+- ``prompt-numbers``: logistic regression on the numbers a record's prompt shows: its history's like
+  share and its ``context`` fields (the collaborative filter's ``cf_like``, the item's and the user's
+  like counts). It asks whether a tuned model reads anything its prompt's numbers do not already say.
 
 Items are keyed by ``item_id``, else by title (TALLRec's imported JSON has titles only); users by
 ``user_id``. Users and items absent from training are cold: their statistics fall back to the
@@ -30,6 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from tallrec_cli.calibration import logit
 from tallrec_cli.errors import ConfigError, DataError
 from tallrec_cli.metrics import compute_metrics, safe_auc
 
@@ -316,6 +320,55 @@ class GradientBoosting(Baseline):
         return self.model.predict_proba(self.features(records)[:, self.usable])[:, 1]
 
 
+class PromptNumbers(Baseline):
+    """Standardised logistic regression on the prompt's numbers, on the logit scale where they are
+    rates. Training records carry only honest numbers (ordered counts, cross-fitted ``cf_like``:
+    data_builders.context), so fitting on them reads no record's own label."""
+
+    name, label = "prompt-numbers", "Prompt numbers"
+
+    def _fit(self, train: list[dict]) -> None:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.fields = tuple(sorted(train[0].get("context") or {})) if train else ()
+        labels = labels_of(train)
+        self.prior = float(labels.mean()) if labels.size else 0.5
+        self.notes.append("features: history like share" + "".join(f", {field}" for field in self.fields))
+        if labels.size == 0 or labels.min() == labels.max():
+            self.constant = float(labels[0]) if labels.size else 0.5
+            self.notes.append("single-class training records: constant score")
+            return
+        self.constant = None
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+        self.model.fit(self.features(train, "training"), labels)
+
+    def features(self, records: Sequence[dict], what: str) -> np.ndarray:
+        missing = sum(tuple(sorted(record.get("context") or {})) != self.fields for record in records)
+        if missing:
+            raise DataError(f"prompt-numbers: {missing} {what} records carry other context fields than the "
+                            f"training records ({', '.join(self.fields) or 'none'})",
+                            "score records built with the same template as the training records")
+        columns = [logit([history_share(record["history"]) for record in records])]
+        contexts = [record.get("context") or {} for record in records]
+        if "cf_like" in self.fields:
+            columns.append([logit(context["cf_like"] / 100) for context in contexts])
+        for side in ("item", "user"):
+            if f"{side}_ratings" in self.fields:
+                ratings = np.array([context[f"{side}_ratings"] for context in contexts], dtype=np.float64)
+                likes = np.array([context[f"{side}_likes"] for context in contexts], dtype=np.float64)
+                columns.append(logit((likes + PRIOR_WEIGHT * self.prior) / (ratings + PRIOR_WEIGHT)))
+                columns.append(np.log1p(ratings))
+        return np.column_stack(columns)
+
+    def _score(self, records: list[dict]) -> np.ndarray:
+        features = self.features(records, "scored")
+        if self.constant is not None:
+            return np.full(len(records), self.constant)
+        return self.model.predict_proba(features)[:, 1]
+
+
 class MatrixFactorization(Baseline):
     name, label = "mf", "MF"
     factors, epochs, weight_decay = 32, 60, 0.05
@@ -372,7 +425,7 @@ class MatrixFactorization(Baseline):
 
 
 BASELINES: dict[str, type[Baseline]] = {cls.name: cls for cls in (
-    HistoryShare, Popularity, LogReg, Bias, GradientBoosting, MatrixFactorization)}
+    HistoryShare, Popularity, LogReg, Bias, GradientBoosting, MatrixFactorization, PromptNumbers)}
 FEW_SHOT_BASELINES = ("popularity", "logreg")  # fitted on the same samples as a LoRA cell
 FULL_DATA_REFERENCES = ("history-share", "gbdt")  # shown beside every sweep
 

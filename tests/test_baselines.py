@@ -83,6 +83,47 @@ def test_full_data_baselines_learn_and_read_no_test_label(name):
     assert np.allclose(scores, again, rtol=0, atol=1e-6)  # torch sums in threads: last-bit noise only
 
 
+def _with_context(records: list[dict], seed: int) -> list[dict]:
+    """The records with a prompt context: a noisy cf_like that follows the label, and like counts."""
+    rng = np.random.default_rng(seed)
+    for record in records:
+        like = 60 + 25 * (2 * record["label"] - 1) + rng.normal(0, 25)
+        ratings = int(rng.integers(0, 40))
+        record["context"] = {"cf_like": int(np.clip(round(like), 1, 99)), "item_ratings": ratings,
+                             "item_likes": int(rng.integers(0, ratings + 1)), "user_ratings": 10, "user_likes": 5}
+    return records
+
+
+def test_prompt_numbers_reads_the_context_and_no_test_label():
+    train, test = _with_context(_many_users(800, 0), 0), _with_context(_many_users(300, 1), 1)
+    labels = [r["label"] for r in test]
+    model = baselines.make_baseline("prompt-numbers").fit(train)
+    scores = model.score(test)
+    # the history is the fixture's (unrelated to these labels): only cf_like can carry them
+    assert safe_auc(labels, scores) > 0.8 > safe_auc(labels, baselines.fit_and_score("history-share", None, test)[0]) + 0.2
+    assert "cf_like" in model.info()["notes"][0] and "item_ratings" in model.info()["notes"][0]
+    flipped = [dict(record, label=1 - record["label"]) for record in test]
+    assert np.array_equal(scores, model.score(flipped))
+
+
+def test_prompt_numbers_without_context_ranks_like_the_history_share():
+    train, test = _many_users(200, 0), _many_users(60, 1)
+    scores, _ = baselines.fit_and_score("prompt-numbers", train, test)
+    share, _ = baselines.fit_and_score("history-share", None, test)
+    order = np.argsort(share, kind="stable")
+    steps = np.diff(scores[order])[np.diff(share[order]) > 0]
+    # a function of the share, monotone: the same ranking (up or down, as the training data says)
+    assert len(set(zip(share, scores))) == len(set(share)) and (np.all(steps > 0) or np.all(steps < 0))
+
+
+def test_prompt_numbers_refuses_records_with_other_context_fields():
+    train = _with_context(_many_users(100, 0), 0)
+    model = baselines.make_baseline("prompt-numbers").fit(train)
+    with pytest.raises(DataError, match="other context fields") as error:
+        model.score(_many_users(5, 1))
+    assert "same template" in error.value.hint
+
+
 def test_gbdt_features_use_training_data_only_and_ordered_statistics():
     train, test = _many_users(400, 0), _many_users(50, 1)
     model = baselines.make_baseline("gbdt").fit(train)

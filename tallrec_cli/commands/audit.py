@@ -20,7 +20,7 @@ def audit_command(
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     adapter: str = typer.Option(None, "--adapter", "-a", help=ADAPTER_HELP),
     baseline: str = typer.Option(None, "--baseline", "-b", help="Audit a baseline instead of a model: "
-                                 "history-share, popularity, logreg, bias, gbdt, mf."),
+                                 "history-share, popularity, logreg, bias, gbdt, mf, prompt-numbers."),
     train: str = typer.Option(None, "--train", help="Training data (dataset folder or records file; its train "
                               "split): warm/cold slices, leakage checks, baselines that learn. Default: the run's."),
     split: str = typer.Option("test", help="Split to read when --test is a dataset folder."),

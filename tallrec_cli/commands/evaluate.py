@@ -90,8 +90,8 @@ def eval_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results of the same test."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
     baseline: list[str] = typer.Option(None, "--baseline", "-b", help="Score with a baseline instead of a model "
-                                       "(history-share, popularity, logreg, bias, gbdt, mf); repeatable; "
-                                       "results in OUTPUT/<baseline>/<test>/."),
+                                       "(history-share, popularity, logreg, bias, gbdt, mf, "
+                                       "prompt-numbers); repeatable; results in OUTPUT/<baseline>/<test>/."),
     compare: list[str] = typer.Option(None, "--compare", "-c", help="References to put beside the model, comma-"
                                       "separated: baselines and `base` (the model without its adapter); paired-"
                                       "bootstrap intervals of the AUC and GAUC differences."),

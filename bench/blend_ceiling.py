@@ -1,0 +1,88 @@
+"""What issue 13's bar asks of a blend, measured on classical scorers whose extra signal is known: on the
+many-user MovieLens splits with relevant histories and the bias model's P(like) in the prompt (the data of
+recipes/smollm2-135m-lora-cf.yaml), does a second scorer blended with the full-data GBDT (the
+`tallrec eval --ensemble` blend: logistic regression on the two logits, fitted on the first N validation
+records) beat the GBDT alone on both AUC and per-user AUC, paired-bootstrap interval above zero?
+
+The second scorers: the bias model and MF (better per-user AUC than the GBDT) and ``prompt-numbers`` (a
+logistic regression on the numbers a record's prompt shows, fitted on the train split), also shown alone:
+it is what a tuned model reads from its prompt's numbers without reading any title.
+
+    .venv/bin/python bench/blend_ceiling.py                 # first 1,000 records, as the LoRA cells; ~3 min
+    .venv/bin/python bench/blend_ceiling.py --limit 0       # whole validation and test splits
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SECOND_SCORERS = ("bias", "mf", "prompt-numbers")
+BUILD = {"preset": "many-users", "history": "relevant", "history_pool": 50, "similarity": "collaborative",
+         "template": "tallrec-movie-cf"}
+
+
+def build(source: str, path: Path, output: Path) -> Path:
+    from data_builders.build import build_config, build_dataset
+
+    preset = BUILD["preset"]
+    values = {key: value for key, value in BUILD.items() if key != "preset"}
+    build_dataset(build_config(source, preset, {**values, "path": str(path), "output": str(output)}))
+    return output
+
+
+def measure(folder: Path, limit: int | None) -> list[tuple[str, dict]]:
+    """(primary label, comparison row of the primary and its paired difference with the GBDT) per scorer."""
+    from data_builders import load_split
+    from tallrec_cli.baselines import labels_of, make_baseline
+    from tallrec_cli.compare import Scored, compare
+    from tallrec_cli.ensemble import fit_blend
+
+    train, valid, test = (load_split(folder, split) for split in ("train", "valid", "test"))
+    valid, test = valid[:limit], test[:limit]
+    fitted = {name: make_baseline(name).fit(train) for name in ("gbdt", *SECOND_SCORERS)}
+    gbdt = Scored("gbdt", "GBDT", fitted["gbdt"].score(test))
+    primaries = []
+    for name in SECOND_SCORERS:
+        alone = fitted[name].score(test)
+        primaries.append(Scored(name, fitted[name].label, alone))
+        blend = fit_blend("gbdt", labels_of(valid), fitted[name].score(valid), fitted["gbdt"].score(valid), {}, {})
+        primaries.append(Scored(f"{name}+gbdt", f"{fitted[name].label} + GBDT (blend)", blend.apply(alone, gbdt.scores)))
+    rows = [("GBDT", compare(test, gbdt, [])["rows"][0])]
+    rows += [(primary.label, compare(test, primary, [gbdt])["rows"]) for primary in primaries]
+    return [(label, row if isinstance(row, dict) else {**row[0], "difference": row[1]["difference"]})
+            for label, row in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--limit", type=int, default=1000, help="first N validation and test records (0: all)")
+    args = parser.parse_args()
+
+    from tallrec_cli.console import quiet_libraries, short_interval
+
+    quiet_libraries()
+    sources = {"ml-100k": ("movielens-100k", "ml-100k"), "ml-latest-small": ("movielens-latest", "ml-latest-small")}
+    with tempfile.TemporaryDirectory() as work:
+        for name, (source, folder) in sources.items():
+            dataset = build(source, Path(args.data) / folder, Path(work) / source)
+            rows = measure(dataset, args.limit or None)
+            records = rows[0][1]["metrics"]["records"]
+            print(f"\n### {name}: first {records} test records\n")
+            print("| scorer | AUC | GAUC | - GBDT: ΔAUC (95% CI) | ΔGAUC (95% CI) |\n|---|---:|---:|---|---|")
+            for label, row in rows:
+                metrics, diff = row["metrics"], row.get("difference")
+                cells = "| |" if diff is None else (
+                    f"| {diff['auc_diff']:+.3f} {short_interval(diff['auc_diff_ci95'], True)} "
+                    f"| {diff['gauc_diff']:+.3f} {short_interval(diff['gauc_diff_ci95'], True)} |")
+                print(f"| {label} | {metrics['auc']:.3f} | {metrics['gauc']:.3f} {cells}")
+
+
+if __name__ == "__main__":
+    main()
