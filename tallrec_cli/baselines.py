@@ -352,14 +352,19 @@ class PromptNumbers(Baseline):
                             "score records built with the same template as the training records")
         columns = [logit([history_share(record["history"]) for record in records])]
         contexts = [record.get("context") or {} for record in records]
+        def field(name: str) -> np.ndarray:
+            return np.array([context[name] for context in contexts], dtype=np.float64)
+
         if "cf_like" in self.fields:
-            columns.append([logit(context["cf_like"] / 100) for context in contexts])
+            columns.append(logit(field("cf_like") / 100))
         for side in ("item", "user"):
-            if f"{side}_ratings" in self.fields:
-                ratings = np.array([context[f"{side}_ratings"] for context in contexts], dtype=np.float64)
-                likes = np.array([context[f"{side}_likes"] for context in contexts], dtype=np.float64)
-                columns.append(logit((likes + PRIOR_WEIGHT * self.prior) / (ratings + PRIOR_WEIGHT)))
-                columns.append(np.log1p(ratings))
+            # a template may print any of the counts: a rate needs both, a lone count enters as log(1 + n)
+            likes, ratings = f"{side}_likes" in self.fields, f"{side}_ratings" in self.fields
+            if likes and ratings:
+                columns.append(logit((field(f"{side}_likes") + PRIOR_WEIGHT * self.prior)
+                                     / (field(f"{side}_ratings") + PRIOR_WEIGHT)))
+            columns += [np.log1p(field(name)) for name, present in
+                        ((f"{side}_ratings", ratings), (f"{side}_likes", likes and not ratings)) if present]
         return np.column_stack(columns)
 
     def _score(self, records: list[dict]) -> np.ndarray:

@@ -104,6 +104,10 @@ def test_prompt_numbers_reads_the_context_and_no_test_label():
     assert "cf_like" in model.info()["notes"][0] and "item_ratings" in model.info()["notes"][0]
     flipped = [dict(record, label=1 - record["label"]) for record in test]
     assert np.array_equal(scores, model.score(flipped))
+    # a template that prints a lone count (no likes beside it) is read too
+    lone = [dict(record, context={"cf_like": record["context"]["cf_like"], "item_ratings": 3}) for record in train]
+    assert safe_auc(labels, baselines.fit_and_score("prompt-numbers", lone, [
+        dict(record, context={"cf_like": record["context"]["cf_like"], "item_ratings": 3}) for record in test])[0]) > 0.8
 
 
 def test_prompt_numbers_without_context_ranks_like_the_history_share():
