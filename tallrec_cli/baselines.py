@@ -435,6 +435,15 @@ FEW_SHOT_BASELINES = ("popularity", "logreg")  # fitted on the same samples as a
 FULL_DATA_REFERENCES = ("history-share", "gbdt")  # shown beside every sweep
 
 
+def full_data_references(train: Sequence[dict], test: Sequence[dict]) -> tuple[str, ...]:
+    """The references a sweep shows: FULL_DATA_REFERENCES, and prompt-numbers where training and test
+    prompts print the same context numbers (without any it ranks exactly as the history-share rule)."""
+    def fields(records: Sequence[dict]) -> set[str]:
+        return set(records[0].get("context") or {}) if records else set()
+
+    return FULL_DATA_REFERENCES + (("prompt-numbers",) if fields(train) and fields(train) == fields(test) else ())
+
+
 def make_baseline(name: str, seed: int = 0) -> Baseline:
     if name not in BASELINES:
         raise ConfigError(f"unknown baseline {name!r}", f"use one of {', '.join(BASELINES)}")

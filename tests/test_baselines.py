@@ -197,3 +197,22 @@ def test_baselines_see_the_same_test_slice_as_the_cells(tmp_path, tiny_model_dir
     reference = json.loads(reference_path.read_text())
     assert reference["train_records"] == 40 and set(reference["tests"]["movies"]) == {"History share", "GBDT"}
     assert reference["tests"]["movies"]["GBDT"]["n"] == 10
+
+
+def test_sweep_references_add_prompt_numbers_where_prompts_carry_context(tmp_path, tiny_model_dir):
+    from tallrec_cli import sweep
+
+    data = write_dataset(tmp_path / "data")
+    for split in ("train", "valid", "test"):
+        path = data / f"{split}.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps(dict(record, context={"cf_like": 30 + 40 * record["label"]})) + "\n"
+                                for record in records))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{train: {data}}}\n")
+    sweep.run_sweep(make_spec(recipe, data, shots=[4], seeds=[0]), tmp_path / "s", runner=FakeRunner())
+    (reference_path,) = (tmp_path / "s" / "baselines").glob("reference-*.json")
+    tests = json.loads(reference_path.read_text())["tests"]["movies"]
+    assert set(tests) == {"History share", "GBDT", "Prompt numbers"} and tests["Prompt numbers"]["auc"] == 1.0
+    # a test built with another template (no context) gets the two references, not an error
+    assert baselines.full_data_references([{"context": {"cf_like": 50}}], [{}]) == ("history-share", "gbdt")

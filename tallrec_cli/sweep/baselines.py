@@ -21,7 +21,7 @@ def compute_baselines(spec: SweepSpec, cells: list[Cell], configs: dict[str, Any
     in SWEEP/baselines/ and reused on resume. Returns their observations."""
     from data_builders import load_split, sample_records
 
-    from tallrec_cli.baselines import FULL_DATA_REFERENCES, evaluate_baselines
+    from tallrec_cli.baselines import FULL_DATA_REFERENCES, evaluate_baselines, full_data_references
     from tallrec_cli.evaluate import load_test_records
 
     samples = {}
@@ -62,7 +62,8 @@ def compute_baselines(spec: SweepSpec, cells: list[Cell], configs: dict[str, Any
     for (domain, train), cell in references.items():
         digest = hashlib.sha256(f"{train}".encode()).hexdigest()[:8]
         path = sweep_dir / "baselines" / f"{slug(domain) + '_' if domain else ''}reference-{digest}.json"
-        fingerprint = json_hash([train, list(FULL_DATA_REFERENCES), cell.eval_fingerprint()])
+        # the rule that picks them: prompt-numbers joins where prompts print context (full_data_references)
+        fingerprint = json_hash([train, [*FULL_DATA_REFERENCES, "prompt-numbers"], cell.eval_fingerprint()])
         stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
         if stored is None or stored.get("fingerprint") != fingerprint:
             if train not in pools:
@@ -71,7 +72,8 @@ def compute_baselines(spec: SweepSpec, cells: list[Cell], configs: dict[str, Any
             for label, test_path in cell.tests.items():
                 if test_path not in tests:
                     tests[test_path] = load_test_records(test_path, limit=spec.test_limit)
-                results[label] = evaluate_baselines(pools[train], tests[test_path], 0, FULL_DATA_REFERENCES)
+                results[label] = evaluate_baselines(pools[train], tests[test_path], 0,
+                                                    full_data_references(pools[train], tests[test_path]))
             stored = {"fingerprint": fingerprint, "kind": "reference", "domain": domain, "train": train,
                       "train_records": len(pools[train]), "tests": results}
             write_json_atomic(path, stored)
