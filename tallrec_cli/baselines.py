@@ -16,8 +16,8 @@
   the target's age in days since its first training rating.
 - ``mf``: logistic matrix factorisation (biases + 32 factors, torch, AdamW) of the training split's
   user x item like matrix.
-- ``prompt-numbers``: logistic regression on the numbers a record's prompt shows: its history's like
-  share and its ``context`` fields (the collaborative filter's ``cf_like``, the item's and the user's
+- ``prompt-numbers``: logistic regression on what a record's prompt says in numbers: the like share of
+  the history it lists and its ``context`` fields (the collaborative filter's ``cf_like``, the item's and the user's
   like counts). It asks whether a tuned model reads anything its prompt's numbers do not already say.
 
 Items are keyed by ``item_id``, else by title (TALLRec's imported JSON has titles only); users by
