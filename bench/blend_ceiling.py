@@ -23,16 +23,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 SECOND_SCORERS = ("bias", "mf", "prompt-numbers")
-BUILD = {"preset": "many-users", "history": "relevant", "history_pool": 50, "similarity": "collaborative",
-         "template": "tallrec-movie-cf"}
+PRESET = "many-users"
+BUILD = {"history": "relevant", "history_pool": 50, "similarity": "collaborative", "template": "tallrec-movie-cf"}
 
 
 def build(source: str, path: Path, output: Path) -> Path:
     from data_builders.build import build_config, build_dataset
 
-    preset = BUILD["preset"]
-    values = {key: value for key, value in BUILD.items() if key != "preset"}
-    build_dataset(build_config(source, preset, {**values, "path": str(path), "output": str(output)}))
+    build_dataset(build_config(source, PRESET, {**BUILD, "path": str(path), "output": str(output)}))
     return output
 
 
@@ -47,16 +45,18 @@ def measure(folder: Path, limit: int | None) -> list[tuple[str, dict]]:
     valid, test = valid[:limit], test[:limit]
     fitted = {name: make_baseline(name).fit(train) for name in ("gbdt", *SECOND_SCORERS)}
     gbdt = Scored("gbdt", "GBDT", fitted["gbdt"].score(test))
+    gbdt_valid, valid_labels = fitted["gbdt"].score(valid), labels_of(valid)
     primaries = []
     for name in SECOND_SCORERS:
         alone = fitted[name].score(test)
         primaries.append(Scored(name, fitted[name].label, alone))
-        blend = fit_blend("gbdt", labels_of(valid), fitted[name].score(valid), fitted["gbdt"].score(valid), {}, {})
+        blend = fit_blend("gbdt", valid_labels, fitted[name].score(valid), gbdt_valid, {}, {})
         primaries.append(Scored(f"{name}+gbdt", f"{fitted[name].label} + GBDT (blend)", blend.apply(alone, gbdt.scores)))
     rows = [("GBDT", compare(test, gbdt, [])["rows"][0])]
-    rows += [(primary.label, compare(test, primary, [gbdt])["rows"]) for primary in primaries]
-    return [(label, row if isinstance(row, dict) else {**row[0], "difference": row[1]["difference"]})
-            for label, row in rows]
+    for primary in primaries:
+        own, versus_gbdt = compare(test, primary, [gbdt])["rows"]
+        rows.append((primary.label, {**own, "difference": versus_gbdt["difference"]}))
+    return rows
 
 
 def main() -> None:

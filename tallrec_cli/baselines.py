@@ -332,20 +332,20 @@ class PromptNumbers(Baseline):
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        self.fields = tuple(sorted(train[0].get("context") or {})) if train else ()
+        self.fields = context_fields(train[0]) if train else ()
         labels = labels_of(train)
         self.prior = float(labels.mean()) if labels.size else 0.5
         self.notes.append("features: history like share" + "".join(f", {field}" for field in self.fields))
         if labels.size == 0 or labels.min() == labels.max():
             self.constant = float(labels[0]) if labels.size else 0.5
-            self.notes.append("single-class training records: constant score")
+            self.notes.append("single-class training sample: constant score")
             return
         self.constant = None
         self.model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
         self.model.fit(self.features(train, "training"), labels)
 
     def features(self, records: Sequence[dict], what: str) -> np.ndarray:
-        missing = sum(tuple(sorted(record.get("context") or {})) != self.fields for record in records)
+        missing = sum(context_fields(record) != self.fields for record in records)
         if missing:
             raise DataError(f"prompt-numbers: {missing} {what} records carry other context fields than the "
                             f"training records ({', '.join(self.fields) or 'none'})",
@@ -372,6 +372,11 @@ class PromptNumbers(Baseline):
         if self.constant is not None:
             return np.full(len(records), self.constant)
         return self.model.predict_proba(features)[:, 1]
+
+
+def context_fields(record: dict) -> tuple[str, ...]:
+    """The context fields a record's prompt prints, sorted."""
+    return tuple(sorted(record.get("context") or {}))
 
 
 class MatrixFactorization(Baseline):
@@ -438,10 +443,9 @@ FULL_DATA_REFERENCES = ("history-share", "gbdt")  # shown beside every sweep
 def full_data_references(train: Sequence[dict], test: Sequence[dict]) -> tuple[str, ...]:
     """The references a sweep shows: FULL_DATA_REFERENCES, and prompt-numbers where training and test
     prompts print the same context numbers (without any it ranks exactly as the history-share rule)."""
-    def fields(records: Sequence[dict]) -> set[str]:
-        return set(records[0].get("context") or {}) if records else set()
-
-    return FULL_DATA_REFERENCES + (("prompt-numbers",) if fields(train) and fields(train) == fields(test) else ())
+    fields = context_fields(train[0]) if train else ()
+    same = bool(test) and context_fields(test[0]) == fields
+    return FULL_DATA_REFERENCES + ((PromptNumbers.name,) if fields and same else ())
 
 
 def make_baseline(name: str, seed: int = 0) -> Baseline:
