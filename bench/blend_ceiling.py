@@ -22,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import print_difference_table  # noqa: E402
+
 SECOND_SCORERS = ("bias", "mf", "prompt-numbers")
 PRESET = "many-users"
 BUILD = {"history": "relevant", "history_pool": 50, "similarity": "collaborative", "template": "tallrec-movie-cf"}
@@ -65,7 +67,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1000, help="first N validation and test records (0: all)")
     args = parser.parse_args()
 
-    from tallrec_cli.console import quiet_libraries, short_interval
+    from tallrec_cli.console import quiet_libraries
 
     quiet_libraries()
     sources = {"ml-100k": ("movielens-100k", "ml-100k"), "ml-latest-small": ("movielens-latest", "ml-latest-small")}
@@ -75,13 +77,7 @@ def main() -> None:
             rows = measure(dataset, args.limit or None)
             records = rows[0][1]["metrics"]["records"]
             print(f"\n### {name}: first {records} test records\n")
-            print("| scorer | AUC | GAUC | - GBDT: ΔAUC (95% CI) | ΔGAUC (95% CI) |\n|---|---:|---:|---|---|")
-            for label, row in rows:
-                metrics, diff = row["metrics"], row.get("difference")
-                cells = "| |" if diff is None else (
-                    f"| {diff['auc_diff']:+.3f} {short_interval(diff['auc_diff_ci95'], True)} "
-                    f"| {diff['gauc_diff']:+.3f} {short_interval(diff['gauc_diff_ci95'], True)} |")
-                print(f"| {label} | {metrics['auc']:.3f} | {metrics['gauc']:.3f} {cells}")
+            print_difference_table(rows, "- GBDT")
 
 
 if __name__ == "__main__":
