@@ -9,9 +9,10 @@ reads. Here the LoRA is trained as the GBDT's residual (boosting with the langua
 
 with the pair loss on that sum, so the adapter's gradient is only what the GBDT gets wrong. Training records get
 GBDT scores from a GBDT fitted without them (validation and test: the reference GBDT, fitted on the whole train
-split, the one `tallrec eval --compare gbdt` shows). Everything else is the shipped cf recipe
-(recipes/smollm2-135m-lora-cf.yaml: data, LoRA, optimiser, schedule, 1,024 records, two epochs, validation AUC
-on 128 records every 16 steps, best step kept). Reports the residual model beside the GBDT, the history-share
+split, the one `tallrec eval --compare gbdt` shows). Everything else is the recipe's, by default the shipped cf
+recipe (recipes/smollm2-135m-lora-cf.yaml: data, LoRA, optimiser, schedule, 1,024 records, two epochs,
+validation AUC on 128 records every 16 steps, best step kept); `--recipe` runs another model (on a GPU when
+there is one). Reports the residual model beside the GBDT, the history-share
 rule and prompt-numbers on the test split, with paired 95% intervals.
 
     .venv/bin/python bench/residual_lora.py --dataset ml-100k --threads 1           # the two side by side on
@@ -65,9 +66,9 @@ def margins(body_and_head, tokenizer, prompts, labels, grad: bool):
 
     body, head = body_and_head
     ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    input_ids, attention = _padded(ids, tokenizer.pad_token_id)
+    input_ids, attention = (tensor.to(head.device) for tensor in _padded(ids, tokenizer.pad_token_id))
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.set_grad_enabled(grad), torch.autocast(head.device.type, dtype=torch.bfloat16):
         hidden = body(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                       use_cache=False).last_hidden_state[:, -1]
     pair = hidden.float() @ head[[labels.positive_id, labels.negative_id]].float().T
@@ -83,7 +84,7 @@ def score_margins(model, parts, tokenizer, prompts, labels, batch: int = 16) -> 
     with torch.inference_mode():
         for start in range(0, len(order), batch):
             index = order[start:start + batch]
-            out[index] = margins(parts, tokenizer, [prompts[i] for i in index], labels, False).numpy()
+            out[index] = margins(parts, tokenizer, [prompts[i] for i in index], labels, False).cpu().numpy()
     model.train()
     return out
 
@@ -94,7 +95,7 @@ def auc(labels, scores) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def run(dataset: str, data_root: Path, work: Path, limit: int | None, seed: int, out: Path,
+def run(dataset: str, recipe: Path, data_root: Path, work: Path, limit: int | None, seed: int, out: Path,
         overrides: dict) -> dict:
     import torch
     import torch.nn.functional as F
@@ -111,7 +112,7 @@ def run(dataset: str, data_root: Path, work: Path, limit: int | None, seed: int,
 
     started = time.monotonic()
     folder = build(SOURCES[dataset], data_root / dataset, work / dataset)
-    config = load_train_config(RECIPE, {
+    config = load_train_config(recipe, {
         "data": {"train": str(folder), "sample_seed": seed, **overrides.get("data", {})},
         "training": {"seed": 42 + seed, **overrides.get("training", {})}, "output": {"dir": str(work / "run")}})
     torch.manual_seed(config.training.seed)
@@ -161,7 +162,8 @@ def run(dataset: str, data_root: Path, work: Path, limit: int | None, seed: int,
             for micro_start in range(0, len(batch), micro):
                 rows = batch[micro_start:micro_start + micro]
                 margin = margins(parts, tokenizer, [data.train_prompts[i] for i in rows], labels, True)
-                loss = F.binary_cross_entropy_with_logits(margin + offsets[rows], train_y[rows]) / accumulation
+                target = train_y[rows].to(margin.device)
+                loss = F.binary_cross_entropy_with_logits(margin + offsets[rows].to(margin.device), target) / accumulation
                 loss.backward()
             optimiser.step()
             schedule.step()
@@ -207,6 +209,8 @@ def report(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(SOURCES), required=True)
+    parser.add_argument("--recipe", default=str(RECIPE), help="training recipe (model, LoRA, schedule; its "
+                        "data.train is replaced by the built dataset); default: the cf recipe")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--limit", type=int, default=0, help="first N test records (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="sample seed (training seed 42 + it)")
@@ -227,7 +231,7 @@ def main() -> None:
         out = Path(args.out) if args.out else Path(work) / "result.json"
         overrides = {"data": {"shots": args.shots} if args.shots else {},
                      "training": {"epochs": args.epochs} if args.epochs else {}}
-        report(run(args.dataset, Path(args.data), Path(work), args.limit or None, args.seed, out, overrides))
+        report(run(args.dataset, Path(args.recipe), Path(args.data), Path(work), args.limit or None, args.seed, out, overrides))
 
 
 if __name__ == "__main__":
