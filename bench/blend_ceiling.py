@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import print_difference_table  # noqa: E402
+from bench.common import print_difference_table, rows_against  # noqa: E402
 
 SECOND_SCORERS = ("bias", "mf", "prompt-numbers")
 PRESET = "many-users"
@@ -40,7 +40,7 @@ def measure(folder: Path, limit: int | None) -> list[tuple[str, dict]]:
     """(primary label, comparison row of the primary and its paired difference with the GBDT) per scorer."""
     from data_builders import load_split
     from tallrec_cli.baselines import labels_of, make_baseline
-    from tallrec_cli.compare import Scored, compare
+    from tallrec_cli.compare import Scored
     from tallrec_cli.ensemble import fit_blend
 
     train, valid, test = (load_split(folder, split) for split in ("train", "valid", "test"))
@@ -54,11 +54,7 @@ def measure(folder: Path, limit: int | None) -> list[tuple[str, dict]]:
         primaries.append(Scored(name, fitted[name].label, alone))
         blend = fit_blend("gbdt", valid_labels, fitted[name].score(valid), gbdt_valid, {}, {})
         primaries.append(Scored(f"{name}+gbdt", f"{fitted[name].label} + GBDT (blend)", blend.apply(alone, gbdt.scores)))
-    rows = [("GBDT", compare(test, gbdt, [])["rows"][0])]
-    for primary in primaries:
-        own, versus_gbdt = compare(test, primary, [gbdt])["rows"]
-        rows.append((primary.label, {**own, "difference": versus_gbdt["difference"]}))
-    return rows
+    return rows_against(test, gbdt, primaries)
 
 
 def main() -> None:

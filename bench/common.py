@@ -25,3 +25,15 @@ def print_difference_table(rows, against: str) -> None:
             f"| {diff['auc_diff']:+.3f} {short_interval(diff['auc_diff_ci95'], True)} "
             f"| {diff['gauc_diff']:+.3f} {short_interval(diff['gauc_diff_ci95'], True)} |")
         print(f"| {label} | {metrics['auc']:.3f} | {metrics['gauc']:.3f} {cells}", flush=True)
+
+
+def rows_against(records, reference, scorers) -> list[tuple[str, dict]]:
+    """(label, comparison row) for the ``reference`` Scored and for each of ``scorers`` with its paired
+    difference to the reference, ready for `print_difference_table`."""
+    from tallrec_cli.compare import compare
+
+    rows = [(reference.label, compare(records, reference, [])["rows"][0])]
+    for scored in scorers:
+        own, versus = compare(records, scored, [reference])["rows"]
+        rows.append((scored.label, {**own, "difference": versus["difference"]}))
+    return rows

@@ -42,18 +42,14 @@ RECIPE = REPO / "recipes" / "smollm2-135m-lora-cf.yaml"
 REFERENCES = ("gbdt", "history-share", "prompt-numbers")
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p) - np.log1p(-p)
-
-
-def gbdt_offsets(train_all: list[dict], sampled: list[dict], valid: list[dict], test: list[dict]):
-    """GBDT logits: out-of-sample for the sampled training records, the reference GBDT's for valid and test."""
+def gbdt_offsets(train_all: list[dict], sampled: list[dict], reference, valid: list[dict], test: list[dict]):
+    """GBDT logits: out-of-sample for the sampled training records, the ``reference`` GBDT's (fitted on
+    ``train_all``) for valid and test."""
     from tallrec_cli.baselines import make_baseline
+    from tallrec_cli.calibration import logit
 
     taken = {record["id"] for record in sampled}
     held_out = make_baseline("gbdt").fit([record for record in train_all if record["id"] not in taken])
-    reference = make_baseline("gbdt").fit(train_all)
     return logit(held_out.score(sampled)), logit(reference.score(valid)), logit(reference.score(test))
 
 
@@ -79,7 +75,7 @@ def score_margins(model, parts, tokenizer, prompts, labels, batch: int = 16) -> 
     import torch
 
     model.eval()
-    order = np.argsort([len(p) for p in prompts])
+    order = np.argsort([len(p) for p in prompts])  # shortest first, in batches of similar length
     out = np.empty(len(prompts))
     with torch.inference_mode():
         for start in range(0, len(order), batch):
@@ -89,12 +85,6 @@ def score_margins(model, parts, tokenizer, prompts, labels, batch: int = 16) -> 
     return out
 
 
-def auc(labels, scores) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores))
-
-
 def run(dataset: str, recipe: Path, data_root: Path, work: Path, limit: int | None, seed: int, out: Path,
         overrides: dict) -> dict:
     import torch
@@ -102,7 +92,9 @@ def run(dataset: str, recipe: Path, data_root: Path, work: Path, limit: int | No
 
     from data_builders import load_split
     from tallrec_cli.baselines import labels_of, make_baseline
+    from tallrec_cli.calibration import sigmoid
     from tallrec_cli.compare import Scored, compare
+    from tallrec_cli.metrics import safe_auc as auc
     from tallrec_cli.models import load_tokenizer, resolve_model_source
     from tallrec_cli.prompts import load_template, resolve_label_tokens
     from tallrec_cli.scoring import split_lm_head
@@ -124,7 +116,9 @@ def run(dataset: str, recipe: Path, data_root: Path, work: Path, limit: int | No
                                   outputs=answer_outputs(data.train_records + data.valid_records, config))
     train_all = load_split(folder, "train")
     test = load_split(folder, "test")[:limit]
-    train_offset, valid_offset, test_offset = gbdt_offsets(train_all, data.train_records, data.valid_records, test)
+    fitted = {name: make_baseline(name).fit(train_all) for name in REFERENCES}
+    train_offset, valid_offset, test_offset = gbdt_offsets(train_all, data.train_records, fitted["gbdt"],
+                                                           data.valid_records, test)
     train_y = torch.tensor([float(r["label"]) for r in data.train_records])
     valid_y = np.array(data.valid_labels)
     print(f"[{dataset}] data and GBDT offsets {time.monotonic() - started:.0f} s; GBDT alone: valid AUC "
@@ -183,12 +177,10 @@ def run(dataset: str, recipe: Path, data_root: Path, work: Path, limit: int | No
 
     test_prompts = [template.render(record, tokenizer) for record in test]
     test_margin = score_margins(model, parts, tokenizer, test_prompts, labels)
-    residual = 1 / (1 + np.exp(-(test_offset + test_margin)))
-    fitted = [make_baseline(name).fit(train_all) for name in REFERENCES]
-    references = [Scored(baseline.name, baseline.label, baseline.score(test)) for baseline in fitted]
-    primary = Scored("residual", "GBDT + LoRA residual", residual)
+    references = [Scored(baseline.name, baseline.label, baseline.score(test)) for baseline in fitted.values()]
+    primary = Scored("residual", "GBDT + LoRA residual", sigmoid(test_offset + test_margin))
     comparison = compare(test, primary, references)
-    adapter_alone = compare(test, Scored("margin", "LoRA residual alone", 1 / (1 + np.exp(-test_margin))), [])
+    adapter_alone = compare(test, Scored("margin", "LoRA residual alone", sigmoid(test_margin)), [])
     result = {"dataset": dataset, "test_records": len(test), "seed": seed, "best_step": best[1],
               "valid_auc": history, "train_seconds": round(trained),
               "total_seconds": round(time.monotonic() - started), "comparison": comparison,

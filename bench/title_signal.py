@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.blend_ceiling import build  # noqa: E402  (the cf recipe's data)
-from bench.common import print_difference_table  # noqa: E402
+from bench.common import print_difference_table, rows_against  # noqa: E402
 
 SOURCES = {"ml-100k": ("movielens-100k", "ml-100k"), "ml-latest-small": ("movielens-latest", "ml-latest-small")}
 MODEL = "smollm2-135m"
@@ -74,7 +74,7 @@ def measure(folder: Path) -> list[tuple[str, dict]]:
 
     from data_builders import load_split
     from tallrec_cli.baselines import labels_of, make_baseline
-    from tallrec_cli.compare import Scored, compare
+    from tallrec_cli.compare import Scored
     from tallrec_cli.ensemble import fit_blend
 
     train, valid, test = (load_split(folder, split) for split in ("train", "valid", "test"))
@@ -86,14 +86,12 @@ def measure(folder: Path) -> list[tuple[str, dict]]:
     scorers = {"title affinity": (affinity(vectors, valid), affinity(vectors, test)),
                "content LR": tuple(content.predict_proba(content_features(vectors, split))[:, 1]
                                    for split in (valid, test))}
-    reference = Scored("gbdt", "GBDT", gbdt_test)
-    rows = [("GBDT", compare(test, reference, [])["rows"][0])]
+    scored = []
     for label, (on_valid, on_test) in scorers.items():
         blend = fit_blend("gbdt", labels_of(valid), on_valid, gbdt_valid, {}, {})
-        for name, scores in ((label, on_test), (f"{label} + GBDT (blend)", blend.apply(on_test, gbdt_test))):
-            own, versus = compare(test, Scored(name, name, scores), [reference])["rows"]
-            rows.append((name, {**own, "difference": versus["difference"]}))
-    return rows
+        scored += [Scored(label, label, on_test),
+                   Scored(f"{label}+gbdt", f"{label} + GBDT (blend)", blend.apply(on_test, gbdt_test))]
+    return rows_against(test, Scored("gbdt", "GBDT", gbdt_test), scored)
 
 
 def main() -> None:
