@@ -35,16 +35,16 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
-	$(BIN)/python bench/data_build.py
-	$(BIN)/python bench/train_throughput.py
-	$(BIN)/python bench/eval_throughput.py
-	$(BIN)/python bench/export_bench.py
+	$(BIN)/python -m bench.data_build
+	$(BIN)/python -m bench.train_throughput
+	$(BIN)/python -m bench.eval_throughput
+	$(BIN)/python -m bench.export_bench
 
-# The GPU acceptance check (bench/gpu_check.py): on a CUDA machine, with this venv or, on a machine without
+# The GPU acceptance check (acceptance/gpu_check.py): on a CUDA machine, with this venv or, on a machine without
 # network, the system python plus the wheels it names when missing. GPU_CHECK_ARGS=--smoke runs it on a CPU.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 gpu-check:
-	$(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+	$(GPU_PYTHON) -m acceptance.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

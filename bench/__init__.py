@@ -1,1 +1,1 @@
-"""Benchmark scripts (run them as files, e.g. `python bench/eval_throughput.py`); a package so tests can import them."""
+"""Benchmark scripts (run them as files, e.g. `python -m bench.eval_throughput`); a package so tests can import them."""

@@ -5,7 +5,7 @@
 2. A synthetic 10M-rating log (Parquet and CSV, generated into a temp folder) built by the CLI in a
    child process: wall time and the child's peak memory (``os.wait4`` rusage maxrss).
 
-Usage: .venv/bin/python bench/data_build.py [--ml100k ../shared/data/ml-100k] [--ratings 10000000]
+Usage: .venv/bin/python -m bench.data_build [--ml100k ../shared/data/ml-100k] [--ratings 10000000]
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from data_builders.build import build_config, build_dataset  # noqa: E402
+from data_builders.build import build_config, build_dataset
 
 INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will like the target movie "
                'by answering "Yes." or "No.".')

@@ -19,21 +19,19 @@ End to end = rendering + tokenising + scoring; scoring-only = the model's work. 
 matmul peak measured in the same run. What else could be skipped (padding, tokens shared beyond the common
 prefix, repeated tokenisation) is measured and printed.
 
-    .venv/bin/python bench/eval_throughput.py --limit 128
-    .venv/bin/python bench/eval_throughput.py --gpu    # LLaMA-7B-shaped random model on CUDA, bf16
+    .venv/bin/python -m bench.eval_throughput --limit 128
+    .venv/bin/python -m bench.eval_throughput --gpu    # LLaMA-7B-shaped random model on CUDA, bf16
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def matmul_peak(dtype, size: int = 2048, device: str = "cpu", repeats: int = 3) -> float:
@@ -66,7 +64,8 @@ def build_dataset(data: str | None) -> Path:
     """MovieLens-100K in TALLRec's format (from ../shared/data) unless a dataset folder is given."""
     if data is not None:
         return Path(data)
-    from data_builders.build import build_config, build_dataset as build
+    from data_builders.build import build_config
+    from data_builders.build import build_dataset as build
 
     folder = Path(tempfile.mkdtemp(prefix="ml-100k-")) / "ml-100k"
     build(build_config("movielens-100k", "tallrec", {"path": str(REPO.parent / "shared/data/ml-100k"),
@@ -76,8 +75,8 @@ def build_dataset(data: str | None) -> Path:
 
 def train_adapter(dataset: Path, steps: int) -> Path:
     """A SmolLM2 LoRA run trained to answer "Yes."/"No." + EOS (answer-only loss), like TALLRec's adapters."""
-    from tallrec_cli.train import run_training
-    from tallrec_cli.train_config import load_train_config
+    from tallrec_cli.train.config import load_train_config
+    from tallrec_cli.train.run import run_training
 
     run = Path(tempfile.mkdtemp(prefix="bench-eval-run-")) / "run"
     run_training(load_train_config(None, {
@@ -139,7 +138,7 @@ def baseline_step(name, model, tokenizer, template, records, labels, max_new_tok
 
 
 def ours_step(name, model, tokenizer, template, records, labels, batch_size, prefix_cache, dtype) -> Step:
-    from tallrec_cli.scoring import score_prompts_detailed
+    from tallrec_cli.model.scoring import score_prompts_detailed
 
     started = time.perf_counter()
     prompts, _ = render(template, records, tokenizer)
@@ -157,7 +156,7 @@ def ours_step(name, model, tokenizer, template, records, labels, batch_size, pre
 def useful_flops(model, tokenizer, prompts: list[str]) -> float:
     """FLOPs that any exact method must spend: every token after the prompts' common prefix through the
     transformer (linear layers + attention over its context), plus the common prefix once."""
-    from tallrec_cli.scoring import common_prefix_length
+    from tallrec_cli.model.scoring import common_prefix_length
 
     encoded = tokenizer(prompts)["input_ids"]
     shared = common_prefix_length(encoded)
@@ -174,7 +173,7 @@ def useful_flops(model, tokenizer, prompts: list[str]) -> float:
 def skippable_work(tokenizer, prompts: list[str], batch_size: int) -> dict[str, float]:
     """Tokens beyond what the scorer already skips: padding left in length-sorted batches, and what a full
     prefix tree (sharing every common prefix between records, not just the one all records share) would save."""
-    from tallrec_cli.scoring import common_prefix_length, length_sorted_batches
+    from tallrec_cli.model.scoring import common_prefix_length, length_sorted_batches
 
     encoded = tokenizer(prompts)["input_ids"]
     shared = common_prefix_length(encoded)
@@ -190,9 +189,9 @@ def cpu_bench(args) -> None:
     import torch
 
     from data_builders import load_split
-    from tallrec_cli.evaluate import resolve_scoring
-    from tallrec_cli.metrics import safe_auc
-    from tallrec_cli.models import load_for_inference
+    from tallrec_cli.core.metrics import safe_auc
+    from tallrec_cli.model.loading import load_for_inference
+    from tallrec_cli.model.scoring import resolve_scoring
 
     dataset = build_dataset(args.data)
     trained = time.perf_counter()
@@ -273,9 +272,9 @@ def gpu_bench(args) -> None:
 
     from bench.common import random_model
     from data_builders import load_split
-    from tallrec_cli.models import load_tokenizer, resolve_model_source
-    from tallrec_cli.prompts import load_template, resolve_label_tokens
-    from tallrec_cli.scoring import score_prompts_detailed
+    from tallrec_cli.model.loading import load_tokenizer, resolve_model_source
+    from tallrec_cli.model.prompts import load_template, resolve_label_tokens
+    from tallrec_cli.model.scoring import score_prompts_detailed
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device")
@@ -317,7 +316,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--gpu", action="store_true", help="LLaMA-7B-shaped random model on CUDA")
     args = parser.parse_args()
-    from tallrec_cli.models import resolve_dtype
+    from tallrec_cli.model.loading import resolve_dtype
 
     args.dtype = str(resolve_dtype(args.dtype)).replace("torch.", "")
     if args.threads:

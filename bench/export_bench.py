@@ -4,8 +4,8 @@ Each measured step runs in its own child process, so its peak resident memory is
 ``ru_maxrss`` (from ``os.wait4``) and is not inflated by the parent or by earlier steps; no tracemalloc
 (it misses torch's native allocations and slows the run down).
 
-    python bench/export_bench.py                     # embedded SmolLM2-135M on CPU
-    python bench/export_bench.py --gpu --workdir /big/disk   # LLaMA-7B-shaped random model on CUDA (~30 GB disk)
+    python -m bench.export_bench                     # embedded SmolLM2-135M on CPU
+    python -m bench.export_bench --gpu --workdir /big/disk   # LLaMA-7B-shaped random model on CUDA (~30 GB disk)
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ def child(step: str, args: list[str]) -> None:
             stale.unlink()
         model.save_pretrained(args[0], safe_serialization=True, max_shard_size="5GB")
     elif step == "adapter":  # args: run output
-        from tallrec_cli.export import export_adapter
+        from tallrec_cli.export.exports import export_adapter
 
         export_adapter(args[0], args[1])
     elif step == "merged":  # args: run output dtype device
-        from tallrec_cli.export import export_merged
+        from tallrec_cli.export.exports import export_merged
 
         if args[3] == "cuda":
             torch.cuda.reset_peak_memory_stats()

@@ -1,7 +1,7 @@
 """Training throughput: `tallrec train` (library path) vs a TALLRec-style baseline, same model and records.
 
-    .venv/bin/python bench/train_throughput.py                 # CPU: embedded SmolLM2, 32 records, 4 steps
-    .venv/bin/python bench/train_throughput.py --gpu           # GPU: random LLaMA-7B-shaped QLoRA memory check
+    .venv/bin/python -m bench.train_throughput                 # CPU: embedded SmolLM2, 32 records, 4 steps
+    .venv/bin/python -m bench.train_throughput --gpu           # GPU: random LLaMA-7B-shaped QLoRA memory check
                                                                # on a 24 GiB card emulated on a larger GPU
 
 Baseline = TALLRec's finetune_rec.py on this hardware: transformers Trainer, fp32, batches padded to the
@@ -16,7 +16,6 @@ Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 # The card the recipes are sized for; a larger GPU is limited to it (torch.cuda.set_per_process_memory_fraction).
 EMULATED_GPU_GIB = 24
 
@@ -54,8 +52,8 @@ def build_records(folder: Path) -> Path:
 
 
 def tallrec_run(dataset: Path, records: int, steps: int, batch: int, loss: str, work: Path) -> float:
-    from tallrec_cli.train import run_training
-    from tallrec_cli.train_config import load_train_config
+    from tallrec_cli.train.config import load_train_config
+    from tallrec_cli.train.run import run_training
 
     timer = LoopTimer()
     config = load_train_config(None, {
@@ -78,8 +76,8 @@ def baseline_run(dataset: Path, records: int, steps: int, batch: int) -> tuple[f
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from data_builders import load_split, sample_records
-    from tallrec_cli.models import load_model, load_tokenizer, resolve_model_source
-    from tallrec_cli.prompts import load_template
+    from tallrec_cli.model.loading import load_model, load_tokenizer, resolve_model_source
+    from tallrec_cli.model.prompts import load_template
 
     source = resolve_model_source("smollm2-135m")
     tokenizer = load_tokenizer(source, padding_side="left")
@@ -142,10 +140,10 @@ def gpu_benchmark(args) -> None:
     import torch
 
     from bench.common import random_model
-    from tallrec_cli.models import load_tokenizer, resolve_model_source
-    from tallrec_cli.capacity import config_from_shape, dry_run
-    from tallrec_cli.train import run_training
-    from tallrec_cli.train_config import load_train_config
+    from tallrec_cli.model.loading import load_tokenizer, resolve_model_source
+    from tallrec_cli.train.capacity import config_from_shape, dry_run
+    from tallrec_cli.train.config import load_train_config
+    from tallrec_cli.train.run import run_training
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA GPU")

@@ -14,7 +14,7 @@ import pandas as pd
 
 from data_builders.interactions import Interactions, assemble
 from data_builders.readers import Report, resolve_encoding
-from tallrec_cli.errors import DataError
+from tallrec_cli.core.errors import DataError
 
 _PATTERNS = ("*.json", "*.json.gz", "*.jsonl", "*.jsonl.gz")
 _HINT = "pass --path REVIEWS.json[.gz] and --items META.json[.gz], or a folder holding one reviews file and one meta_*"

@@ -10,9 +10,14 @@ from pathlib import Path
 
 from data_builders.interactions import Interactions, assemble
 from data_builders.readers import (
-    Report, parse_numbers, read_delimited, require_complete, require_files, resolve_encoding,
+    Report,
+    parse_numbers,
+    read_delimited,
+    require_complete,
+    require_files,
+    resolve_encoding,
 )
-from tallrec_cli.errors import DataError
+from tallrec_cli.core.errors import DataError
 
 FILES = ["BX-Book-Ratings.csv", "BX-Books.csv"]
 

@@ -21,9 +21,10 @@ from data_builders.readers import Report
 from data_builders.records import SPLIT_NAMES, Examples, Renderer, make_examples
 from data_builders.selection import HistorySelector, ItemVectors, collaborative_vectors, text_vectors
 from data_builders.templates import load_record_template
-from tallrec_cli.config import deep_merge, from_dict, read_yaml, to_dict
-from tallrec_cli.errors import ConfigError, DataError
-from tallrec_cli.io import refuse_overlap, sha256_file, staged_dir, write_jsonl_atomic, write_manifest
+from tallrec_cli.core.config import deep_merge, from_dict, read_yaml, to_dict
+from tallrec_cli.core.errors import ConfigError, DataError
+from tallrec_cli.core.files import refuse_overlap, sha256_file, staged_dir, write_jsonl_atomic
+from tallrec_cli.core.manifests import write_manifest
 
 Progress = Callable[[str, int | None, int], None]
 

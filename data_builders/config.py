@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tallrec_cli.config import option
+from tallrec_cli.core.config import option
 
 HISTORY_STRATEGIES = ("recent", "relevant", "mixed")
 SIMILARITIES = ("collaborative", "text")

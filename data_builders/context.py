@@ -9,7 +9,7 @@ through its ``context`` line:
   prompt; validation and test records count the whole training split. Items and users with no counted
   rating (cold) get 0 of 0 and are counted in the manifest.
 - ``cf_like``: the bias-only collaborative model's P(like) in percent (1-99), the same model as the
-  ``bias`` reference (``tallrec_cli.baselines``) fitted on the training split, so a test record's number
+  ``bias`` reference (``tallrec_cli.eval.baselines``) fitted on the training split, so a test record's number
   is that reference's score. Training records get cross-fitted numbers (a record's
   number comes from the model fitted on the other folds, ``Examples.training_folds``), so no record's own label reaches its prompt,
   the stacking rule. Computed only for templates whose context line prints it.
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from data_builders.bias import C_BIAS, OneHotModel, bias_features, item_key, user_key
 from data_builders.records import Examples
 from data_builders.templates import COUNT_FIELDS
 
@@ -76,8 +77,6 @@ def cf_percent(probabilities: np.ndarray) -> np.ndarray:
 def cf_likes(examples: Examples, seed: int) -> np.ndarray:
     """``cf_like`` for every record (indexed like ``examples.target``): the bias model fitted on the
     training split scores validation and test records; training records are cross-fitted."""
-    from tallrec_cli.baselines import C_BIAS, OneHotModel, bias_features, item_key, user_key
-
     interactions = examples.interactions
     rows = examples.order[examples.target]
     features = [bias_features(user_key({"user_id": interactions.user_ids[user]}),

@@ -9,7 +9,7 @@ import pandas as pd
 from data_builders.config import ColumnMap
 from data_builders.interactions import Interactions, assemble
 from data_builders.readers import Report, parse_numbers, read_csv_fast, resolve_encoding
-from tallrec_cli.errors import DataError
+from tallrec_cli.core.errors import DataError
 
 
 def _read_table(path: Path, wanted: list[str], text: list[str], sep: str | None, encoding: str,

@@ -7,8 +7,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from tallrec_cli.errors import DataError
-from tallrec_cli.io import atomic_path, read_jsonl
+from tallrec_cli.core.errors import DataError
+from tallrec_cli.core.files import atomic_path, read_jsonl
 
 REQUIRED_KEYS = ("instruction", "input", "output")
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from data_builders.readers import Report
-from tallrec_cli.errors import DataError
-from tallrec_cli.io import sha256_file, tallrec_home
+from tallrec_cli.core.errors import DataError
+from tallrec_cli.core.files import sha256_file, tallrec_home
 
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 URL_ENV = "TALLREC_MOVIELENS_URL"

@@ -9,8 +9,9 @@ from typing import Any
 from data_builders.dataset import read_records, write_tallrec_json
 from data_builders.structure import has_structure, parse_input
 from data_builders.templates import Template, load_record_template, template_names
-from tallrec_cli.errors import ConfigError, DataError
-from tallrec_cli.io import refuse_overlap, sha256_file, staged_dir, write_jsonl_atomic, write_manifest
+from tallrec_cli.core.errors import ConfigError, DataError
+from tallrec_cli.core.files import refuse_overlap, sha256_file, staged_dir, write_jsonl_atomic
+from tallrec_cli.core.manifests import write_manifest
 
 
 def import_tallrec(paths: list[str | os.PathLike], output: str | os.PathLike, fmt: str = "jsonl",

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from data_builders.readers import Report
-from tallrec_cli.errors import DataError
+from tallrec_cli.core.errors import DataError
 
 
 @dataclass

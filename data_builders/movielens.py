@@ -7,7 +7,12 @@ from pathlib import Path
 
 from data_builders.interactions import Interactions, assemble
 from data_builders.readers import (
-    Report, parse_numbers, read_csv_fast, read_delimited, require_files, resolve_encoding,
+    Report,
+    parse_numbers,
+    read_csv_fast,
+    read_delimited,
+    require_files,
+    resolve_encoding,
 )
 
 COLUMNS = ["user_id", "item_id", "rating", "timestamp"]

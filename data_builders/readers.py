@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tallrec_cli.errors import DataError
+from tallrec_cli.core.errors import DataError
 
 _SKIP_HINT = "fix the row, or pass --skip-bad-rows to skip and count malformed rows"
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from data_builders.interactions import Interactions
 from data_builders.templates import Template
-from tallrec_cli.errors import ConfigError
+from tallrec_cli.core.errors import ConfigError
 
 SPLIT_NAMES = ("train", "valid", "test")
 CROSS_FIT_FOLDS = 5

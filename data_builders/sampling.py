@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from data_builders.dataset import load_split
-from tallrec_cli.errors import DataError
-from tallrec_cli.io import read_manifest, refuse_overlap, staged_dir, write_jsonl_atomic, write_manifest
+from tallrec_cli.core.errors import DataError
+from tallrec_cli.core.files import refuse_overlap, staged_dir, write_jsonl_atomic
+from tallrec_cli.core.manifests import read_manifest, write_manifest
 
 
 def _label(record: dict) -> int:

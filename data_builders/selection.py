@@ -30,6 +30,8 @@ import numpy as np
 from data_builders.records import Examples
 from data_builders.structure import history, render_input, structure_fields
 from data_builders.templates import Template
+from tallrec_cli.core.files import atomic_path, tallrec_home
+from tallrec_cli.model.loading import load_model, load_tokenizer, model_identity, resolve_model_source
 
 STRATEGIES = ("recent", "relevant", "mixed")
 SIMILARITIES = ("collaborative", "text")
@@ -87,7 +89,6 @@ def collaborative_vectors(examples: Examples, dimensions: int = COLLABORATIVE_DI
 
 
 def _embedding_cache(model: str, titles: Sequence[str]) -> Path:
-    from tallrec_cli.io import tallrec_home
 
     digest = hashlib.sha256(json.dumps([model, list(titles)]).encode()).hexdigest()[:24]
     return tallrec_home() / "embeddings" / f"{digest}.safetensors"
@@ -100,8 +101,6 @@ def text_vectors(titles: Sequence[str], model: str, batch_size: int = 64,
     from safetensors.torch import load_file, save_file
     from transformers.utils import logging as hf_logging
 
-    from tallrec_cli.io import atomic_path
-    from tallrec_cli.models import load_model, load_tokenizer, model_identity, resolve_model_source
 
     source = resolve_model_source(model)
     cache = _embedding_cache(json.dumps(model_identity(source), sort_keys=True), titles)

@@ -10,7 +10,7 @@ import numpy as np
 
 from data_builders.dataset import load_split
 from data_builders.records import SPLIT_NAMES
-from tallrec_cli.errors import DataError
+from tallrec_cli.core.errors import DataError
 
 
 def prompt_text(record: dict) -> str:

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from data_builders.templates import Template, load_record_template, template_names
+from tallrec_cli.core.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,25 @@ def history(record: dict) -> list[HistoryItem] | None:
         return None
     return [HistoryItem(title=str(item["title"]), liked=bool(item["liked"]), item_id=item.get("item_id"))
             for item in items]
+
+
+def label_of(record: dict, index: int | None = None) -> int:
+    """A record's 0/1 label; anything else is a `DataError` naming the record."""
+    label = record.get("label")
+    if label not in (0, 1):
+        raise DataError(f"record {record.get('id', index)} has no 0/1 label", "give each record a label of 1 or 0")
+    return int(label)
+
+
+def labels_of(records: Sequence[dict]) -> np.ndarray:
+    return np.array([label_of(record, index) for index, record in enumerate(records)], dtype=np.int64)
+
+
+def users_of(records: Sequence[dict]) -> list | None:
+    """Every record's user id, or None when any record has none (``user_id`` missing or null): per-user
+    metrics need them all."""
+    return [record["user_id"] for record in records] if all(record.get("user_id") is not None
+                                                             for record in records) else None
 
 
 def has_structure(record: dict) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tallrec_cli.errors import ConfigError
+from tallrec_cli.core.errors import ConfigError
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 COUNT_FIELDS = ("item_likes", "item_ratings", "user_likes", "user_ratings")

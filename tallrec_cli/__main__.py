@@ -1,3 +1,3 @@
-from tallrec_cli.cli import main
+from tallrec_cli.cli.app import main
 
 main()

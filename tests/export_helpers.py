@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tallrec_cli.export import SAMPLE_RECORDS
+from tallrec_cli.export.exports import SAMPLE_RECORDS
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -28,12 +28,16 @@ def make_train_run(run_dir: Path, base: str, quantization: str = "none", r: int 
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tallrec_cli.manifests import BestStep, RunData, RunMetrics, split_sha256, train_run_manifest
-    from tallrec_cli.models import (
-        base_model_config_summary, load_model, load_tokenizer, model_identity, resolve_model_source,
+    from tallrec_cli.core.manifests import BestStep, RunData, RunMetrics, split_sha256, train_run_manifest
+    from tallrec_cli.model.loading import (
+        base_model_config_summary,
+        load_model,
+        load_tokenizer,
+        model_identity,
+        resolve_model_source,
     )
-    from tallrec_cli.prompts import load_template, resolve_label_tokens
-    from tallrec_cli.train_config import load_train_config
+    from tallrec_cli.model.prompts import load_template, resolve_label_tokens
+    from tallrec_cli.train.config import load_train_config
 
     source = resolve_model_source(base)
     tokenizer = load_tokenizer(source)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from data_builders.structure import HistoryItem, render_input, structure_fields
 from data_builders.templates import load_record_template
-from tallrec_cli.train_config import TrainConfig, load_train_config
+from tallrec_cli.train.config import TrainConfig, load_train_config
 
 MOVIE_TEMPLATE = load_record_template("tallrec-movie")
 INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will like the target movie "

@@ -1,10 +1,10 @@
 """Few-shot sweeps: TALLRec's Table 1 (AUC at 16 / 64 / 256 samples per domain) as one resumable run.
 
 A sweep is a grid of cells: (domain, extra-axis values, shots, seed). A trained cell is a normal train
-run folder (SWEEP/cells/<id>/, manifest written last by `tallrec_cli.train`) plus its evaluations
-(RUN/eval/<test>/ written by `tallrec_cli.evaluate`) and ``sweep-eval.json``, the cell's summary,
+run folder (SWEEP/cells/<id>/, manifest written last by `tallrec_cli.train.run`) plus its evaluations
+(RUN/eval/<test>/ written by `tallrec_cli.eval.run`) and ``sweep-eval.json``, the cell's summary,
 written last. A zero-shot cell (shots 0) evaluates the base model and holds a ``zero-shot-cell``
-manifest instead of a training run. Classic baselines (`tallrec_cli.baselines`) are fitted on the same
+manifest instead of a training run. Classic baselines (`tallrec_cli.eval.baselines`) are fitted on the same
 few-shot samples and stored in SWEEP/baselines/.
 
 Modules: `spec` (the spec and its fingerprint), `grid` (cells, each validated up front), `run` (training
@@ -25,11 +25,19 @@ folder without a manifest is deleted and redone.
 """
 
 from tallrec_cli.sweep.grid import Cell, expand_grid, prepare_sweep
-from tallrec_cli.sweep.report import build_report, missing_cells, reference_observations, results_table, summarize
-from tallrec_cli.sweep.run import (CellFailure, SubprocessLauncher, SweepIndex, failure_path, read_failure,
-                                   run_single_cell, run_sweep, schedule)
+from tallrec_cli.sweep.report import build_report, missing_cells, reference_observations, summarize
+from tallrec_cli.sweep.run import (
+                                   CellFailure,
+                                   SubprocessLauncher,
+                                   SweepIndex,
+                                   failure_path,
+                                   read_failure,
+                                   run_single_cell,
+                                   run_sweep,
+                                   schedule,
+)
 from tallrec_cli.sweep.spec import SweepSpec, load_sweep_spec, resolve_spec
 
 __all__ = ["Cell", "CellFailure", "SubprocessLauncher", "SweepIndex", "SweepSpec", "build_report", "expand_grid",
            "failure_path", "load_sweep_spec", "missing_cells", "prepare_sweep", "read_failure", "reference_observations",
-           "resolve_spec", "results_table", "run_single_cell", "run_sweep", "schedule", "summarize"]
+           "resolve_spec", "run_single_cell", "run_sweep", "schedule", "summarize"]

@@ -12,9 +12,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from tallrec_cli.config import deep_merge, to_dict
-from tallrec_cli.errors import ConfigError, TallrecError, problem_count
-from tallrec_cli.sweep.spec import AXIS_ALIASES, SweepSpec, ZERO_SHOT_KEYS, file_sha256, json_hash, nest, resolve_spec
+from data_builders import load_split
+from tallrec_cli.core.config import deep_merge, read_yaml, to_dict
+from tallrec_cli.core.errors import ConfigError, TallrecError, problem_count
+from tallrec_cli.sweep.spec import AXIS_ALIASES, ZERO_SHOT_KEYS, SweepSpec, file_sha256, json_hash, nest, resolve_spec
+from tallrec_cli.train.config import load_train_config, preflight
+
 
 @dataclasses.dataclass
 class Cell:
@@ -88,7 +91,6 @@ def _cell_overrides(spec: SweepSpec, domain: str | None, axes: dict[str, Any]) -
 
 def expand_grid(spec: SweepSpec) -> list[Cell]:
     """Every cell of the sweep, zero-shot cells first, then by shots and seed (small, cheap cells first)."""
-    from tallrec_cli.config import read_yaml
 
     cells: list[Cell] = []
     zero_shot: dict[str, Cell] = {}
@@ -125,7 +127,6 @@ def resolve_cells(cells: list[Cell]) -> dict[str, Any]:
     Returns {cell id: TrainConfig}. Raises one ConfigError listing every problem of every cell, and
     shots larger than the training pool, before any cell starts.
     """
-    from tallrec_cli.train_config import load_train_config, preflight
 
     problems: dict[str, list[str]] = defaultdict(list)  # problem -> cell ids
     configs = {}
@@ -158,7 +159,6 @@ def resolve_cells(cells: list[Cell]) -> dict[str, Any]:
 
 
 def _pool_size(train: str, cache: dict) -> int:
-    from data_builders import load_split
 
     if train not in cache:
         cache[train] = len(load_split(train, "train"))

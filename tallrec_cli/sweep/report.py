@@ -8,9 +8,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from tallrec_cli.console import format_value
-from tallrec_cli.errors import ArtifactError
-from tallrec_cli.io import MANIFEST_NAME, write_json_atomic, write_text_atomic
+from tallrec_cli.core.errors import ArtifactError
+from tallrec_cli.core.files import MANIFEST_NAME, atomic_path, write_json_atomic, write_text_atomic
+from tallrec_cli.core.metrics import MIN_GAUC_USERS
 from tallrec_cli.sweep.spec import CELL_RESULT_NAME, INDEX_NAME, read_sweep_record
 
 
@@ -108,18 +108,17 @@ def summarize(observations: list[dict]) -> list[dict]:
     return summary
 
 
-def _methods(summary: list[dict]) -> list[str]:
+def method_order(summary: list[dict]) -> list[str]:
     ordered = sorted({(_KIND_ORDER[row["kind"]], row["method"]) for row in summary})
     return [method for _, method in ordered]
 
 
-def _columns(summary: list[dict]) -> list[tuple[str, int]]:
+def result_columns(summary: list[dict]) -> list[tuple[str, int]]:
     return sorted({(row["test"], row["shots"]) for row in summary})
 
 
 def test_users_line(summary: list[dict]) -> str:
     """Per test: records, users, users carrying a per-user AUC, and a warning under MIN_GAUC_USERS."""
-    from tallrec_cli.metrics import MIN_GAUC_USERS
 
     parts = []
     for test in sorted({row["test"] for row in summary}):
@@ -134,48 +133,17 @@ def test_users_line(summary: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def results_table(summary: list[dict],
-                  title: str = "AUC (GAUC under it) by training samples (mean ± std over seeds, n)"):
-    """A result table shaped like TALLRec's Table 1: methods x (test, shots), per-user AUC under each AUC;
-    * marks each column's best AUC."""
-    from tallrec_cli.console import Column, ResultTable
-
-    columns = _columns(summary)
-    cells = {(row["method"], row["test"], row["shots"]): row for row in summary}
-    rows = []
-    for method in _methods(summary):
-        line = [method]
-        for test, shots in columns:
-            row = cells.get((method, test, shots))
-            if row is None or row["auc_mean"] is None:
-                line.append("")
-                continue
-            text = format_value(row["auc_mean"]) + (f" ± {row['auc_std']:.4f}" if row["auc_std"] is not None else "")
-            text += f" ({row['n']})"
-            text = f"[bold]{text} *[/]" if row["best"] else text
-            if row.get("gauc_mean") is not None:
-                text += "\ng " + format_value(row["gauc_mean"]) + (f" ± {row['gauc_std']:.4f}"
-                                                                   if row["gauc_std"] is not None else "")
-            line.append(text)
-        rows.append(line)
-    caption = ("shots 0 = zero-shot base model; * = best AUC in column; full-data references are fitted on the "
-               "whole training split\n" + test_users_line(summary))
-    return ResultTable(title, [Column("method"), *(Column(f"{test} {'zero-shot' if shots == 0 else shots}", True)
-                                                   for test, shots in columns)], rows, caption=caption, lines=True)
-
-
 def write_report(sweep_dir: str | Path, summary: list[dict], observations: list[dict], config_hash: str | None) -> dict:
     """results.json, results.csv (one line per method x test x shots) and sweep.png, each atomically."""
     import csv
     import io
 
-    from tallrec_cli.io import atomic_path
 
     sweep_dir = Path(sweep_dir)
     ordered = sorted(observations, key=lambda row: (row["test"], row["shots"], row["method"],
                                                     row["seed"] is None, row["seed"] or 0))
-    payload = {"config_hash": config_hash, "methods": _methods(summary),
-               "columns": [{"test": test, "shots": shots} for test, shots in _columns(summary)],
+    payload = {"config_hash": config_hash, "methods": method_order(summary),
+               "columns": [{"test": test, "shots": shots} for test, shots in result_columns(summary)],
                "summary": summary, "observations": ordered, "missing_cells": missing_cells(sweep_dir)}
     write_json_atomic(sweep_dir / "results.json", payload)
     buffer = io.StringIO()
@@ -199,7 +167,7 @@ def plot_results(summary: list[dict], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     tests = sorted({row["test"] for row in summary}) or ["(no results)"]
-    methods = _methods(summary)
+    methods = method_order(summary)
     colours = {method: plt.get_cmap("tab10")(number % 10) for number, method in enumerate(methods)}
     figure, axes = plt.subplots(2, len(tests), figsize=(5.5 * len(tests), 8.0), squeeze=False)
     for metric, axis_row in zip(("auc", "gauc"), axes):

@@ -20,17 +20,32 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from tallrec_cli.config import from_dict, to_dict
-from tallrec_cli.errors import ArtifactError, ConfigError, ResourceError, TallrecError, TrainingInterrupted
-from tallrec_cli.io import MANIFEST_NAME, is_disk_full, write_json_atomic
-from tallrec_cli.manifests import PromptRecord, TrainRunManifest, ZeroShotCellManifest
-from tallrec_cli.manifests import load as load_manifest
-from tallrec_cli.sweep.baselines import compute_baselines
+from tallrec_cli.core.config import from_dict, to_dict
+from tallrec_cli.core.errors import ArtifactError, ConfigError, ResourceError, TallrecError, TrainingInterrupted
+from tallrec_cli.core.files import MANIFEST_NAME, is_disk_full, write_json_atomic
+from tallrec_cli.core.formatting import format_value
+from tallrec_cli.core.manifests import PromptRecord, TrainRunManifest, ZeroShotCellManifest
+from tallrec_cli.core.manifests import load as load_manifest
+from tallrec_cli.core.reporting import reporter
+from tallrec_cli.eval.records import load_tests
+from tallrec_cli.eval.run import evaluate_tests
+from tallrec_cli.model.loading import load_for_inference, model_identity, resolve_model_source
+from tallrec_cli.model.scoring import resolve_scoring
 from tallrec_cli.sweep.grid import Cell, comparable_config, prepare_sweep
-from tallrec_cli.console import format_value
+from tallrec_cli.sweep.references import compute_baselines
 from tallrec_cli.sweep.report import cell_observations, summarize, write_report
-from tallrec_cli.sweep.spec import (CELL_RESULT_NAME, INDEX_NAME, RESULT_FILES, SPEC_NAME, SweepRecord, SweepSpec,
-                                    load_sweep_folder, read_sweep_record, spec_hash)
+from tallrec_cli.sweep.spec import (
+    CELL_RESULT_NAME,
+    INDEX_NAME,
+    RESULT_FILES,
+    SPEC_NAME,
+    SweepRecord,
+    SweepSpec,
+    load_sweep_folder,
+    read_sweep_record,
+    spec_hash,
+)
+from tallrec_cli.train.run import run_training
 
 
 class CellRunner(Protocol):
@@ -88,19 +103,17 @@ def execute_cell(cell: Cell, cell_dir: Path, config: Any, runner: CellRunner) ->
 
 
 class LocalCellRunner:
-    """Train with `tallrec_cli.train.run_training`, evaluate with `tallrec_cli.evaluate.evaluate_tests`."""
+    """Train with `tallrec_cli.train.run.run_training`, evaluate with `tallrec_cli.eval.run.evaluate_tests`."""
 
     def train(self, cell: Cell, cell_dir: Path, config: Any) -> None:
         if cell.zero_shot:
             self._zero_shot_manifest(cell_dir, config)
             return
-        from tallrec_cli.train import run_training
 
         run_training(config)
 
     @staticmethod
     def _zero_shot_manifest(cell_dir: Path, config: Any) -> None:
-        from tallrec_cli.models import model_identity, resolve_model_source
 
         cell_dir.mkdir(parents=True, exist_ok=True)
         ZeroShotCellManifest.new(
@@ -110,9 +123,6 @@ class LocalCellRunner:
             config=to_dict(config)).write(cell_dir)
 
     def evaluate(self, cell: Cell, cell_dir: Path, config: Any) -> dict[str, dict]:
-        from tallrec_cli.console import progress
-        from tallrec_cli.evaluate import evaluate_tests, load_tests, resolve_scoring
-        from tallrec_cli.models import load_for_inference
 
         labels, paths = list(cell.tests), list(cell.tests.values())
         tests = load_tests(paths, limit=cell.test_limit)
@@ -120,7 +130,7 @@ class LocalCellRunner:
         inference = load_for_inference(model=model.name if cell.zero_shot else None,
                                        adapter=None if cell.zero_shot else str(cell_dir), dtype=model.dtype,
                                        quantization=model.quantization, trust_remote_code=model.trust_remote_code)
-        with progress(transient=True) as bars:
+        with reporter().progress(transient=True) as bars:
             def on_start(name: str, total: int) -> Callable[[int], None]:
                 task = bars.add_task(f"evaluating {cell.id} on {name}", total=total)
                 return lambda count: bars.advance(task, count)
@@ -298,7 +308,7 @@ def read_failure(path: Path) -> CellFailure | None:
 
 
 class SubprocessLauncher:
-    """Runs a cell as ``python -m tallrec_cli.cli sweep run-cell SWEEP CELL`` pinned to one GPU."""
+    """Runs a cell as ``python -m tallrec_cli sweep run-cell SWEEP CELL`` pinned to one GPU."""
 
     def __init__(self, sweep_dir: Path):
         self.sweep_dir = sweep_dir
@@ -310,7 +320,7 @@ class SubprocessLauncher:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         failure_path(self.sweep_dir, cell.id).unlink(missing_ok=True)
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(device)}
-        command = [sys.executable, "-m", "tallrec_cli.cli", "sweep", "run-cell", str(self.sweep_dir), cell.id]
+        command = [sys.executable, "-m", "tallrec_cli", "sweep", "run-cell", str(self.sweep_dir), cell.id]
         with open(log_path, "w", encoding="utf-8") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
             with self.lock:

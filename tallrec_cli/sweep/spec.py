@@ -13,9 +13,10 @@ from typing import Any
 
 import yaml
 
-from tallrec_cli.config import deep_merge, from_dict, option, parse_overrides, to_dict
-from tallrec_cli.errors import ArtifactError, ConfigError
-from tallrec_cli.io import sha256_file, write_text_atomic
+from tallrec_cli.core.config import deep_merge, from_dict, option, parse_overrides, read_yaml, to_dict
+from tallrec_cli.core.errors import ArtifactError, ConfigError
+from tallrec_cli.core.files import sha256_file, write_text_atomic
+from tallrec_cli.eval.records import result_name
 
 SPEC_NAME = "sweep.yaml"
 
@@ -90,7 +91,6 @@ class SweepSpec:
 
 def default_test_label(path: str) -> str:
     """The table's name for a test: `tallrec eval`'s result name (``ml-100k-test``, ``movie_test``)."""
-    from tallrec_cli.evaluate import result_name
 
     return result_name(path)
 
@@ -140,7 +140,6 @@ def load_sweep_spec(source: str | Path | None, shots: Sequence[int] | None = Non
                     tests: Sequence[str] = (), axes: Sequence[str] = (), overrides: Sequence[str] = (),
                     test_limit: int | None = None, baselines: bool | None = None) -> SweepSpec:
     """A sweep YAML (top-level ``recipe`` key) or a train recipe, plus command-line values (which win)."""
-    from tallrec_cli.config import read_yaml
 
     data: dict[str, Any] = {}
     if source is not None:

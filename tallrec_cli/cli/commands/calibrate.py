@@ -1,0 +1,47 @@
+"""`tallrec calibrate`: temperature / Platt scaling of a run's P(yes), fitted on its validation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tallrec_cli.cli.commands._common import CalibrationMethod, Dtype, ScoreMode, command_app
+from tallrec_cli.cli.console import console, progress, table
+from tallrec_cli.eval.calibrate import calibrate_run
+
+app = command_app()
+
+
+@app.command("calibrate")
+def calibrate_command(
+    run_dir: Path = typer.Argument(..., help="A finished train run folder (it has manifest.json)."),
+    method: CalibrationMethod = typer.Option("temperature", "--method", help="Map to store: temperature (one "
+                                             "parameter, keeps the score shape) or platt (slope and intercept). "
+                                             "Both are reported."),
+    valid: str = typer.Option(None, "--valid", help="Validation data (default: the run's validation split)."),
+    score: ScoreMode = typer.Option("pair", "--score", help="See `tallrec eval --help`."),
+    limit: int = typer.Option(None, help="Use only the first N validation records."),
+    batch_size: int = typer.Option(None, help="Prompts per forward pass (default: the largest expected to fit)."),
+    dtype: Dtype = typer.Option("auto", help="auto: bf16 where fast."),
+) -> None:
+    """Fit temperature and Platt scaling on validation P(yes) and store one in the run's manifest;
+    eval, predict and export then apply it. AUC is unchanged (the maps are monotone).
+
+    Example:
+
+    `tallrec calibrate runs/m64 --method temperature`
+    """
+
+    with progress() as bar:
+        def on_start(name: str, records: int):
+            task = bar.add_task(f"scoring {name}", total=records)
+            return lambda done: bar.advance(task, done)
+
+        report = calibrate_run(run_dir, method, valid, score, limit, batch_size, dtype, on_start)
+    rows = [[name, values["log_loss"], values["brier"], values["ece"]]
+            for name, values in report["validation"].items()]
+    console.print(table(f"validation calibration ({report['selected']['fitted_on']['records']} records)",
+                        ["scores", "log-loss", "Brier", "ECE"], rows))
+    console.print(f"stored {report['selected']['formula']} in {run_dir / 'manifest.json'}; "
+                  f"reliability plot: {run_dir / 'calibration' / 'reliability.png'}", highlight=False)

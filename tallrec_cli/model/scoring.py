@@ -1,0 +1,351 @@
+"""P(yes) scoring: one forward pass per batch, logits at the answer position only.
+
+Shared by training-time validation and `tallrec eval` / `predict`, so a checkpoint is chosen with
+exactly the number that evaluation reports. Two modes:
+- ``pair`` (default): softmax over the two label-token logits, i.e. p_yes / (p_yes + p_no).
+- ``tallrec``: TALLRec's number: softmax over the whole vocabulary, then a second softmax over the
+  two resulting probabilities (ranks by p_yes - p_no, so its AUC can differ from ``pair``).
+
+Speed: prompts are sorted by length (little padding), and the token prefix every prompt shares
+(template header + instruction) is run once; its key/value cache is broadcast to each batch, which
+then only runs its suffixes. Out-of-memory halves the batch and retries.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tallrec_cli.core.errors import ConfigError, ModelError, ResourceError
+from tallrec_cli.model.prompts import LabelTokens, PromptTemplate, load_template, resolve_label_tokens
+
+SCORE_MODES = ("pair", "tallrec")
+PREFIX_CACHE_MODES = ("auto", "on", "off")
+# Below this many shared tokens the cache bookkeeping costs about what it saves.
+MIN_PREFIX_TOKENS = 16
+# On CPU larger batches add no throughput (the matmuls are already big enough), only padding.
+CPU_BATCH_SIZE = 16
+MAX_AUTO_BATCH_SIZE = 512
+
+
+@dataclass
+class ScoringResult:
+    """Scores in input order plus how they were computed (recorded in eval manifests)."""
+    scores: np.ndarray
+    mode: str
+    batch_size: int  # the batch size in use at the end (after any out-of-memory back-off)
+    oom_retries: int
+    prefix_tokens: int  # tokens served from the shared-prefix cache (0: plain path)
+    prompt_tokens: int
+    seconds: float
+
+    def describe(self) -> dict:
+        return {"score_mode": self.mode, "batch_size": self.batch_size, "oom_retries": self.oom_retries,
+                "prefix_tokens": self.prefix_tokens, "prompt_tokens": self.prompt_tokens,
+                "seconds": round(self.seconds, 3),
+                "prompts_per_s": round(len(self.scores) / self.seconds, 3) if self.seconds else None}
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """How records become P(yes): resolved once (template and label tokens checked against the tokenizer,
+    `resolve_scoring`) and handed to validation, eval, predict and audit alike."""
+    template: PromptTemplate
+    labels: LabelTokens
+    mode: str = "pair"
+    batch_size: int | None = None  # None: the largest expected to fit
+    prefix_cache: str = "auto"
+
+    def __post_init__(self):
+        if self.mode not in SCORE_MODES:
+            raise ConfigError(f"score mode {self.mode!r} is not one of {', '.join(SCORE_MODES)}")
+        if self.prefix_cache not in PREFIX_CACHE_MODES:
+            raise ConfigError(f"prefix cache {self.prefix_cache!r} is not one of {', '.join(PREFIX_CACHE_MODES)}")
+
+    def score(self, model, tokenizer, prompts: Sequence[str],
+              on_batch: Callable[[int], None] | None = None) -> ScoringResult:
+        """P(yes) for rendered ``prompts`` (see `score_prompts_detailed`)."""
+        return score_prompts_detailed(model, tokenizer, prompts, self.labels, self.mode, self.batch_size, on_batch,
+                                      self.prefix_cache)
+
+    def render(self, records: Sequence[dict], tokenizer) -> list[str]:
+        return [self.template.render(record, tokenizer) for record in records]
+
+    def describe(self) -> dict:
+        """What results record about how they were scored."""
+        return {"score_mode": self.mode, "template": self.template.name, "labels": self.labels.as_dict()}
+
+
+# Vocabulary rows projected at a time in ``tallrec`` mode: the fp32 copy of the head stays bounded
+# (8192 x 4096 x 4 bytes = 128 MiB) instead of a whole fp32 lm_head (2.2 GB for Qwen2.5-7B).
+HEAD_CHUNK_ROWS = 8192
+
+
+def label_probability(last_hidden, output_weight, labels: LabelTokens, mode: str = "pair"):
+    """P(yes) from the final hidden state at the answer position (shape [batch, hidden]).
+
+    The output projection is done here in float32 (autocast off: validation during training runs under it):
+    a bf16 logit near 20 is only resolved to 0.125, which turns many distinct P(yes) into ties and blunts AUC.
+    Pair mode needs just two rows; ``tallrec`` mode projects the vocabulary in chunks of HEAD_CHUNK_ROWS rows.
+    """
+    import torch
+
+    hidden = last_hidden.float()
+    label_rows = [labels.positive_id, labels.negative_id]
+    with torch.autocast(hidden.device.type, enabled=False):
+        if mode == "pair":
+            pair = hidden @ output_weight[label_rows].float().T
+        elif mode == "tallrec":
+            logits = torch.cat([hidden @ output_weight[start:start + HEAD_CHUNK_ROWS].float().T
+                                for start in range(0, output_weight.shape[0], HEAD_CHUNK_ROWS)], dim=-1)
+            pair = logits.softmax(dim=-1)[:, label_rows]
+        else:
+            raise ValueError(f"unknown score mode {mode!r}")
+    return torch.softmax(pair, dim=-1)[:, 0].cpu().numpy()
+
+
+def split_lm_head(model):
+    """(transformer body, lm_head weight) of a causal LM, looking through a PEFT wrapper.
+
+    LoRA layers are injected in place, so the body carries the adapter. An adapter on the lm_head
+    itself would be skipped here, hence the refusal.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    if not hasattr(head, "weight") or head.weight.ndim != 2 or "lora" in type(head).__name__.lower():
+        raise ValueError("scoring needs a plain linear lm_head (adapters on lm_head are not supported)")
+    return base.model, head.weight
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory trouble shows early)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every sequence."""
+    if not sequences:
+        return 0
+    first, shortest = sequences[0], min(len(ids) for ids in sequences)
+    length = 0
+    while length < shortest and all(ids[length] == first[length] for ids in sequences):
+        length += 1
+    return length
+
+
+def auto_batch_size(model, longest_tokens: int, prefix_tokens: int = 0) -> int:
+    """A batch size expected to fit: fixed on CPU, estimated from free memory on CUDA.
+
+    Per row: one layer's activations over the suffix (``longest_tokens``) plus, with a shared prefix of
+    ``prefix_tokens``, the key/value cache of every layer over prefix + suffix (each layer's cache update
+    concatenates the broadcast prefix into a full per-row copy, kept until the forward ends). SDPA keeps no
+    seq^2 attention scores. The out-of-memory back-off in ``score_prompts`` corrects an overestimate.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    per_row = scoring_row_bytes(model.config, model.get_input_embeddings().weight.element_size(), longest_tokens,
+                                prefix_tokens)
+    return max(1, min(int(0.6 * free_bytes / per_row), MAX_AUTO_BATCH_SIZE))
+
+
+def scoring_row_bytes(config, width: int, suffix_tokens: int, prefix_tokens: int = 0) -> int:
+    """Memory one prompt adds to a scoring batch (see ``auto_batch_size``); also used by the --dry-run estimate."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden, heads = text.hidden_size, text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv_width = 2 * (getattr(text, "num_key_value_heads", None) or heads) * head_dim
+    intermediate = getattr(text, "intermediate_size", 4 * hidden)
+    layer_activations = suffix_tokens * width * (8 * hidden + 3 * intermediate)
+    kv_cache = text.num_hidden_layers * (prefix_tokens + suffix_tokens) * kv_width * width if prefix_tokens else 0
+    return max(1, layer_activations + kv_cache)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    # CUDA raises OutOfMemoryError; the CPU allocator raises a RuntimeError saying it cannot allocate; cuBLAS and
+    # cuDNN, when the allocator cannot give them a workspace, report *_STATUS_ALLOC_FAILED.
+    message = str(exc).lower()
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and any(sign in message for sign in (
+            "out of memory", "can't allocate memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed")))
+
+
+@functools.cache
+def _cache_kwarg() -> str:
+    """transformers 5.2x renamed `past_key_values` (argument and output field) to `cache`; the old name warns
+    and goes away in 5.40."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    return "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+class _PrefixCache:
+    """Keys/values of the shared prompt prefix, computed once and broadcast to each batch."""
+
+    def __init__(self, body, prefix_ids: list[int], device):
+        import torch
+        from transformers import DynamicCache
+
+        output = body(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
+        cache = output.cache if _cache_kwarg() == "cache" else output.past_key_values
+        if not isinstance(cache, DynamicCache) or any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
+            # Sliding-window or offloaded layers would need their own expansion rules.
+            raise ConfigError("this model's key/value cache cannot be shared across a batch",
+                              "use --prefix-cache off")
+        self.length = len(prefix_ids)
+        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def for_batch(self, rows: int):
+        from transformers import DynamicCache
+
+        # expand() is a view: each layer's update concatenates into fresh tensors, the prefix stays intact
+        return DynamicCache(ddp_cache_data=[(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
+                                            for keys, values in self.layers])
+
+
+def _padded(sequences: list[list[int]], pad_id: int):
+    """Left-padded ids and mask: the answer position is the last column of every row."""
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids):] = 1
+    return input_ids, attention
+
+
+def _last_hidden(body, sequences: list[list[int]], pad_id: int, device, prefix: _PrefixCache | None):
+    import torch
+
+    input_ids, attention = _padded(sequences, pad_id)
+    if prefix is None:
+        # Left padding shifts positions; derive them from the mask so scores match unpadded runs.
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        output = body(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                      position_ids=position_ids.to(device), use_cache=False)
+    else:
+        # Row layout [prefix | pads | suffix]: the mask hides the pads, positions continue the prefix.
+        rows, width = input_ids.shape
+        full_mask = torch.cat([torch.ones((rows, prefix.length), dtype=torch.long), attention], dim=1)
+        position_ids = (prefix.length + attention.cumsum(-1) - 1).clamp(min=prefix.length)
+        output = body(input_ids=input_ids.to(device), attention_mask=full_mask.to(device),
+                      position_ids=position_ids.to(device), **{_cache_kwarg(): prefix.for_batch(rows)},
+                      cache_position=torch.arange(prefix.length, prefix.length + width, device=device),
+                      use_cache=True)
+    return output.last_hidden_state[:, -1]
+
+
+def score_prompts_detailed(model, tokenizer, prompts: Sequence[str], labels: LabelTokens, mode: str = "pair",
+                           batch_size: int | None = None, on_batch: Callable[[int], None] | None = None,
+                           prefix_cache: str = "auto", min_prefix_tokens: int = MIN_PREFIX_TOKENS) -> ScoringResult:
+    """P(yes) for each prompt, in input order, with how it was computed.
+
+    ``batch_size`` None picks one (``auto_batch_size``); on out-of-memory the batch is halved and
+    retried. ``prefix_cache``: ``auto`` uses the shared-prefix cache when the prompts share at least
+    ``min_prefix_tokens`` tokens, ``on`` whenever they share any, ``off`` never.
+    """
+    import torch
+
+    if mode not in SCORE_MODES:
+        raise ValueError(f"unknown score mode {mode!r}")
+    if prefix_cache not in PREFIX_CACHE_MODES:
+        raise ValueError(f"prefix_cache must be one of {', '.join(PREFIX_CACHE_MODES)}, not {prefix_cache!r}")
+    started = time.perf_counter()
+    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    scores = np.empty(len(encoded), dtype=np.float32)
+    if not encoded:
+        return ScoringResult(scores, mode, batch_size or 0, 0, 0, 0, 0.0)
+    device = next(model.parameters()).device
+    body, output_weight = split_lm_head(model)
+    # The last prompt token must stay in the suffix: its hidden state is the one scored.
+    shared = min(common_prefix_length(encoded), min(len(ids) for ids in encoded) - 1)
+    use_prefix = prefix_cache == "on" and shared > 0 or prefix_cache == "auto" and shared >= min_prefix_tokens
+    longest = max(len(ids) for ids in encoded)
+    size = batch_size or (auto_batch_size(model, longest - shared, shared) if use_prefix
+                          else auto_batch_size(model, longest))
+    retries = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            prefix = _PrefixCache(body, encoded[0][:shared], device) if use_prefix else None
+            sequences = [ids[shared:] for ids in encoded] if use_prefix else encoded
+            order = [index for batch in length_sorted_batches([len(ids) for ids in sequences], len(sequences))
+                     for index in batch]
+            done = 0
+            while done < len(order):
+                batch = order[done:done + size]
+                try:
+                    hidden = _last_hidden(body, [sequences[i] for i in batch], tokenizer.pad_token_id, device, prefix)
+                    batch_scores = label_probability(hidden, output_weight, labels, mode)
+                except (RuntimeError, MemoryError) as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    if len(batch) == 1:
+                        raise ResourceError(
+                            f"out of memory scoring a single prompt of {len(sequences[batch[0]])} tokens",
+                            "use a quantized model (--quantization 4bit), a smaller model or shorter prompts",
+                        ) from None
+                    size, retries = max(1, len(batch) // 2), retries + 1
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                scores[batch] = batch_scores
+                done += len(batch)
+                if on_batch is not None:
+                    on_batch(len(batch))
+    finally:
+        model.train(was_training)
+    return ScoringResult(scores, mode, size, retries, shared if use_prefix else 0,
+                         sum(len(ids) for ids in encoded), time.perf_counter() - started)
+
+
+def score_prompts(model, tokenizer, prompts: Sequence[str], labels: LabelTokens, mode: str = "pair",
+                  batch_size: int | None = 16, on_batch: Callable[[int], None] | None = None,
+                  prefix_cache: str = "auto") -> np.ndarray:
+    """P(yes) for each prompt, in input order (see ``score_prompts_detailed``)."""
+    return score_prompts_detailed(model, tokenizer, prompts, labels, mode, batch_size, on_batch,
+                                  prefix_cache).scores
+
+
+DEFAULT_TEMPLATE = "alpaca"
+DEFAULT_LABEL_WORDS = ("Yes", "No")
+
+
+def resolve_scoring(inference, template: str | None = None, label_words: Sequence[str] | None = None,
+                    mode: str = "pair", batch_size: int | None = None, prefix_cache: str = "auto") -> ScoringSpec:
+    """The scoring spec for ``inference`` (a ``models.InferenceModel``, weights loaded or not yet).
+
+    Template and label words: explicit arguments win; otherwise what the run / export manifest recorded;
+    otherwise the defaults (alpaca, Yes/No). Recorded label ids must still be what this tokenizer gives, or
+    training and scoring would read different tokens.
+    """
+    prompt_template = load_template(template or inference.template or DEFAULT_TEMPLATE)
+    recorded = inference.labels or {}
+    if label_words is None:
+        label_words = (recorded.get("positive_word", DEFAULT_LABEL_WORDS[0]),
+                       recorded.get("negative_word", DEFAULT_LABEL_WORDS[1]))
+    if len(label_words) != 2:
+        raise ConfigError(f"expected two label words (positive, negative), got {list(label_words)}",
+                          "pass them as --label-words Yes,No")
+    labels = resolve_label_tokens(inference.tokenizer, prompt_template, label_words[0], label_words[1])
+    if recorded and (recorded.get("positive_word"), recorded.get("negative_word")) == tuple(label_words):
+        expected = (recorded.get("positive_id"), recorded.get("negative_id"))
+        if expected != (labels.positive_id, labels.negative_id):
+            raise ModelError(
+                f"the run recorded label ids {expected} for {list(label_words)} but this tokenizer gives "
+                f"{(labels.positive_id, labels.negative_id)}",
+                "evaluate with the tokenizer the adapter was trained with (the run's base model)")
+    return ScoringSpec(prompt_template, labels, mode, batch_size, prefix_cache)

@@ -1,0 +1,126 @@
+"""prompt.loss=pair: a binary log-loss on the P(yes) eval reads, on the tiny LLaMA fixture."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tallrec_cli.core.errors import ConfigError
+from tallrec_cli.train.pair_loss import PairLossTrainer, answer_positions, class_weights, pair_loss
+from tallrec_cli.train.run import run_training
+from tests.train_helpers import tiny_config, write_dataset
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def _trainer(tmp_path, tiny_model_dir, **overrides):
+    """A PairLossTrainer built the way run_training builds it, and its label tokens and prompts."""
+    from datasets import Dataset
+
+    from tallrec_cli.model.loading import load_tokenizer, resolve_model_source
+    from tallrec_cli.model.prompts import load_template, resolve_label_tokens
+    from tallrec_cli.train.data import prepare_data
+    from tallrec_cli.train.run import _sft_config, build_model
+
+    config = tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run",
+                         prompt__loss="pair", lora__dropout=0.0, **overrides)
+    source = resolve_model_source(config.model.name)
+    tokenizer = load_tokenizer(source, False, padding_side="left")
+    template = load_template(config.prompt.template)
+    data = prepare_data(config, tokenizer, template)
+    labels = resolve_label_tokens(tokenizer, template)
+    torch.manual_seed(0)
+    model = build_model(config, source)
+    for name, parameter in model.named_parameters():  # LoRA B starts at zero: give the adapter an effect
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    args = _sft_config(config, tmp_path / "run", 2, 1, precision=None)
+    dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
+    trainer = PairLossTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              label_tokens=labels, weights=(1.0, 1.0))
+    return trainer, labels, data
+
+
+def test_pair_loss_gradient_is_the_binary_log_loss_gradient_of_eval_p_yes(tmp_path, tiny_model_dir):
+    from tallrec_cli.model.scoring import score_prompts
+
+    trainer, labels, data = _trainer(tmp_path, tiny_model_dir)
+    model = trainer.model
+    model.eval()
+    rows = [0, 1, 2, 5]  # likes and dislikes, prompts of different lengths padded in one batch
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in rows])
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    pair_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+
+    # Reference: P(yes) exactly as eval computes it (prompt alone, softmax over the two label logits),
+    # then the binary log-loss, differentiated by autograd.
+    truth = torch.tensor([float(data.train_records[i]["label"]) for i in rows])
+    p_yes = []
+    for i in rows:
+        ids = trainer.processing_class(data.train_prompts[i], return_tensors="pt")["input_ids"]
+        logits = model(input_ids=ids).logits[0, -1, [labels.positive_id, labels.negative_id]]
+        p_yes.append(torch.softmax(logits.float(), dim=-1)[0])
+    p_yes = torch.stack(p_yes)
+    reference = torch.nn.functional.binary_cross_entropy(p_yes, truth)
+    reference.backward()
+    assert torch.allclose(loss, reference, atol=1e-5)
+    assert set(truth.tolist()) == {0.0, 1.0}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert torch.allclose(pair_grads[name], parameter.grad, atol=1e-5), name
+    assert any(g.abs().sum() > 0 for g in pair_grads.values())
+    with torch.no_grad():
+        eval_p_yes = score_prompts(model, trainer.processing_class, [data.train_prompts[i] for i in rows], labels,
+                                   prefix_cache="off")
+    np.testing.assert_allclose(eval_p_yes, p_yes.detach().numpy(), atol=1e-5)
+
+
+def test_pair_loss_is_not_the_answer_loss(tmp_path, tiny_model_dir):
+    """The answer loss covers every answer token over the whole vocabulary; the pair loss must differ."""
+    from trl import SFTTrainer
+
+    trainer, _, _ = _trainer(tmp_path, tiny_model_dir)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    pair = trainer.compute_loss(trainer.model, dict(batch))
+    answer = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
+    assert not torch.allclose(pair, answer)
+
+
+def test_class_weights_and_weighted_loss():
+    assert class_weights([1, 1, 1, 0], "none") == (1.0, 1.0)
+    assert class_weights([1, 1, 1, 0], "balanced") == (2.0, 2 / 3)
+    assert class_weights([1, 1], "balanced") == (1.0, 1.0)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([1.0, 1.0])
+    plain = pair_loss(logits, targets)
+    assert torch.isclose(pair_loss(logits, targets, (1.0, 3.0)), 3 * plain)
+    expected = -(torch.log(torch.sigmoid(torch.tensor(2.0))) + torch.log(torch.sigmoid(torch.tensor(-1.0)))) / 2
+    assert torch.isclose(plain, expected)
+
+
+def test_answer_positions_reads_the_first_completion_token():
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, -100, -100, 9, 8]])
+    positions, tokens = answer_positions(labels)
+    assert positions.tolist() == [1, 2] and tokens.tolist() == [7, 9]
+    with pytest.raises(ValueError):
+        answer_positions(torch.tensor([[-100, -100, -100]]))
+
+
+def test_class_weight_needs_the_pair_loss(tmp_path):
+    with pytest.raises(ConfigError, match="class_weight: balanced needs prompt.loss=pair"):
+        tiny_config(tmp_path, tmp_path, tmp_path / "run", prompt__class_weight="balanced")
+
+
+def test_pair_loss_trains_and_records_it(tmp_path, tiny_model_dir):
+    config = tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run",
+                         prompt__loss="pair", prompt__class_weight="balanced")
+    summary = run_training(config)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["config"]["prompt"]["loss"] == "pair"
+    assert manifest["config"]["prompt"]["class_weight"] == "balanced"
+    assert summary["train_loss"] is not None and np.isfinite(summary["train_loss"])
