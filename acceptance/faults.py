@@ -139,7 +139,7 @@ class Bench:
         """None when ``folder`` is absent, has no manifest, or its manifest checks out; else what is wrong."""
         from tallrec_cli.core.files import read_jsonl
         from tallrec_cli.core.integrity import check_files
-        from tallrec_cli.export.exports import load_train_run
+        from tallrec_cli.export.runs import load_train_run
 
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():

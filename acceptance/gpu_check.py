@@ -5,7 +5,7 @@
 
 Everything goes through tallrec's own code: `random:<architecture>` model sources (published configs,
 random weights, no download), `tallrec_cli.train.run.run_training` for the training steps,
-`tallrec_cli.model.scoring.score_prompts_detailed` for eval and `tallrec_cli.export.exports.export_merged` for the
+`tallrec_cli.model.scoring.score_prompts_detailed` for eval and `tallrec_cli.export.merged.export_merged` for the
 merged export. On a bigger card the process is capped at --card-gib (default 24) with
 `torch.cuda.set_per_process_memory_fraction`, so an out-of-memory here is one on a 3090.
 
@@ -290,7 +290,7 @@ def run_export(run_dir: Path, workdir: Path) -> dict:
     export's AUC comparison can flip on near-ties: a refused verification is reported, not a failure
     (time and peak memory cover the whole export either way)."""
     from tallrec_cli.core.errors import ArtifactError
-    from tallrec_cli.export.exports import export_merged
+    from tallrec_cli.export.merged import export_merged
 
     _reset_peak()
     started = time.perf_counter()

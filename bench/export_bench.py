@@ -68,11 +68,11 @@ def child(step: str, args: list[str]) -> None:
             stale.unlink()
         model.save_pretrained(args[0], safe_serialization=True, max_shard_size="5GB")
     elif step == "adapter":  # args: run output
-        from tallrec_cli.export.exports import export_adapter
+        from tallrec_cli.export.adapter import export_adapter
 
         export_adapter(args[0], args[1])
     elif step == "merged":  # args: run output dtype device
-        from tallrec_cli.export.exports import export_merged
+        from tallrec_cli.export.merged import export_merged
 
         if args[3] == "cuda":
             torch.cuda.reset_peak_memory_stats()

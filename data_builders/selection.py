@@ -101,7 +101,6 @@ def text_vectors(titles: Sequence[str], model: str, batch_size: int = 64,
     from safetensors.torch import load_file, save_file
     from transformers.utils import logging as hf_logging
 
-
     source = resolve_model_source(model)
     cache = _embedding_cache(json.dumps(model_identity(source), sort_keys=True), titles)
     if cache.is_file():

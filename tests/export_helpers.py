@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tallrec_cli.export.exports import SAMPLE_RECORDS
+from tallrec_cli.export.merged import SAMPLE_RECORDS
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -100,7 +100,6 @@ def fit(labels: Sequence[int], scores: Sequence[float], method: str, score_mode:
 def calibration_metrics(labels: Sequence[int], scores: Sequence[float]) -> dict[str, float]:
     from sklearn.metrics import brier_score_loss
 
-
     scores = np.clip(np.asarray(scores, dtype=np.float64), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
     return {"log_loss": log_loss(labels, scores),
             "brier": float(brier_score_loss(labels, scores)),
@@ -116,7 +115,7 @@ def calibration_for(adapter: str | Path | None) -> Calibration | None:
     return Calibration.from_dict(stored["selected"]) if stored else None
 
 
-def applied(calibration: Calibration | None, scores: np.ndarray, score_mode: str) -> tuple[np.ndarray, str | None]:
+def calibrated_scores(calibration: Calibration | None, scores: np.ndarray, score_mode: str) -> tuple[np.ndarray, str | None]:
     """(scores to report, note). A calibration fitted on another score mode is not applied: its logits
     mean something else."""
     if calibration is None:
@@ -133,7 +132,6 @@ def write_reliability_plot(path: Path, labels: Sequence[int], curves: dict[str, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     figure, axis = plt.subplots(figsize=(5, 5))
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)

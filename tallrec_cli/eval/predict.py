@@ -12,7 +12,7 @@ from data_builders.templates import load_record_template
 from tallrec_cli.core.errors import ConfigError, DataError
 from tallrec_cli.core.files import atomic_path, read_jsonl, write_jsonl_atomic
 from tallrec_cli.core.metrics import ranking_metrics
-from tallrec_cli.eval.calibration import Calibration, applied
+from tallrec_cli.eval.calibration import Calibration, calibrated_scores
 from tallrec_cli.model.scoring import ScoringSpec
 
 DEFAULT_RANK_KS = (1, 3, 5, 10)
@@ -92,7 +92,7 @@ def predict_rows(inference, rows: Sequence[dict], spec: ScoringSpec, *, domain: 
     With ``blend`` (an ``ensemble.FittedBlend``) ``p_yes`` is the ensemble's and ``p_yes_model`` the model's."""
     parts = [candidate_prompt_parts(row, domain, f"row {number}") for number, row in enumerate(rows, start=1)]
     result = spec.score(inference.model, inference.tokenizer, spec.render(parts, inference.tokenizer), on_batch)
-    scores, calibration_note = applied(calibration, result.scores, spec.mode)
+    scores, calibration_note = calibrated_scores(calibration, result.scores, spec.mode)
     output = [{**row, "p_yes": float(score)} for row, score in zip(rows, scores)]
     if blend is not None:
         model_scores, (scores, _) = scores, blend.score(rows, scores)

@@ -26,12 +26,12 @@ def eval_output_root(adapter: str | None, output: str | None) -> Path:
 
 def write_eval_folder(folder: Path, records: Sequence[dict], scores: np.ndarray, metrics: dict,
                       inputs: dict[str, Any], plots: bool = False, overwrite: bool = False,
-                      extra: Callable[[Path], None] | None = None) -> Path:
-    """metrics.json, predictions.jsonl, optional roc.png / reliability.png, whatever ``extra(staging)``
+                      write_more: Callable[[Path], None] | None = None) -> Path:
+    """metrics.json, predictions.jsonl, optional roc.png / reliability.png, whatever ``write_more(staging)``
     writes, then manifest.json, atomically."""
     with staged_dir(folder, overwrite=overwrite) as staging:
-        if extra:
-            extra(staging)
+        if write_more:
+            write_more(staging)
         write_json_atomic(staging / "metrics.json", metrics)
         write_jsonl_atomic(staging / "predictions.jsonl", (
             {"id": record.get("id"), "user_id": record.get("user_id"), "item_id": record.get("item_id"),

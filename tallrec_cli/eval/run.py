@@ -77,11 +77,11 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
             inputs["ensembles"] = [blend["blend"] for blend in blends]
             writers.append(lambda staging, blends=blends, test=test: write_blends(staging, test.records, blends))
 
-        def extra(staging: Path, writers=writers) -> None:
+        def write_more(staging: Path, writers=writers) -> None:
             for write in writers:
                 write(staging)
         folder = write_eval_folder(Path(output_root) / test.name, test.records, scores, metrics, inputs, plots,
-                                   overwrite, extra)
+                                   overwrite, write_more)
         results.append({"test": test.name, "source": str(test.path), "folder": str(folder), "metrics": metrics,
                         "comparison": comparison, "ensembles": [blend["comparison"] for blend in blends]})
     return results

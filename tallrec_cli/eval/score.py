@@ -12,7 +12,7 @@ from data_builders.structure import label_of, users_of
 from tallrec_cli.core.errors import DataError
 from tallrec_cli.core.metrics import BOOTSTRAP_RESAMPLES, compute_metrics
 from tallrec_cli.core.reporting import reporter
-from tallrec_cli.eval.calibration import Calibration, applied, calibration_metrics
+from tallrec_cli.eval.calibration import Calibration, calibrated_scores, calibration_metrics
 from tallrec_cli.model.loading import InferenceModel, load_for_inference, model_identity
 from tallrec_cli.model.scoring import ScoringSpec, resolve_scoring
 
@@ -33,7 +33,7 @@ def evaluate_records(inference, records: Sequence[dict], spec: ScoringSpec, resa
     truth = [label_of(record, index) for index, record in enumerate(records)]
     result = spec.score(inference.model, inference.tokenizer, spec.render(records, inference.tokenizer), on_batch)
     users = users_of(records)
-    scores, calibration_note = applied(calibration, result.scores, spec.mode)
+    scores, calibration_note = calibrated_scores(calibration, result.scores, spec.mode)
     metrics = compute_metrics(truth, scores, users, resamples, seed)
     if users is None:
         metrics["notes"].append("GAUC not computed: the records carry no user_id")

@@ -106,7 +106,6 @@ def random_model_dir(name: str) -> Path:
     """
     import torch
 
-
     arch = architecture(name)
     target = tallrec_home() / "models" / f"random-{arch}"
     if (target / "manifest.json").exists() and read_manifest(target, "random-model").get("seed") == SEED:

@@ -24,7 +24,6 @@ def compute_baselines(spec: SweepSpec, cells: list[Cell], configs: dict[str, Any
     """Baselines on every distinct few-shot sample of the grid (same records `run_training` draws), kept
     in SWEEP/baselines/ and reused on resume. Returns their observations."""
 
-
     samples = {}
     for cell in cells:
         if cell.zero_shot:

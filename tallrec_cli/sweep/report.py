@@ -138,7 +138,6 @@ def write_report(sweep_dir: str | Path, summary: list[dict], observations: list[
     import csv
     import io
 
-
     sweep_dir = Path(sweep_dir)
     ordered = sorted(observations, key=lambda row: (row["test"], row["shots"], row["method"],
                                                     row["seed"] is None, row["seed"] or 0))

@@ -114,7 +114,6 @@ class LocalCellRunner:
 
     @staticmethod
     def _zero_shot_manifest(cell_dir: Path, config: Any) -> None:
-
         cell_dir.mkdir(parents=True, exist_ok=True)
         ZeroShotCellManifest.new(
             base_model=model_identity(resolve_model_source(config.model.name)),
@@ -123,7 +122,6 @@ class LocalCellRunner:
             config=to_dict(config)).write(cell_dir)
 
     def evaluate(self, cell: Cell, cell_dir: Path, config: Any) -> dict[str, dict]:
-
         labels, paths = list(cell.tests), list(cell.tests.values())
         tests = load_tests(paths, limit=cell.test_limit)
         model = config.model

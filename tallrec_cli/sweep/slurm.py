@@ -55,7 +55,6 @@ def emit_slurm(spec, sweep_dir: str | Path, overwrite: bool = False, options: Se
     """Prepare ``sweep_dir`` like `run_sweep` does and write SWEEP/slurm/sweep-array.sh for the cells left."""
     import os
 
-
     bad = [option for option in options if not option.startswith("--") or option.startswith("--array")]
     if bad:
         raise ConfigError(f"--slurm-option {bad[0]!r}: give sbatch options as --name=value (the array is set by tallrec)",

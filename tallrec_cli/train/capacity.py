@@ -63,7 +63,6 @@ def _model_config(config: TrainConfig):
     """The base model's config without weights: from its folder/GGUF, else the known shapes table."""
     from transformers import AutoConfig
 
-
     source = resolve_model_source(config.model.name, convert_embedded=False)
     if source.kind == "random":  # the embedded config; its tokenizer's token counts are not the real ones
 
@@ -191,7 +190,6 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
     """Resolved config, parameter counts, dataset sizes and token lengths, and a peak-memory estimate;
     no weights are loaded (the model is built on the meta device from its config)."""
     import numpy as np
-
 
     preflight(config, check_output=False)
     quiet_libraries()

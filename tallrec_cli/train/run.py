@@ -55,7 +55,6 @@ def build_model(config: TrainConfig, source):
     """Base model (quantized when asked) wrapped in a trainable LoRA adapter."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-
     fsdp = config.training.fsdp
     # On CUDA straight onto this rank's GPU (an out-of-memory there is reported as such); on CPU the Trainer places it.
     device = default_device() if default_device() != "cpu" else None
@@ -222,7 +221,6 @@ def _prepare_run_dir(config: TrainConfig, folder: Path, resume: bool, checkpoint
     ``--overwrite`` ``folder`` is its pending replacement."""
     import yaml
 
-
     if not is_main_process():
         return
     if not resume and folder != Path(config.output.dir) and folder.exists():
@@ -311,7 +309,6 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
         train_dataset = Dataset.from_dict({"prompt": data.train_prompts, "completion": data.train_completions})
         loss_trainer, loss_kwargs = SFTTrainer, {}
         if config.prompt.loss == "pair":
-
             weights = class_weights([record["label"] for record in data.train_records], config.prompt.class_weight)
             loss_trainer, loss_kwargs = PairLossTrainer, {"label_tokens": label_tokens, "weights": weights}
         trainer_class = type("Trainer", (AtomicCheckpoints, loss_trainer), {})  # checkpoints whole or not at all

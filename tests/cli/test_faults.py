@@ -247,7 +247,7 @@ def test_item06_sweep_report_names_the_missing_cells(tmp_path, tiny_model_dir, m
 # 7 ------------------------------------------------------------------------------------------------------
 
 def test_item07_eval_of_an_export_checks_its_recorded_hashes(tmp_path, tiny_run, tiny_model_dir):
-    from tallrec_cli.export.exports import export_adapter
+    from tallrec_cli.export.adapter import export_adapter
     from tallrec_cli.model.loading import load_for_inference
 
     export = export_adapter(tiny_run, tmp_path / "export").path
@@ -359,7 +359,7 @@ def test_item09_output_that_is_a_file_or_a_symlink(tmp_path):
 def test_item09_read_only_and_full_disks_fail_before_work_with_a_clear_error(tmp_path, monkeypatch, capsys):
     import tempfile
 
-    from data_builders import stats
+    from tallrec_cli.cli.commands import data as data_command
     from tallrec_cli.cli.commands import evaluate
 
     def read_only(*args, **kwargs):
@@ -377,7 +377,7 @@ def test_item09_read_only_and_full_disks_fail_before_work_with_a_clear_error(tmp
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
 
-    monkeypatch.setattr(stats, "dataset_stats", disk_full)
+    monkeypatch.setattr(data_command, "dataset_stats", disk_full)
     code, err = run_main(monkeypatch, capsys, "data", "stats", tmp_path)
     assert code == 2 and "no space left" in err and "internal error" not in err
 
@@ -531,12 +531,12 @@ def test_item16_values_that_were_accepted_silently(tmp_path, tiny_model_dir, dat
 # 17 -----------------------------------------------------------------------------------------------------
 
 def test_item17_ctrl_c_outside_the_training_loop_says_so_and_exits_130(tmp_path, monkeypatch, capsys):
-    from data_builders import stats
+    from tallrec_cli.cli.commands import data as data_command
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stats, "dataset_stats", ctrl_c)
+    monkeypatch.setattr(data_command, "dataset_stats", ctrl_c)
     code, err = run_main(monkeypatch, capsys, "data", "stats", tmp_path)
     assert code == 130 and "interrupted" in err
 

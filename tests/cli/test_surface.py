@@ -152,7 +152,7 @@ def test_headers_wrap_at_spaces_and_text_folds_instead_of_an_ellipsis():
 
 
 def test_the_doctor_table_is_readable_at_80_columns(monkeypatch):
-    from tallrec_cli.train import doctor
+    from tallrec_cli.cli.commands import doctor
     from tallrec_cli.train.doctor import Check
 
     checks = [Check("torch", "ok", "torch 2.13.0+cpu, CUDA none"),
@@ -217,7 +217,7 @@ def test_a_default_eval_run_prints_no_third_party_noise(tiny_model_dir, tmp_path
 def test_the_gguf_loaders_plain_tqdm_bar_is_silenced_and_debug_shows_it():
     """transformers' GGUF conversion (the embedded model's first load) draws a plain tqdm bar that
     transformers' own progress-bar switch does not reach."""
-    script = ("from tallrec_cli.cli.console import quiet_libraries; quiet_libraries()\n"
+    script = ("from tallrec_cli.core.quiet import quiet_libraries; quiet_libraries()\n"
               "from transformers.modeling_gguf_pytorch_utils import tqdm\n"
               "for _ in tqdm(range(3), desc='GGUF tensors'): pass\n")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TALLREC_DEBUG", "TQDM_"))}

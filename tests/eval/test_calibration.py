@@ -10,7 +10,7 @@ from tallrec_cli.core.errors import DataError
 from tallrec_cli.core.files import read_jsonl
 from tallrec_cli.core.manifests import read_manifest
 from tallrec_cli.core.metrics import logit, sigmoid
-from tallrec_cli.eval.calibration import Calibration, applied, calibration_metrics, card_section, fit
+from tallrec_cli.eval.calibration import Calibration, calibrated_scores, calibration_metrics, card_section, fit
 from tests.eval.test_eval_cli import error_of, invoke, make_run, model_dir, write_jsonl  # noqa: F401 (fixture)
 from tests.model.test_scoring_prompts import movie_records
 
@@ -50,9 +50,9 @@ def test_one_class_validation_is_a_clear_error():
 def test_a_calibration_of_other_scores_is_not_applied():
     calibration = Calibration("temperature", 0.5, 0.0, "pair", {})
     scores = np.array([0.1, 0.9])
-    same, note = applied(calibration, scores, "tallrec")
+    same, note = calibrated_scores(calibration, scores, "tallrec")
     assert same is scores and "not applied" in note
-    moved, note = applied(calibration, scores, "pair")
+    moved, note = calibrated_scores(calibration, scores, "pair")
     assert moved[1] < 0.9 and note.startswith("calibrated")
 
 

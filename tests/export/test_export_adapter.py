@@ -16,7 +16,8 @@ import yaml
 from tallrec_cli.core.errors import ArtifactError, ModelError
 from tallrec_cli.core.files import file_hashes
 from tallrec_cli.core.manifests import read_manifest
-from tallrec_cli.export.exports import check_vllm_compatibility, export_adapter
+from tallrec_cli.export.adapter import export_adapter
+from tallrec_cli.export.vllm import check_vllm_compatibility
 from tests.conftest import build_tiny_llama
 from tests.export_helpers import make_train_run, write_valid_data
 

@@ -13,7 +13,8 @@ def test_train_export_reload_same_p_yes(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tallrec_cli.export.exports import export_adapter, export_merged
+    from tallrec_cli.export.adapter import export_adapter
+    from tallrec_cli.export.merged import export_merged
     from tallrec_cli.model.loading import load_for_inference, load_tokenizer, resolve_model_source
     from tallrec_cli.model.prompts import LabelTokens, load_template
     from tallrec_cli.model.scoring import score_prompts

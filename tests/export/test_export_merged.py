@@ -12,8 +12,8 @@ import pytest
 from tallrec_cli.core.errors import ArtifactError, ResourceError
 from tallrec_cli.core.files import file_hashes
 from tallrec_cli.core.manifests import read_manifest
-from tallrec_cli.export import exports as export_module
-from tallrec_cli.export.exports import export_merged
+from tallrec_cli.export import merged as export_module
+from tallrec_cli.export.merged import export_merged
 from tests.export_helpers import make_train_run, write_valid_data
 
 IDS = [1, 20, 31, 45, 60, 77, 90]

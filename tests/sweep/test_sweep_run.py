@@ -223,13 +223,13 @@ def test_every_cell_is_validated_before_any_runs(recipe, dataset, tmp_path):
 def test_cell_problems_are_read_from_the_error_not_its_wording(recipe, dataset, tmp_path, monkeypatch):
     """The sweep groups each cell's problems by cell from ConfigError.problems: how the message is worded
     (heading, bullets) changes nothing."""
-    from tallrec_cli.train import config as train_config
+    from tallrec_cli.sweep import grid
 
     def preflight(config, check_output=True):
         raise ConfigError("two problems, worded freely - with a dash", problems=[
             f"problem a of r={config.lora.r}", "problem b\n  - not a bullet"], heading="whatever:\n  - fake")
 
-    monkeypatch.setattr(train_config, "preflight", preflight)
+    monkeypatch.setattr(grid, "preflight", preflight)
     spec = make_spec(recipe, dataset, shots=[4], seeds=[0, 1], axes=["lora.r=8,16"])
     with pytest.raises(ConfigError) as caught:
         sweep.run_sweep(spec, tmp_path / "sweep", runner=FakeRunner())

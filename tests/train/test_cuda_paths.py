@@ -273,7 +273,7 @@ def test_out_of_memory_while_loading_gives_the_callers_advice(tiny_model_dir, mo
 
 
 def test_export_merged_advises_cpu_not_float32_when_the_gpu_is_too_small(tmp_path, tiny_model_dir, monkeypatch):
-    from tallrec_cli.export import exports as export
+    from tallrec_cli.export import merged as export
     from tests.export_helpers import make_train_run
 
     run = make_train_run(tmp_path / "run", str(tiny_model_dir))
@@ -288,7 +288,7 @@ def test_export_command_passes_device(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from tallrec_cli.cli.app import app
-    from tallrec_cli.export import exports as export
+    from tallrec_cli.cli.commands import export
 
     seen = {}
 
@@ -482,7 +482,7 @@ def test_train_bench_gpu_run_times_training_only_on_a_24_gib_budget():
 
 
 def test_export_bench_verifies_on_enough_prompts_for_its_auc_tolerance():
-    from tallrec_cli.export.exports import AUC_TOLERANCE
+    from tallrec_cli.export.merged import AUC_TOLERANCE
 
     bench = _bench("export_bench")
     positives = negatives = bench.VERIFY_SAMPLES // 2
@@ -498,7 +498,7 @@ def test_gpu_acceptance_list_covers_every_item():
 
 
 def test_merge_check_allows_one_reordered_pair_on_few_prompts():
-    from tallrec_cli.export.exports import compare_merge
+    from tallrec_cli.export.merged import compare_merge
 
     logits = [torch.zeros(3, 5)]
     labels = [1, 1, 1, 1, 0, 0, 0, 0]

@@ -63,6 +63,15 @@ def test_a_broken_bitsandbytes_is_a_fail_line_with_a_fix(monkeypatch):
     assert "CUDA Setup failed" in lines[0].detail and "python -m bitsandbytes" in lines[0].fix
 
 
+def test_a_bitsandbytes_older_than_transformers_minimum_is_a_fail_line(old_bitsandbytes):
+    from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
+
+    pytest.importorskip("bitsandbytes")
+    [line] = doctor.check_bitsandbytes("cpu")
+    assert line.verdict == "fail" and f"0.45.0 is older than {BITSANDBYTES_MIN_VERSION}" in line.detail
+    assert line.fix == f"pip install -U 'bitsandbytes>={BITSANDBYTES_MIN_VERSION}'"
+
+
 def test_a_missing_package_is_a_fail_line(monkeypatch):
     real_version = importlib.metadata.version
 

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from tallrec_cli.core.errors import ConfigError
-from tallrec_cli.train.pair_loss import PairLossTrainer, answer_positions, class_weights, pair_loss
+from tallrec_cli.train.pair_loss import (
+    PairLossTrainer,
+    answer_pair_logits,
+    answer_positions,
+    class_weights,
+    pair_loss,
+    pair_targets,
+)
 from tallrec_cli.train.run import run_training
 from tests.train_helpers import tiny_config, write_dataset
 
@@ -78,6 +85,48 @@ def test_pair_loss_gradient_is_the_binary_log_loss_gradient_of_eval_p_yes(tmp_pa
         eval_p_yes = score_prompts(model, trainer.processing_class, [data.train_prompts[i] for i in rows], labels,
                                    prefix_cache="off")
     np.testing.assert_allclose(eval_p_yes, p_yes.detach().numpy(), atol=1e-5)
+
+
+def _batch(trainer, rows):
+    """A collated, padded training batch, its model inputs (no labels), each row's answer position and target."""
+    batch = dict(trainer.data_collator([trainer.train_dataset[i] for i in rows]))
+    positions, first_tokens = answer_positions(batch["labels"])
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    return batch, inputs, positions, pair_targets(first_tokens, trainer.label_tokens)
+
+
+def test_pair_logits_are_the_full_logits_at_each_rows_answer_position(tmp_path, tiny_model_dir):
+    """By hand: the whole-vocabulary logits of the padded batch, read at each row's answer position (no
+    logits_to_keep, whose per-row form older transformers read as [B, B, 1, V])."""
+    trainer, labels, _ = _trainer(tmp_path, tiny_model_dir)
+    model = trainer.model.eval()
+    _, inputs, positions, _ = _batch(trainer, [0, 1, 2, 5])
+    with torch.no_grad():
+        pair, _ = answer_pair_logits(model, model, inputs, positions, labels)
+        full = model(**inputs).logits[torch.arange(4), positions][:, [labels.positive_id, labels.negative_id]]
+    assert len(set(positions.tolist())) > 1  # rows of different lengths, padded
+    torch.testing.assert_close(pair, full, rtol=0, atol=1e-5)
+
+
+def test_pair_logits_stay_fp32_under_bf16_autocast(tmp_path, tiny_model_dir):
+    trainer, labels, _ = _trainer(tmp_path, tiny_model_dir)
+    model = trainer.model.eval()
+    label_rows = [labels.positive_id, labels.negative_id]
+    head = model.get_base_model().get_output_embeddings()
+    with torch.no_grad():  # label logits near +-20, where bf16 resolves steps of 0.125
+        head.weight[label_rows] = torch.randn(2, head.weight.shape[1], generator=torch.Generator().manual_seed(0)) * 4
+    batch, inputs, positions, targets = _batch(trainer, [0, 1, 2, 5])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pair, _ = answer_pair_logits(model, model, inputs, positions, labels)
+        loss = trainer.compute_loss(model, batch)
+        hidden = model.get_base_model().model(**inputs).last_hidden_state[torch.arange(4), positions]
+    exact = hidden.float() @ head.weight[label_rows].float().T
+    in_bf16 = (hidden.bfloat16() @ head.weight[label_rows].bfloat16().T).float()
+    assert pair.dtype == torch.float32 and exact.abs().max() > 10
+    torch.testing.assert_close(pair, exact, rtol=0, atol=1e-4)
+    assert (in_bf16 - exact).abs().max() > 1e-2  # what a bf16 projection would have trained on
+    torch.testing.assert_close(loss, pair_loss(exact, targets), rtol=0, atol=1e-4)
+    assert abs(pair_loss(in_bf16, targets) - pair_loss(exact, targets)) > 1e-3
 
 
 def test_pair_loss_is_not_the_answer_loss(tmp_path, tiny_model_dir):

@@ -80,6 +80,18 @@ def test_preflight_lists_all_input_problems_before_loading(tmp_path):
     assert "model.name" in message and "lora.init_adapter" in message
 
 
+def test_preflight_refuses_a_bitsandbytes_older_than_transformers_minimum(tmp_path, tiny_model_dir, old_bitsandbytes):
+    from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
+
+    pytest.importorskip("bitsandbytes")
+    data = write_dataset(tmp_path / "data")
+    with pytest.raises(ConfigError, match=f"model.quantization: 4bit: bitsandbytes 0.45.0 is older than "
+                                          f"{BITSANDBYTES_MIN_VERSION}"):
+        preflight(tiny_config(tiny_model_dir, data, tmp_path / "run", model__quantization="4bit",
+                              model__dtype="bfloat16"))
+    preflight(tiny_config(tiny_model_dir, data, tmp_path / "run"))  # unquantized runs do not need it
+
+
 def test_finished_run_is_refused_unless_overwrite(tmp_path, tiny_model_dir):
     data = write_dataset(tmp_path / "data")
     run = tmp_path / "run"

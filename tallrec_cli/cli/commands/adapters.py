@@ -51,7 +51,6 @@ def show_command(name: str = typer.Argument(..., help="Adapter name."), store: P
     """
     from rich.markdown import Markdown
 
-
     card = read_card(name, store)
     _, _, body = card.partition("\n---\n") if card.startswith("---\n") else ("", "", card)
     console.print(Markdown(body))

@@ -34,7 +34,6 @@ def doctor_command(
     """
     import json
 
-
     checks = run_checks(recipe, parse_overrides(overrides), with_recipe=bool(overrides))
     if as_json:
         typer.echo(json.dumps([check.as_dict() for check in checks], indent=2))

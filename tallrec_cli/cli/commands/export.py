@@ -9,7 +9,8 @@ import typer
 from tallrec_cli.cli.commands._common import Dtype, command_app
 from tallrec_cli.cli.console import console, err_console
 from tallrec_cli.core.errors import ConfigError
-from tallrec_cli.export.exports import export_adapter, export_merged
+from tallrec_cli.export.adapter import export_adapter
+from tallrec_cli.export.merged import export_merged
 from tallrec_cli.export.registry import add_adapter, check_free, check_name, resolve_store
 
 app = command_app()
@@ -50,7 +51,6 @@ def export_command(
     if output is None and not to_registry:
         raise ConfigError("no --output folder given", "pass --output DIR (or --to-registry for an adapter)")
     if merged:
-
         with err_console.status("merging and verifying"):
             result = export_merged(run_dir, output, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite,
                                    base_model=base_model, verify_samples=verify_samples, device=device, name=name)

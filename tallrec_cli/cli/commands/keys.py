@@ -36,7 +36,6 @@ def keys_command(
     """
     from rich.markup import escape
 
-
     for name, (title, cls) in _schemas().items():
         if schema in (None, name):  # help texts are plain text, not rich markup
             console.print(ResultTable(title, ["key", "default", "help"],

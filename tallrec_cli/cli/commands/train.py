@@ -71,18 +71,15 @@ def train_command(
 
     flags = _flag_overrides(model, train, valid, shots, seed, output, overwrite, report_to)
     if resume and overwrite:
-
         raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
     if resume:
         run_dir = output or train_config.load_train_config(recipe).output.dir
         config = train_config.resume_config(run_dir)
         err_console.print(f"resuming {run_dir} with its saved config.yaml (other options are ignored)")
     else:
-
         config = train_config.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides,
                                                                              train_config.TrainConfig)))
     if dry_run:
-
         if accelerate_config is not None:
             processes = processes_from_accelerate_config(accelerate_config)
         result = estimate(config, gpu_memory)
@@ -97,7 +94,6 @@ def train_command(
 
 def _render_dry_run(result: dict[str, Any], console) -> None:
     import yaml
-
 
     console.print(yaml.safe_dump(result["config"], sort_keys=False).rstrip(), highlight=False)
     counts = result["parameters"]

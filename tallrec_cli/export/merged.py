@@ -1,0 +1,293 @@
+"""`tallrec export RUN --format merged`: the adapter merged into its base, written as a safetensors model and
+verified against base + adapter before it is accepted."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_builders import load_split
+from tallrec_cli.core.errors import ArtifactError, ConfigError, ResourceError, TallrecError
+from tallrec_cli.core.files import (
+    file_hashes,
+    staged_dir,
+    write_text_atomic,
+)
+from tallrec_cli.core.manifests import (
+    MergedExportManifest,
+    TrainedAdapter,
+)
+from tallrec_cli.core.metrics import safe_auc
+from tallrec_cli.eval.calibration import card_section
+from tallrec_cli.export.cards import front_matter, model_index, prompt_section, results_section
+from tallrec_cli.export.runs import TrainRun, check_output, load_train_run, resolve_base, run_payload, serving_name
+from tallrec_cli.model.loading import (
+    ModelSource,
+    default_device,
+    load_model,
+    load_tokenizer,
+)
+from tallrec_cli.model.prompts import LabelTokens, load_template
+from tallrec_cli.model.scoring import score_prompts
+
+MERGE_DTYPES = ("auto", "bfloat16", "float16", "float32")
+# Largest |merged - (base + adapter)| logit difference accepted, relative to the largest reference logit:
+# fp32 differs only by summation order; a 16-bit merge rounds W + BA once per weight.
+LOGIT_TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+AUC_TOLERANCE = {"float32": 1e-3, "float16": 0.02, "bfloat16": 0.02}
+LOGIT_PROMPTS = 4
+
+# Used to verify a merge when the run's validation data is gone (labels only make AUC computable).
+SAMPLE_RECORDS = [
+    {"instruction": "Given the user's preference and unpreference, identify whether the user will like the "
+                    'target movie by answering "Yes." or "No.".',
+     "input": f'User Preference: {liked}\nUser Unpreference: {disliked}\n'
+              f'Whether the user will like the target movie "{target}"?',
+     "label": label}
+    for liked, disliked, target, label in [
+        ('"Toy Story (1995)", "Star Wars (1977)"', '"Heat (1995)"', "Fargo (1996)", 1),
+        ('"Heat (1995)"', '"Toy Story (1995)"', "Babe (1995)", 0),
+        ('"Fargo (1996)", "Heat (1995)"', "", "Casino (1995)", 1),
+        ('"Babe (1995)"', '"Star Wars (1977)", "Fargo (1996)"', "Twister (1996)", 0),
+        ('"Star Wars (1977)"', '"Babe (1995)"', "Return of the Jedi (1983)", 1),
+        ("", '"Casino (1995)", "Heat (1995)"', "Copycat (1995)", 0),
+        ('"Toy Story (1995)"', '"Twister (1996)"', "Aladdin (1992)", 1),
+        ('"Copycat (1995)"', '"Aladdin (1992)"', "Pocahontas (1995)", 0),
+    ]
+]
+
+
+def estimate_merged_bytes(source: ModelSource, dtype: str) -> int:
+    """Size of the merged weights: parameter count (from the config, on the meta device) x bytes per value."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    params = sum(parameter.numel() for parameter in model.parameters())
+    return params * getattr(torch, dtype).itemsize
+
+
+def ensure_disk_space(output: Path, needed: int) -> None:
+    """Refuse before writing when the output's file system has less free space than ``needed`` + 5 %."""
+    probe = output.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    required = int(needed * 1.05) + (64 << 20)  # tokenizer, card and file-system slack
+    if free < required:
+        raise ResourceError(f"not enough disk space for the merged model at {output}: needs about "
+                            f"{required / 1e9:.2f} GB, {free / 1e9:.2f} GB free",
+                            "free space, choose another --output, or merge at --dtype bfloat16")
+
+
+def merge_dtype(requested: str, source: ModelSource) -> str:
+    """``auto`` keeps the base checkpoint's own 16/32-bit dtype (bf16 when it records none)."""
+    from transformers import AutoConfig
+
+    if requested not in MERGE_DTYPES:
+        raise ConfigError(f"--dtype {requested!r} is not one of {', '.join(MERGE_DTYPES)}")
+    if requested != "auto":
+        return requested
+    config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+    stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").replace("torch.", "")
+    return stored if stored in LOGIT_TOLERANCE else "bfloat16"
+
+
+def verification_records(run: TrainRun, limit: int) -> tuple[list[dict], str]:
+    """A seeded sample of the run's validation records, or built-in sample prompts when those are gone."""
+    import numpy as np
+
+    valid = run.manifest.data.valid
+    if valid and Path(valid).exists():
+        try:
+            records = [record for record in load_split(valid, "valid") if record.get("label") in (0, 1)]
+        except TallrecError:  # moved or rewritten since training: the built-in prompts still test the merge
+            records = []
+        if records:
+            order = np.random.default_rng(0).permutation(len(records))[:limit]
+            return [records[i] for i in order], str(valid)
+    return SAMPLE_RECORDS[:max(limit, 2)], "built-in sample prompts"
+
+
+@dataclass(frozen=True)
+class MergeVerification:
+    """Merged model (reloaded from disk) vs base + adapter on the same prompts."""
+    prompts_source: str
+    logit_prompts: int
+    max_abs_logit_diff: float
+    logit_bound: float
+    auc_samples: int
+    auc_adapter: float | None
+    auc_merged: float | None
+    auc_tolerance: float
+    max_abs_p_yes_diff: float
+
+    @property
+    def ok(self) -> bool:
+        auc_same = (self.auc_adapter is None) == (self.auc_merged is None) and (
+            self.auc_adapter is None or abs(self.auc_adapter - self.auc_merged) <= self.auc_tolerance)
+        return self.max_abs_logit_diff <= self.logit_bound and auc_same
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"prompts_source": self.prompts_source, "logit_prompts": self.logit_prompts,
+                "max_abs_logit_diff": self.max_abs_logit_diff, "logit_bound": self.logit_bound,
+                "auc_samples": self.auc_samples, "auc_adapter": self.auc_adapter, "auc_merged": self.auc_merged,
+                "auc_tolerance": self.auc_tolerance, "max_abs_p_yes_diff": self.max_abs_p_yes_diff, "ok": self.ok}
+
+
+def _full_logits(model, tokenizer, prompts: list[str]) -> list:
+    """Logits at every position, one unpadded prompt at a time (padding would blur the comparison)."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return [model(**tokenizer(prompt, return_tensors="pt").to(device)).logits[0].float().cpu()
+                for prompt in prompts]
+
+
+def compare_merge(reference_logits: list, merged_logits: list, reference_scores, merged_scores,
+                  labels: list[int], dtype: str, prompts_source: str) -> MergeVerification:
+    """Merged vs base + adapter: logit difference bounded relative to the logit scale, AUC within tolerance."""
+
+    scale = max(1.0, max(float(logits.abs().max()) for logits in reference_logits))
+    return MergeVerification(
+        prompts_source=prompts_source, logit_prompts=len(reference_logits),
+        max_abs_logit_diff=max(float((a - b).abs().max()) for a, b in zip(reference_logits, merged_logits)),
+        logit_bound=LOGIT_TOLERANCE[dtype] * scale, auc_samples=len(labels),
+        auc_adapter=safe_auc(labels, reference_scores), auc_merged=safe_auc(labels, merged_scores),
+        auc_tolerance=max(AUC_TOLERANCE[dtype], _one_pair(labels)),
+        max_abs_p_yes_diff=float(abs(reference_scores - merged_scores).max()),
+    )
+
+
+def _one_pair(labels: list[int]) -> float:
+    """What one reordered positive/negative pair moves AUC by: a 16-bit merge may swap a near-tie, and on
+    the 8 built-in prompts (16 pairs) that alone is 0.0625; the logit bound is the strict check there."""
+    positives = sum(1 for label in labels if label == 1)
+    return 1.0 / max(1, positives * (len(labels) - positives))
+
+
+@dataclass(frozen=True)
+class MergedExport:
+    path: Path
+    dtype: str
+    quantized_training: str | None
+    shards: int
+    size_bytes: int
+    verification: MergeVerification
+    manifest: MergedExportManifest
+
+
+def merged_card(name: str, base: str, manifest: TrainedAdapter, dtype: str, quantized: str | None,
+                verification: MergeVerification) -> str:
+    """README.md for a merged export: loads with plain transformers, no adapter needed."""
+    meta = {"base_model": base, "library_name": "transformers", "pipeline_tag": "text-generation",
+            "tags": ["tallrec", "lora", "merged", "recommendation"],
+            "datasets": [manifest.data.dataset_name], "metrics": ["roc_auc"]}
+    index = model_index(name, manifest)
+    if index:
+        meta["model-index"] = index
+    quant_note = (f"\n> The adapter was trained on a {quantized} (bitsandbytes) base. It was merged into the base "
+                  f"reloaded in {dtype}, never into quantized weights, so this model's scores differ slightly "
+                  "from the quantized base + adapter used in training.\n" if quantized else "")
+    check = verification
+    return (
+        front_matter(meta) + f"\n# {name}\n\n`{base}` with a tallrec LoRA adapter merged in ({dtype}). "
+        f"Load it with `AutoModelForCausalLM.from_pretrained` or serve it with `vllm serve PATH`.\n{quant_note}\n"
+        + prompt_section(manifest) + "\n" + results_section(manifest) + card_section(manifest.as_dict())
+        + "\n## Merge verification\n\n"
+        f"Reloaded from disk and compared with base + adapter on {check.logit_prompts} prompts "
+        f"({check.prompts_source}): max |logit difference| {check.max_abs_logit_diff:.3g} "
+        f"(bound {check.logit_bound:.3g}); P(yes) AUC on {check.auc_samples} samples "
+        f"{check.auc_adapter} (base + adapter) vs {check.auc_merged} (merged), "
+        f"max |P(yes) difference| {check.max_abs_p_yes_diff:.3g}.\n"
+    )
+
+
+def _parse_shard_size(max_shard_size: str) -> int:
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        return convert_file_size_to_int(max_shard_size)
+    except (ValueError, TypeError):
+        raise ConfigError(f"--max-shard-size {max_shard_size!r} is not a size", "write it like 2GB or 500MB") from None
+
+
+def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", max_shard_size: str = "2GB",
+                  overwrite: bool = False, base_model: str | None = None, verify_samples: int = 32,
+                  device: str | None = None, name: str | None = None) -> MergedExport:
+    """Merge the run's adapter into its base (16/32-bit, never quantized weights) and write a sharded
+    safetensors model + tokenizer + card + ``merged-export`` manifest, verified against base + adapter."""
+    from peft import PeftModel
+
+    output = Path(output)
+    _parse_shard_size(max_shard_size)
+    check_output(output, run_dir, base_model, overwrite)
+    run = load_train_run(run_dir)
+    source = resolve_base(run, base_model)
+    dtype = merge_dtype(dtype, source)
+    merged_bytes = estimate_merged_bytes(source, dtype)
+    ensure_disk_space(output, merged_bytes)
+    device = device or default_device()
+    # Weights load straight onto the device, so a GPU too small fails inside load_model with this advice.
+    oom_hint = (f"merge in host RAM instead: --device cpu (about {merged_bytes / 1e9:.1f} GB of RAM at {dtype})"
+                if device != "cpu" else "free host RAM or merge on a machine with more memory")
+    quantization = run.manifest.quantization
+    quantized = None if quantization == "none" else quantization
+
+    tokenizer_source = ModelSource("local", str(run.adapter_dir), str(run.adapter_dir)) if run.has_tokenizer else source
+    tokenizer = load_tokenizer(tokenizer_source)
+    template = load_template(run.manifest.prompt.template)
+    labels = LabelTokens(**run.manifest.labels)
+    records, prompts_source = verification_records(run, max(verify_samples, LOGIT_PROMPTS))
+    prompts = [template.render(record, tokenizer) for record in records]
+    truth = [int(record["label"]) for record in records]
+
+    with staged_dir(output, overwrite=overwrite) as staging:
+        # Base reloaded unquantized at the merge dtype: merging into 4/8-bit weights would re-quantize the update.
+        model = PeftModel.from_pretrained(load_model(source, dtype, "none", device=device, oom_hint=oom_hint),
+                                          str(run.adapter_dir))
+        model.eval()
+        reference_logits = _full_logits(model, tokenizer, prompts[:LOGIT_PROMPTS])
+        reference_scores = score_prompts(model, tokenizer, prompts, labels)
+        # No safe_merge: adapter tensors were checked finite on load, and a NaN anywhere fails the logit check.
+        merged = model.merge_and_unload()
+        merged.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size)
+        if not (staging / "generation_config.json").exists():
+            merged.generation_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        del model, merged
+        gc.collect()
+
+        reloaded = load_model(ModelSource("local", str(staging), str(staging)), dtype, "none", device=device,
+                              oom_hint=oom_hint)
+        merged_logits = _full_logits(reloaded, tokenizer, prompts[:LOGIT_PROMPTS])
+        merged_scores = score_prompts(reloaded, tokenizer, prompts, labels)
+        del reloaded
+        gc.collect()
+        verification = compare_merge(reference_logits, merged_logits, reference_scores, merged_scores, truth, dtype,
+                                     prompts_source)
+        if not verification.ok:
+            raise ArtifactError(
+                f"the merged model does not reproduce base + adapter: max |logit diff| "
+                f"{verification.max_abs_logit_diff:.3g} (bound {verification.logit_bound:.3g}), AUC "
+                f"{verification.auc_adapter} vs {verification.auc_merged}; nothing was written",
+                "try --dtype float32 (with --device cpu where the GPU cannot hold fp32 weights); if it persists, "
+                "report it with TALLREC_DEBUG=1",
+            )
+        base = serving_name(source)
+        name = name or output.name
+        write_text_atomic(staging / "README.md", merged_card(name, base, run.manifest, dtype, quantized, verification))
+        weights = sorted(staging.glob("*.safetensors"))
+        manifest = MergedExportManifest.new(
+            **run_payload(run), name=name, base_model_name_or_path=base,
+            merge={"dtype": dtype, "training_quantization": quantized or "none",
+                   "merged_into": f"unquantized base reloaded in {dtype}", "max_shard_size": max_shard_size},
+            verification=verification.as_dict(), files=file_hashes(staging)).write(staging)
+        size = sum(path.stat().st_size for path in weights)
+    return MergedExport(output, dtype, quantized, len(weights), size, verification, manifest)
