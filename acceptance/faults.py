@@ -6,7 +6,12 @@ faults are injected at random (seeded) points:
 
 - kill: SIGKILL after a random fraction of the command's clean run time;
 - disk full: the outputs live on a tmpfs whose size is set, before the command, to what is already used plus
-  a random fraction of what the command writes, so ENOSPC hits a random write (torch, safetensors, json...).
+  a random fraction of what the command writes, so ENOSPC hits a random write (torch, safetensors, json...);
+- data changed under a run: a training run is killed, a record of its data is flipped (a file of a dataset
+  whose manifest records its hashes, or a plain file), and `--resume` must refuse it, naming the file; with
+  the data restored it must finish;
+- damaged checkpoints: a training run is killed, the newest checkpoint's weights or optimizer state are cut
+  short, and `--resume` must skip it (saying which) and finish from an older one.
 
 After each fault: every artifact folder must hold a complete, verifiable manifest or none (a run's adapter
 parses, an export matches its file hashes, samples hold the records they list, sweep cells are whole); an
@@ -53,8 +58,8 @@ class Bench:
                     "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.clean_seconds: dict[str, float] = {}
         self.clean_bytes: dict[str, int] = {}
-        self.counts = {"faults": 0, "kills": 0, "disk_full": 0, "survived": 0, "data_lost": 0, "internal_errors": 0,
-                       "recovery_failed": 0, "violations": 0}
+        self.counts = {"faults": 0, "kills": 0, "disk_full": 0, "data_changed": 0, "checkpoints_damaged": 0,
+                       "survived": 0, "data_lost": 0, "internal_errors": 0, "recovery_failed": 0, "violations": 0}
         self.log: list[dict] = []
 
     # ------------------------------------------------------------------------------------------- setup
@@ -64,9 +69,12 @@ class Bench:
         from tests.train_helpers import write_dataset
 
         build_tiny_llama(self.inputs / "model")
+        from tallrec_cli.core.integrity import RECORDED_FILES, record_files
+
         data = write_dataset(self.inputs / "data", train=32, valid=8)
         shutil.copy(data / "valid.jsonl", data / "test.jsonl")
-        write_manifest(data, "dataset", {})
+        write_manifest(data, "dataset", {RECORDED_FILES: record_files(data, ["train.jsonl", "valid.jsonl",
+                                                                          "test.jsonl"])})
         (self.inputs / "recipe.yaml").write_text(RECIPE.format(model=self.inputs / "model", data=data))
         self.out.mkdir()
         self._mount(self.out, "1g")
@@ -228,11 +236,96 @@ class Bench:
         print(f"{len(self.log):3d} {job:16s} {kind:9s} -> {'ok' if not problems else '; '.join(problems)}",
               flush=True)
 
+    # ----------------------------------------------------------------------- faults under a training run
+    def killed_run(self, data: Path) -> Path | None:
+        """A training run of ``data`` killed at a random point after its first checkpoint (None: it finished)."""
+        run = self.out / "run-under-fault"
+        shutil.rmtree(run, ignore_errors=True)
+        process = subprocess.Popen([sys.executable, "-m", "tallrec_cli", "train", str(self.inputs / "recipe.yaml"),
+                                    "--train", str(data), "-o", str(run)], cwd=self.root, env=self.env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while process.poll() is None and not list((run / "checkpoints").glob("checkpoint-*")):
+            time.sleep(0.05)
+        time.sleep(self.rng.uniform(0.0, 1.0))  # the last steps take about a second on the tiny model
+        if process.poll() is not None:
+            return None
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return None if (run / "manifest.json").exists() else run  # killed once it had finished: no fault
+
+    def data_changed(self) -> None:
+        """Flip one record's label in the data of a killed run: `--resume` refuses, naming the file; restored,
+        it finishes. Half the time the data is a dataset folder whose manifest records its hashes (the load
+        check refuses), else a plain copy (the run's own record of its inputs refuses)."""
+        recorded = self.rng.random() < 0.5
+        data = self.out / "data-under-run"
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.copytree(self.inputs / "data", data)
+        if not recorded:
+            (data / "manifest.json").unlink()
+        run = self.killed_run(data)
+        if run is None:
+            print(f"    {'data-changed':16s} -> finished before the fault point", flush=True)
+            return
+        train = data / "train.jsonl"
+        original = train.read_text()
+        lines = original.splitlines(keepends=True)
+        record = json.loads(lines[0])
+        flipped = {**record, "label": 1 - record["label"], "output": "No." if record["label"] else "Yes."}
+        train.write_text(json.dumps(flipped) + "\n" + "".join(lines[1:]))
+        code, err, _ = self.tallrec(["train", "-o", str(run), "--resume"])
+        problems = []
+        if code != 2 or ("train.jsonl" not in err and "training data" not in err):
+            problems.append(f"resume on changed data: exit {code}, {err.strip().splitlines()[-1:] or 'no message'}")
+        if (run / "manifest.json").exists():
+            problems.append("a run finished on data it did not start with")
+        train.write_text(original)
+        code, err, _ = self.tallrec(["train", "-o", str(run), "--resume"])
+        if code != 0 or self.verify(run) or not (run / "manifest.json").is_file():
+            problems.append(f"resume with the data restored failed: {err.strip().splitlines()[-1:] or code}")
+        self.record("data-changed", "recorded" if recorded else "plain", "data_changed", problems)
+
+    def damaged_checkpoint(self) -> None:
+        """Cut the newest checkpoint of a killed run short: `--resume` skips it, says which, and finishes."""
+        run = self.killed_run(self.inputs / "data")
+        if run is None:
+            print(f"    {'damaged-checkpoint':16s} -> finished before the fault point", flush=True)
+            return
+        newest = max((run / "checkpoints").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
+        victim = newest / self.rng.choice(("adapter_model.safetensors", "optimizer.pt"))
+        victim.write_bytes(victim.read_bytes()[: int(victim.stat().st_size * self.rng.uniform(0.1, 0.9))])
+        code, err, _ = self.tallrec(["train", "-o", str(run), "--resume"])
+        problems = []
+        if "internal error" in err:
+            self.counts["internal_errors"] += 1
+            problems.append("internal error: " + err.strip().splitlines()[-1])
+        if code != 0 or self.verify(run) or not (run / "manifest.json").is_file():
+            problems.append(f"resume past a damaged checkpoint failed: {err.strip().splitlines()[-1:] or code}")
+        elif newest.name not in err:
+            problems.append(f"the damaged {newest.name} was skipped without saying so")
+        self.record("damaged-checkpoint", victim.name, "checkpoints_damaged", problems)
+
+    def record(self, job: str, fault: str, count: str, problems: list[str]) -> None:
+        self.counts["faults"] += 1
+        self.counts[count] += 1
+        self.counts["recovery_failed"] += any("failed" in problem for problem in problems)
+        self.counts["violations"] += bool(problems)
+        self.counts["survived"] += not problems
+        self.log.append({"job": job, "fault": fault, "problems": problems})
+        print(f"{len(self.log):3d} {job:16s} {fault:9s} -> {'ok' if not problems else '; '.join(problems)}",
+              flush=True)
+
     def run(self, budget: float) -> None:
         deadline = time.monotonic() + budget
-        jobs = list(self.clean_seconds)
+        jobs = [*self.clean_seconds, "data-changed", "damaged-checkpoint"]
         while time.monotonic() < deadline:
             job = self.rng.choice(jobs)
+            if job == "data-changed":
+                self.data_changed()
+                continue
+            if job == "damaged-checkpoint":
+                self.damaged_checkpoint()
+                continue
             finished = self.complete()
             if job == "export" and "run" not in finished:
                 job = "train"
@@ -266,10 +359,12 @@ def main() -> None:
     print(f"\nseed {args.seed}, {time.monotonic() - started:.0f} s, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; clean runs (s): "
           + ", ".join(f"{job} {seconds:.1f}" for job, seconds in bench.clean_seconds.items()))
-    print("| faults injected | kills | disk full | survived | data lost | internal errors | recovery failed |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {counts['faults']} | {counts['kills']} | {counts['disk_full']} | {counts['survived']} | "
-          f"{counts['data_lost']} | {counts['internal_errors']} | {counts['recovery_failed']} |")
+    print("| faults injected | kills | disk full | data changed | checkpoints damaged | survived | data lost | "
+          "internal errors | recovery failed |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {counts['faults']} | {counts['kills']} | {counts['disk_full']} | {counts['data_changed']} | "
+          f"{counts['checkpoints_damaged']} | {counts['survived']} | {counts['data_lost']} | "
+          f"{counts['internal_errors']} | {counts['recovery_failed']} |")
     shutil.rmtree(root, ignore_errors=True)
     sys.exit(1 if counts["violations"] else 0)
 

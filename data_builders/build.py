@@ -24,6 +24,7 @@ from data_builders.templates import load_record_template
 from tallrec_cli.core.config import deep_merge, from_dict, read_yaml, to_dict
 from tallrec_cli.core.errors import ConfigError, DataError
 from tallrec_cli.core.files import refuse_overlap, sha256_file, staged_dir, write_jsonl_atomic
+from tallrec_cli.core.integrity import RECORDED_FILES, record_files
 from tallrec_cli.core.manifests import write_manifest
 
 Progress = Callable[[str, int | None, int], None]
@@ -106,7 +107,7 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
     refuse_overlap(config.output, (config.path, config.items_path))
     template = load_record_template(config.template)
     report = Report(skip_bad_rows=config.skip_bad_rows)
-    with staged_dir(config.output, overwrite=config.overwrite) as staging:
+    with staged_dir(config.output, "dataset", overwrite=config.overwrite) as staging:
         interactions = read_source(config, report, on_progress)
         examples = make_examples(interactions, config.like_threshold, config.history_pool, config.min_history,
                                  config.max_records, config.split, config.split_ratios, config.seed,
@@ -142,6 +143,7 @@ def build_dataset(config: BuildConfig, on_progress: Progress | None = None) -> d
             "config": to_dict(config),
             "format": config.format,
             "files": files,
+            RECORDED_FILES: record_files(staging, list(files.values())),
             "template": {"name": template.name, "variants": len(template.variants),
                          "outputs": {"yes": template.yes, "no": template.no}},
             "splits": _split_counts(examples),

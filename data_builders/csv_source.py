@@ -13,10 +13,12 @@ from tallrec_cli.core.errors import DataError
 
 
 def _read_table(path: Path, wanted: list[str], text: list[str], sep: str | None, encoding: str,
-                report: Report) -> pd.DataFrame:
-    """The ``wanted`` columns; from CSV the ``text`` ones are read as text (ids keep their spelling, "007")."""
+                report: Report, option: str = "--path") -> pd.DataFrame:
+    """The ``wanted`` columns; from CSV the ``text`` ones are read as text (ids keep their spelling, "007").
+    ``option`` is the one that named ``path``, for the hint when it does not exist."""
     if not path.is_file():
-        raise DataError(f"{path} does not exist", "pass the rating log (CSV, TSV or Parquet) with --path")
+        what = "the item-title file" if option == "--items" else "the rating log"
+        raise DataError(f"{path} does not exist", f"pass {what} (CSV, TSV or Parquet) with {option}")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -60,7 +62,7 @@ def read(path: Path | None, items_path: Path | None, columns: ColumnMap, encodin
     else:
         id_column = columns.item_id or columns.item
         items = _read_table(items_path, [id_column, columns.title], [id_column, columns.title], columns.sep, encoding,
-                            report)
+                            report, "--items")
         titles = items.set_index(id_column)[columns.title]
         files.append(items_path)
     return assemble(frame, titles, files, report, items_path.name if items_path else path.name)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tallrec_cli.core.errors import DataError
 from tallrec_cli.core.files import atomic_path, read_jsonl
+from tallrec_cli.core.integrity import check_recorded_file
 
 REQUIRED_KEYS = ("instruction", "input", "output")
 
@@ -47,10 +48,12 @@ def normalize_records(rows: list, source: str | os.PathLike, id_prefix: str) -> 
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
-    """Validated records of one ``.jsonl`` file or TALLRec ``.json`` array (with ``label`` and ``id``)."""
+    """Validated records of one ``.jsonl`` file or TALLRec ``.json`` array (with ``label`` and ``id``); a file
+    of a dataset or sample folder must still have the size and sha256 its manifest recorded."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist", "pass a .jsonl or TALLRec .json file, or a dataset folder")
+    check_recorded_file(path)
     if path.suffix == ".jsonl":
         rows = read_jsonl(path)
     else:
@@ -66,13 +69,28 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     return normalize_records(rows, path, path.stem)
 
 
+def split_path(dir_or_file: str | os.PathLike, split: str) -> Path | None:
+    """The file ``split`` is read from: a dataset folder's ``split.jsonl`` / ``split.json``, or the file
+    itself; None when there is none."""
+    path = Path(dir_or_file).expanduser()
+    if not path.is_dir():
+        return path if path.is_file() else None
+    return next((path / name for name in (f"{split}.jsonl", f"{split}.json") if (path / name).is_file()), None)
+
+
+def is_training_file(valid: str | os.PathLike | None, train: str | os.PathLike | None) -> bool:
+    """Whether validation records would be read from the very file training reads (``valid``'s valid split
+    is ``train``'s train split): selecting or calibrating on the records the model learned from."""
+    found = [split_path(path, split) if path else None for path, split in ((valid, "valid"), (train, "train"))]
+    return None not in found and found[0].resolve() == found[1].resolve()
+
+
 def split_file(dataset_dir: str | os.PathLike, split: str) -> Path:
-    folder = Path(dataset_dir)
-    for name in (f"{split}.jsonl", f"{split}.json"):
-        if (folder / name).is_file():
-            return folder / name
-    raise DataError(f"{folder} has no {split}.jsonl or {split}.json",
-                    "pass a folder made by `tallrec data build` or `tallrec data import`, or a single file")
+    found = split_path(dataset_dir, split) if Path(dataset_dir).is_dir() else None
+    if found is None:
+        raise DataError(f"{dataset_dir} has no {split}.jsonl or {split}.json",
+                        "pass a folder made by `tallrec data build` or `tallrec data import`, or a single file")
+    return found
 
 
 def load_split(dataset_dir_or_file: str | os.PathLike, split: str) -> list[dict]:

@@ -11,6 +11,7 @@ from data_builders.structure import has_structure, parse_input
 from data_builders.templates import Template, load_record_template, template_names
 from tallrec_cli.core.errors import ConfigError, DataError
 from tallrec_cli.core.files import refuse_overlap, sha256_file, staged_dir, write_jsonl_atomic
+from tallrec_cli.core.integrity import RECORDED_FILES, record_files
 from tallrec_cli.core.manifests import write_manifest
 
 
@@ -29,14 +30,14 @@ def import_tallrec(paths: list[str | os.PathLike], output: str | os.PathLike, fm
     for path in files:
         if path.suffix != ".json":
             raise DataError(f"{path} is not a TALLRec .json file", "pass TALLRec's JSON arrays, e.g. valid.json")
-    splits = {}
+    splits, names = {}, {}
     # TALLRec's own templates first: paraphrase sets repeat their wording as variant 0
     templates = [load_record_template(name) for name in sorted(template_names(), key=lambda n: not n.startswith("tallrec-"))]
-    with staged_dir(output, overwrite=overwrite) as staging:
+    with staged_dir(output, "dataset", overwrite=overwrite) as staging:
         for path in files:
             records = [_with_structure(record, templates) for record in read_records(path)]
             parsed = sum(has_structure(record) for record in records)
-            name = f"{path.stem}.jsonl" if fmt == "jsonl" else f"{path.stem}.json"
+            name = names[path.stem] = f"{path.stem}.jsonl" if fmt == "jsonl" else f"{path.stem}.json"
             if fmt == "jsonl":
                 write_jsonl_atomic(staging / name, records)
             else:
@@ -54,7 +55,8 @@ def import_tallrec(paths: list[str | os.PathLike], output: str | os.PathLike, fm
             "source_files": [{"path": str(p.resolve()), "sha256": sha256_file(p), "bytes": p.stat().st_size}
                              for p in files],
             "format": fmt,
-            "files": {stem: f"{stem}.jsonl" if fmt == "jsonl" else f"{stem}.json" for stem in splits},
+            "files": names,
+            RECORDED_FILES: record_files(staging, list(names.values())),
             "splits": splits,
             "records": sum(s["records"] for s in splits.values()),
         }

@@ -16,6 +16,7 @@ import numpy as np
 from data_builders.dataset import load_split
 from tallrec_cli.core.errors import DataError
 from tallrec_cli.core.files import refuse_overlap, staged_dir, write_jsonl_atomic
+from tallrec_cli.core.integrity import RECORDED_FILES, record_files
 from tallrec_cli.core.manifests import read_manifest, write_manifest
 
 
@@ -52,13 +53,18 @@ def parse_int_list(text: str, name: str, minimum: int = 0) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise DataError(f"{name} must be comma-separated integers, got {text!r}", f"e.g. --{name} 16,64,256") from None
+        raise DataError(f"{name} must be comma-separated integers, got {text!r}", _example(name)) from None
     if not values:
-        raise DataError(f"{name} is empty", f"e.g. --{name} 16,64,256")
+        raise DataError(f"{name} is empty", _example(name))
     small = [value for value in values if value < minimum]
     if small:
-        raise DataError(f"{name} must be at least {minimum}, got {small[0]}", f"e.g. --{name} 16,64,256")
+        raise DataError(f"{name} must be at least {minimum}, got {small[0]}", _example(name))
     return values
+
+
+def _example(name: str) -> str:
+    """An example value of the option ``name``: shot sizes for --shots, seeds for --seeds."""
+    return f"e.g. --{name} " + {"shots": "16,64,256", "seeds": "0,1,2"}.get(name, "1,2,3")
 
 
 def write_samples(dataset: str | os.PathLike, output: str | os.PathLike, shots: list[int], seeds: list[int],
@@ -73,7 +79,7 @@ def write_samples(dataset: str | os.PathLike, output: str | os.PathLike, shots: 
     dataset_path = Path(dataset)
     source_manifest = read_manifest(dataset_path) if (dataset_path / "manifest.json").is_file() else None
     files = {}
-    with staged_dir(output, overwrite=overwrite) as staging:
+    with staged_dir(output, "samples", overwrite=overwrite) as staging:
         for seed in seeds:
             for k in shots:
                 subset = sample_records(pool, k, seed, stratify)
@@ -88,6 +94,7 @@ def write_samples(dataset: str | os.PathLike, output: str | os.PathLike, shots: 
             "shots": shots, "seeds": seeds, "stratify": stratify,
             "method": "stratified by label, nested" if stratify else "datasets Dataset.shuffle(seed).select(range(k))",
             "files": files,
+            RECORDED_FILES: record_files(staging, list(files)),
         }
         write_manifest(staging, "samples", payload)
     return payload

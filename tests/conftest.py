@@ -108,3 +108,19 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def old_bitsandbytes(monkeypatch):
+    """bitsandbytes reported as 0.45.0 (older than the 0.46.1 transformers 5 quantizes with); transformers'
+    cached answer to "is bitsandbytes available" is cleared before and after, so it reads this version too."""
+    import importlib.metadata
+
+    from transformers.utils import import_utils
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.45.0" if name == "bitsandbytes" else real(name))
+    import_utils.is_bitsandbytes_available.cache_clear()
+    yield
+    monkeypatch.undo()
+    import_utils.is_bitsandbytes_available.cache_clear()

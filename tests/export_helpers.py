@@ -28,6 +28,7 @@ def make_train_run(run_dir: Path, base: str, quantization: str = "none", r: int 
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from tallrec_cli.core.integrity import adapter_hashes
     from tallrec_cli.core.manifests import BestStep, RunData, RunMetrics, split_sha256, train_run_manifest
     from tallrec_cli.model.loading import (
         base_model_config_summary,
@@ -66,5 +67,5 @@ def make_train_run(run_dir: Path, base: str, quantization: str = "none", r: int 
                    dataset_manifest_sha256="0" * 64, name="tiny-movies")
     train_run_manifest(config, base_model=model_identity(source), base_model_config=base_model_config_summary(model),
                        labels=labels.as_dict(), dtype=dtype, data=data, best=BestStep(4, 0.625),
-                       metrics=RunMetrics(0.625, 0.69), wall_seconds=1.0).write(run_dir)
+                       metrics=RunMetrics(0.625, 0.69), wall_seconds=1.0, files=adapter_hashes(run_dir)).write(run_dir)
     return run_dir

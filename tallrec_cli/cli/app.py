@@ -9,6 +9,7 @@ import typer
 
 from tallrec_cli import __version__
 from tallrec_cli.cli.commands import adapters, audit, calibrate, data, doctor, evaluate, export, keys, sweep, train
+from tallrec_cli.cli.commands._common import Group
 from tallrec_cli.cli.console import RichReporter, err_console
 from tallrec_cli.core.errors import TallrecError
 from tallrec_cli.core.files import user_os_error
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="markdown",
     add_completion=False,
+    cls=Group,
 )
 
 

@@ -91,10 +91,26 @@ def _gauc(row: dict) -> str:
 
 def audit_summary_lines(audit: dict) -> list[str]:
     """Plain sentences under the tables: what moved and what leaked."""
-    lines = []
-    lift = audit["history_ablation"]["auc_lift_share_from_history"]
-    if lift is not None:
-        lines.append(f"{lift:.0%} of the AUC above 0.5 goes when the history is removed")
+    lines = [_history_line(audit)]
     leaks = audit["leaks_found"]
     lines.append(f"leaks found: {', '.join(leaks)}" if leaks else "no leak found by the checks that ran")
-    return lines + audit["notes"]
+    return [line for line in lines if line] + audit["notes"]
+
+
+def _history_line(audit: dict) -> str | None:
+    """What removing the history did to the AUC, as a share of the AUC above chance only when both the AUC's
+    lead over 0.5 and the change are significant (a share of a lead that may be 0 means nothing)."""
+    overall, ablation = audit["overall"], audit["history_ablation"]
+    change, interval = ablation.get("auc_diff"), ablation.get("auc_diff_ci95")
+    if change is None:
+        return None
+    moved = f"removing the history changes the AUC by {change:+.4f}" + (
+        f" (95% CI {interval[0]:+.4f}, {interval[1]:+.4f})" if interval else "")
+    if interval and interval[0] <= 0 <= interval[1]:
+        return f"{moved}: not significant"
+    auc_interval = overall.get("auc_ci95")
+    if auc_interval and auc_interval[0] <= 0.5:
+        return (f"{moved}; the AUC {overall['auc']:.4f} is not significantly above chance (95% CI "
+                f"{auc_interval[0]:.4f}-{auc_interval[1]:.4f}), so no share of it is put on the history")
+    lift = ablation["auc_lift_share_from_history"]
+    return f"{moved}: {lift:.0%} of the AUC above 0.5 goes with it" if lift is not None else moved

@@ -59,8 +59,11 @@ class ResourceError(TallrecError):
 class TrainingInterrupted(TallrecError):
     """Ctrl-C stopped a run after ``step`` optimizer steps (a checkpoint was saved, so it can resume).
 
-    Callers tell an interruption from a failure by this type and read ``step``, never the message.
+    Callers tell an interruption from a failure by this type and read ``step``, never the message. It exits
+    130, the shell's code for SIGINT, like a Ctrl-C anywhere else.
     """
+
+    exit_code = 130
 
     def __init__(self, step: int, message: str, hint: str | None = None):
         super().__init__(message, hint)

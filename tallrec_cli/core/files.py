@@ -34,7 +34,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        with naming_the_path(path):
+            yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes files private; artifacts are ordinary files
         os.replace(tmp_path, path)
     finally:
@@ -146,6 +147,29 @@ def check_writable(path: str | os.PathLike) -> None:
         raise user_os_error(exc, f"cannot write {path}") or exc from None
 
 
+@contextlib.contextmanager
+def naming_the_path(path: str | os.PathLike) -> Iterator[None]:
+    """A write that fails without saying where (``handle.write`` on a full disk reports no file name) is
+    re-raised naming ``path``, so the error a person sees says which file or folder could not be written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _USER_ERRNOS:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Before any work: ``path`` can be written as a file: not a folder, not an existing file unless
+    ``overwrite``, on a writable disk."""
+    path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a folder, not a file", "choose another --output (a file)")
+    if path.exists() and not overwrite:
+        raise ArtifactError(f"{path} already exists", "pass --overwrite to replace it, or choose another --output")
+    check_writable(path)
+
+
 _USER_ERRNOS = {
     errno.ENOSPC: ("no space left on the disk", "free some space (or choose an output on another disk) and run again"),
     errno.EDQUOT: ("disk quota exceeded", "free some space (or choose an output on another disk) and run again"),
@@ -179,12 +203,22 @@ def user_os_error(exc: BaseException, doing: str | None = None) -> ResourceError
     for each in _os_errors(exc):
         if isinstance(each, OSError) and each.errno in _USER_ERRNOS:
             reason, hint = _USER_ERRNOS[each.errno]
-            where = each.filename or doing or "a file"
-            return ResourceError(f"{doing + ': ' if doing else ''}{reason} ({where})", hint)
+            where = each.filename or doing
+            message = f"{doing + ': ' if doing else ''}{reason}" + (f" ({where})" if where and where != doing else "")
+            return ResourceError(message, _home_hint(where) or hint)
     if is_disk_full(exc):
         reason, hint = _USER_ERRNOS[errno.ENOSPC]
         return ResourceError(f"{doing or 'writing failed'}: {reason}? ({str(exc).splitlines()[0][:200]})", hint)
     return None
+
+
+def _home_hint(where: str | os.PathLike | None) -> str | None:
+    """The fix for a failure inside TALLREC_HOME (caches, the default registry), which no --output moves."""
+    home = tallrec_home().expanduser().absolute()
+    if where is None or not Path(where).expanduser().absolute().is_relative_to(home):
+        return None
+    return f"{home} is TALLREC_HOME (caches and the default adapter registry): free space there, or point " \
+           "TALLREC_HOME at a writable folder with room"
 
 
 def _exchange(first: Path, second: Path) -> bool:
@@ -265,34 +299,62 @@ def replace_dir(source: Path, target: Path) -> None:
         _swap_contents(source, target)
 
 
-def check_output_folder(target: str | os.PathLike, overwrite: bool = False) -> Path:
-    """The folder to write for ``target`` (a symlink's destination), refused when it is a file or (without
-    ``overwrite``) a non-empty folder; checked before any work."""
+def artifact_kind(folder: str | os.PathLike) -> str | None:
+    """The ``kind`` its manifest gives ``folder``, or None (no manifest, or not one this tool can read)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return manifest.get("kind") if isinstance(manifest, dict) else None
+
+
+def check_output_folder(target: str | os.PathLike, kinds: str | Iterable[str], overwrite: bool = False) -> Path:
+    """The folder to write for ``target`` (a symlink's destination), checked before any work: refused when it
+    is a file, or a non-empty folder without ``overwrite``. ``overwrite`` replaces only an artifact of one of
+    ``kinds`` (what the command writes): anything else there is named, never deleted."""
     target = Path(target)
     if target.is_symlink():
         target = target.resolve()  # replace what the link points to; the link itself stays
     _restore_aside(target)
     if target.exists() and not target.is_dir():
         raise ArtifactError(f"{target} is a file, not a folder", "choose another --output (a folder)")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise ArtifactError(f"{target} already exists and is not empty", "pass --overwrite or choose another --output")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise ArtifactError(f"{target} already exists and is not empty",
+                                "pass --overwrite or choose another --output")
+        _check_replaceable(target, (kinds,) if isinstance(kinds, str) else tuple(kinds))
     check_writable(target)
     return target
 
 
+def _check_replaceable(target: Path, kinds: tuple[str, ...]) -> None:
+    # a swap of a mount point's contents killed half-way left the old manifest in .tallrec-old-*
+    found = artifact_kind(target) or next(filter(None, map(artifact_kind, target.glob(".tallrec-old-*"))), None)
+    if found in kinds:
+        return
+    expected = " or ".join(f"a {kind}" for kind in kinds)
+    names = sorted(entry.name for entry in target.iterdir())
+    what = (f"a {found} artifact" if found else
+            f"files that are no tallrec artifact ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    raise ArtifactError(f"{target} holds {what}, not {expected}: --overwrite replaces only {expected} (or an "
+                        "empty folder), so nothing was changed", "choose another --output")
+
+
 @contextlib.contextmanager
-def staged_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def staged_dir(target: str | os.PathLike, kinds: str | Iterable[str], overwrite: bool = False) -> Iterator[Path]:
     """Build a folder in a hidden sibling and move it into place only when the block succeeds.
 
     Nothing half-written is ever left at ``target`` and the old ``target`` stays until the new one is
-    complete; on error the staging folder is removed. A mount point is staged inside itself.
+    complete; on error the staging folder is removed. A mount point is staged inside itself. ``kinds`` and
+    ``overwrite``: see `check_output_folder`.
     """
-    target = check_output_folder(target, overwrite)
+    target = check_output_folder(target, kinds, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     beside = target if os.path.ismount(target) else target.parent
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=beside))
     try:
-        yield staging
+        with naming_the_path(target):
+            yield staging
         os.chmod(staging, 0o777 & ~_umask())
         replace_dir(staging, target)
     finally:

@@ -29,3 +29,12 @@ def value_with_interval(value: float | None, interval: Sequence[float] | None, s
         return "-"
     text = f"{value:+.4f}" if signed else f"{value:.4f}"
     return text + ("\n" + short_interval(interval, signed) if interval else "")
+
+
+def format_bytes(size: int) -> str:
+    """``15 KB``, ``18.9 MB``, ``4.2 GB``: a file size with a unit that keeps it readable (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.0f} {unit}" if value >= 100 or unit == "KB" else f"{value:.1f} {unit}"
+    return f"{size} B"

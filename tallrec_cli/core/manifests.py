@@ -196,27 +196,36 @@ class TrainRunManifest(TrainedAdapter):
     processes: int = 1
     wall_seconds: float
     config: dict[str, Any]
+    # relative path -> sha256 of the adapter files training wrote (None: a run from before runs recorded them)
+    files: dict[str, str] | None = None
 
 
 def train_run_manifest(config, *, base_model: dict[str, Any], base_model_config: dict[str, Any] | None,
                        labels: dict[str, Any], dtype: str, data: RunData, best: BestStep, metrics: RunMetrics,
-                       wall_seconds: float, processes: int = 1) -> TrainRunManifest:
-    """A train run's manifest from its `TrainConfig` and what the run measured."""
+                       wall_seconds: float, files: dict[str, str], processes: int = 1) -> TrainRunManifest:
+    """A train run's manifest from its `TrainConfig`, what the run measured and the hashes of the adapter
+    files it wrote (``files``)."""
     return TrainRunManifest.new(
         base_model=base_model, base_model_config=base_model_config, prompt=PromptRecord(config.prompt.template),
         labels=labels, quantization=config.model.quantization, dtype=dtype, lora=to_dict(config.lora), data=data,
         seed=config.training.seed, processes=processes, best=best, metrics=metrics,
-        wall_seconds=round(wall_seconds, 2), config=to_dict(config))
+        wall_seconds=round(wall_seconds, 2), config=to_dict(config), files=files)
 
 
-def run_data(config, train_records: int, valid_records: int, truncated_records: int) -> RunData:
-    """The `RunData` of a run of ``config``: its paths, sample, record counts and the hashes of its inputs."""
+def data_hashes(train: str | None, valid: str | None) -> dict[str, str | None]:
+    """The hashes that identify a run's data (`RunData`'s ``*_sha256``), taken when the run starts."""
+    return {"train_sha256": split_sha256(train, "train"), "valid_sha256": split_sha256(valid or train, "valid"),
+            "dataset_manifest_sha256": dataset_manifest_sha256(train)}
+
+
+def run_data(config, train_records: int, valid_records: int, truncated_records: int,
+             hashes: dict[str, str | None]) -> RunData:
+    """The `RunData` of a run of ``config``: its paths, sample, record counts and ``hashes`` (`data_hashes`
+    when the run started: the files may have changed since, and the run learned from what they were then)."""
     data = config.data
-    valid = data.valid or data.train
-    return RunData(train=data.train, valid=valid, shots=data.shots, sample_seed=data.sample_seed,
+    return RunData(train=data.train, valid=data.valid or data.train, shots=data.shots, sample_seed=data.sample_seed,
                    train_records=train_records, valid_records=valid_records, truncated_records=truncated_records,
-                   train_sha256=split_sha256(data.train, "train"), valid_sha256=split_sha256(valid, "valid"),
-                   dataset_manifest_sha256=dataset_manifest_sha256(data.train))
+                   **hashes)
 
 
 def split_sha256(path: str | None, split: str) -> str | None:

@@ -25,8 +25,8 @@ import numpy as np
 from data_builders import load_split
 from data_builders.bias import history_key, item_key, user_key
 from data_builders.structure import find_template, has_structure, labels_of, shortened, users_of
-from tallrec_cli.core.errors import ArtifactError, ConfigError, DataError
-from tallrec_cli.core.files import staged_dir, write_json_atomic
+from tallrec_cli.core.errors import ConfigError, DataError
+from tallrec_cli.core.files import check_output_folder, staged_dir, write_json_atomic
 from tallrec_cli.core.manifests import write_manifest
 from tallrec_cli.core.metrics import BOOTSTRAP_RESAMPLES, compute_metrics, paired_difference
 from tallrec_cli.eval.baselines import BASELINES, make_baseline, require_structure
@@ -36,6 +36,7 @@ from tallrec_cli.model.scoring import resolve_scoring
 Progress = Callable[[int], None]
 EXAMPLES = 5  # record ids listed per leak
 TEMPORAL_SPLITS = {"temporal": "global", "last-n": "per-user", "leave-last-out": "per-user"}
+AUDIT_KIND = "audit"
 
 
 @dataclass
@@ -361,10 +362,8 @@ def run_audit(scorer: Scorer, test: Sequence[dict], train: Sequence[dict] | None
 
 
 def check_output(folder: str | Path, overwrite: bool) -> None:
-    """Refuse a non-empty output folder before any scoring (``staged_dir`` would refuse it only at the end)."""
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
-        raise ArtifactError(f"{folder} already exists and is not empty", "pass --overwrite or choose another --output")
+    """Refuse a taken output folder before any scoring (``staged_dir`` would refuse it only at the end)."""
+    check_output_folder(folder, AUDIT_KIND, overwrite)
 
 
 def write_audit(folder: str | Path, audit: dict, inputs: dict[str, Any], plots: bool = True,
@@ -372,11 +371,11 @@ def write_audit(folder: str | Path, audit: dict, inputs: dict[str, Any], plots: 
     """audit.json, the PNGs, then manifest.json, into ``folder`` atomically."""
 
     folder = Path(folder)
-    with staged_dir(folder, overwrite=overwrite) as staging:
+    with staged_dir(folder, AUDIT_KIND, overwrite=overwrite) as staging:
         write_json_atomic(staging / "audit.json", audit)
         if plots:
             write_audit_plots(staging, audit)
-        write_manifest(staging, "audit", {**inputs, "leaks_found": audit["leaks_found"],
+        write_manifest(staging, AUDIT_KIND, {**inputs, "leaks_found": audit["leaks_found"],
                                           "auc": audit["overall"]["auc"], "gauc": audit["overall"]["gauc"],
                                           "files": sorted(path.name for path in staging.iterdir())})
     return folder

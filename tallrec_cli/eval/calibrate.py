@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from data_builders.dataset import is_training_file
 from data_builders.structure import labels_of
-from tallrec_cli.core.errors import ArtifactError
+from tallrec_cli.core.errors import ArtifactError, ConfigError
 from tallrec_cli.core.files import sha256_file, staged_dir, write_json_atomic
-from tallrec_cli.core.manifests import read_manifest
+from tallrec_cli.core.manifests import read_manifest, write_manifest
 from tallrec_cli.eval.calibration import (
     METHODS,
     calibration_metrics,
@@ -39,6 +40,10 @@ def calibrate_run(run_dir: str | Path, method: str = "temperature", valid: str |
     source = valid or data.get("valid") or data.get("train")
     if not source:
         raise ArtifactError(f"{run_dir}/manifest.json names no validation data", "pass --valid FILE")
+    if valid and is_training_file(valid, data.get("train")):
+        raise ConfigError(f"--valid {valid} is the training data of {run_dir}: a map fitted on records the model "
+                          "learned from is fitted to scores it will not give new records",
+                          "pass held-out records, or leave --valid out (the run's validation split)")
     records = load_test_records(source, "valid", limit)
     labels = labels_of(records)
     require_both_classes(labels)
@@ -56,10 +61,11 @@ def calibrate_run(run_dir: str | Path, method: str = "temperature", valid: str |
         "validation": {"raw": calibration_metrics(labels, scores),
                        **{name: calibration_metrics(labels, c.apply(scores)) for name, c in fits.items()}},
     }
-    with staged_dir(run_dir / "calibration", overwrite=True) as staging:
+    with staged_dir(run_dir / "calibration", "calibration", overwrite=True) as staging:
         write_json_atomic(staging / "calibration.json", report)
         write_reliability_plot(staging / "reliability.png", labels,
                                {"raw": scores, **{name: c.apply(scores) for name, c in fits.items()}},
                                f"Reliability on validation ({run_dir.name})")
+        write_manifest(staging, "calibration", {"run": str(run_dir.resolve()), "selected": report["selected"]})
     write_json_atomic(run_dir / "manifest.json", {**manifest, "calibration": report})
     return report

@@ -15,6 +15,8 @@ SPLIT_NAMES = ("train", "valid", "test")
 
 def load_test_records(path: str | Path, split: str = "test", limit: int | None = None) -> list[dict]:
     """Validated records (label and id filled) of a dataset folder's split or a .jsonl / TALLRec .json file."""
+    if limit is not None and limit < 1:  # [:0] would be none of them and [:-1] all but the last
+        raise ConfigError(f"limit must be at least 1, got {limit}", "leave it out to use every record")
     records = load_split(path, split)
     if not records:
         raise DataError(f"{path} holds no records", "pass a non-empty test file")

@@ -11,15 +11,16 @@ import numpy as np
 
 from tallrec_cli.core.errors import ConfigError
 from tallrec_cli.core.files import staged_dir, write_json_atomic, write_jsonl_atomic
-from tallrec_cli.core.manifests import EvalManifest, read_manifest
+from tallrec_cli.core.manifests import EvalManifest, TrainedAdapter, TrainRunManifest
 from tallrec_cli.core.metrics import reliability_curve, safe_auc
 
 
-def eval_output_root(adapter: str | None, output: str | None) -> Path:
-    """``--output`` when given, else the run's ``eval/`` folder (only a train run has one)."""
+def eval_output_root(adapter: str | None, run: TrainedAdapter | None, output: str | None) -> Path:
+    """``--output`` when given, else the run's ``eval/`` folder (only a train run has one; ``run`` is the
+    adapter folder's manifest, read once by the caller)."""
     if output:
         return Path(output)
-    if adapter and read_manifest(adapter).get("kind") == "train-run":
+    if adapter and isinstance(run, TrainRunManifest):
         return Path(adapter) / "eval"
     raise ConfigError("no place to write the results", "pass --output DIR (or --adapter RUN_DIR to write into the run)")
 
@@ -29,7 +30,7 @@ def write_eval_folder(folder: Path, records: Sequence[dict], scores: np.ndarray,
                       write_more: Callable[[Path], None] | None = None) -> Path:
     """metrics.json, predictions.jsonl, optional roc.png / reliability.png, whatever ``write_more(staging)``
     writes, then manifest.json, atomically."""
-    with staged_dir(folder, overwrite=overwrite) as staging:
+    with staged_dir(folder, EvalManifest.KIND, overwrite=overwrite) as staging:
         if write_more:
             write_more(staging)
         write_json_atomic(staging / "metrics.json", metrics)

@@ -11,9 +11,16 @@ from typing import Any
 import numpy as np
 
 from data_builders import load_split
-from tallrec_cli.core.errors import ConfigError
+from tallrec_cli.core.errors import ConfigError, DataError
 from tallrec_cli.core.files import MANIFEST_NAME, check_output_folder, refuse_overlap, sha256_file
-from tallrec_cli.core.manifests import AdapterExportManifest, TrainedAdapter, TrainRunManifest, load
+from tallrec_cli.core.manifests import (
+    AdapterExportManifest,
+    EvalManifest,
+    TrainedAdapter,
+    TrainRunManifest,
+    load,
+    split_sha256,
+)
 from tallrec_cli.core.metrics import BOOTSTRAP_RESAMPLES
 from tallrec_cli.eval.baselines import BASELINES
 from tallrec_cli.eval.calibration import Calibration, calibration_for
@@ -144,11 +151,26 @@ def read_adapter_manifest(adapter: str | None) -> TrainedAdapter | None:
     return load(adapter, (TrainRunManifest, AdapterExportManifest))
 
 
-def training_records(train: str | None, run: TrainedAdapter | None) -> tuple[list[dict] | None, str | None]:
-    """Training records for references that learn: ``train``, else the train split the run was trained on."""
-    if train is None and isinstance(run, TrainRunManifest):
-        train = (run.config.get("data") or {}).get("train")
+def training_records(train: str | None, run: TrainedAdapter | None,
+                     run_dir: str | None = None) -> tuple[list[dict] | None, str | None]:
+    """Training records for references that learn: ``train``, else the train split the run ``run_dir`` was
+    trained on, found where the run recorded it and refused when its sha256 is no longer the recorded one."""
+    if train is None and isinstance(run, TrainRunManifest) and run.data.train:
+        train = _run_training_data(run, run_dir)
     return (load_split(train, "train"), train) if train else (None, None)
+
+
+def _run_training_data(run: TrainRunManifest, run_dir: str | None) -> str:
+    path, recorded = run.data.train, run.data.train_sha256
+    hint = f"pass --train with the data run {run_dir} was trained on" + (
+        f" (its train split has sha256 {recorded})" if recorded else "")
+    if not Path(path).exists():
+        where = "" if Path(path).is_absolute() else " (recorded relative to the folder `tallrec train` ran in)"
+        raise DataError(f"the training data of run {run_dir}, {path}, does not exist here{where}", hint)
+    if recorded and split_sha256(path, "train") != recorded:
+        raise DataError(f"the training data of run {run_dir}, {path}, changed since the run was trained "
+                        "(its sha256 is not the one the run recorded)", hint)
+    return path
 
 
 def run_eval(request: EvalRequest, on_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
@@ -162,22 +184,25 @@ def run_eval(request: EvalRequest, on_start: Callable[[str, int], Callable[[int]
         raise ConfigError("--baseline scores without a model; with a model use --compare",
                           f"e.g. --compare {','.join(request.baselines)}")
     run = read_adapter_manifest(request.adapter)
-    root = eval_output_root(request.adapter, request.output)
+    root = eval_output_root(request.adapter, run, request.output)
     tests = load_tests(request.tests, request.split, request.limit)
-    train_records, train_source = training_records(request.train, run)
+    train_records, train_source = training_records(request.train, run, request.adapter)
     problems = check_references(request.baselines or request.references, train_records is not None,
                                 has_model=bool(request.adapter))
     problems += check_ensemble_request(request.ensembles, run, train_source)
     if problems:
         raise ConfigError("; ".join(problems))
     if request.baselines:
+        for name in request.baselines:  # before any baseline is fitted
+            for each in tests:
+                check_output_folder(root / name / each.name, EvalManifest.KIND, request.overwrite)
         return EvalOutcome("baselines", evaluate_baseline_tests(
             request.baselines, train_records, train_source, tests, root, request.bootstrap, request.seed,
             request.plots, request.overwrite, on_baseline))
     for each in tests:  # before the model loads: an existing result or an input in the way ends it now
         refuse_overlap(root / each.name, [each.path, request.adapter, local_path(request.model)],
                        inside_ok=[request.adapter])
-        check_output_folder(root / each.name, request.overwrite)
+        check_output_folder(root / each.name, EvalManifest.KIND, request.overwrite)
     # `--compare base` scores with the adapter switched off, so it must stay apart from the weights
     inference = load_scoring_model(request.model, request.adapter, request.dtype, request.quantization,
                                    request.trust_remote_code, request.template, request.label_words,

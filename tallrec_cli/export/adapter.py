@@ -18,6 +18,7 @@ from tallrec_cli.core.manifests import (
 )
 from tallrec_cli.export.cards import adapter_card
 from tallrec_cli.export.runs import (
+    EXPORT_KINDS,
     check_output,
     load_train_run,
     resolve_base,
@@ -50,7 +51,7 @@ def export_adapter(run_dir: str | Path, output: str | Path, name: str | None = N
     model_type = (run.manifest.base_model_config or {}).get("model_type")
     vllm = check_vllm_compatibility(run.adapter_config, run.tensor_names, model_type)
     include_tokenizer = tokenizer_differs(run, source)
-    with staged_dir(output, overwrite=overwrite) as staging:
+    with staged_dir(output, EXPORT_KINDS, overwrite=overwrite) as staging:
         config = dict(run.adapter_config, base_model_name_or_path=base)
         write_text_atomic(staging / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
         shutil.copyfile(run.adapter_dir / ADAPTER_WEIGHTS, staging / ADAPTER_WEIGHTS)

@@ -23,7 +23,15 @@ from tallrec_cli.core.manifests import (
 from tallrec_cli.core.metrics import safe_auc
 from tallrec_cli.eval.calibration import card_section
 from tallrec_cli.export.cards import front_matter, model_index, prompt_section, results_section
-from tallrec_cli.export.runs import TrainRun, check_output, load_train_run, resolve_base, run_payload, serving_name
+from tallrec_cli.export.runs import (
+    EXPORT_KINDS,
+    TrainRun,
+    check_output,
+    load_train_run,
+    resolve_base,
+    run_payload,
+    serving_name,
+)
 from tallrec_cli.model.loading import (
     ModelSource,
     default_device,
@@ -248,7 +256,7 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
     prompts = [template.render(record, tokenizer) for record in records]
     truth = [int(record["label"]) for record in records]
 
-    with staged_dir(output, overwrite=overwrite) as staging:
+    with staged_dir(output, EXPORT_KINDS, overwrite=overwrite) as staging:
         # Base reloaded unquantized at the merge dtype: merging into 4/8-bit weights would re-quantize the update.
         model = PeftModel.from_pretrained(load_model(source, dtype, "none", device=device, oom_hint=oom_hint),
                                           str(run.adapter_dir))

@@ -29,7 +29,12 @@ def default_store() -> Path:
 
 
 def resolve_store(store: str | Path | None = None) -> Path:
-    return Path(store).expanduser() if store else default_store()
+    """The store folder; a path that is a file is an error (it can hold no adapters)."""
+    root = Path(store).expanduser() if store else default_store()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"the adapter store {root} is a file, not a folder",
+                          "pass --store (or set TALLREC_ADAPTERS to) a folder")
+    return root
 
 
 def check_name(name: str) -> str:
@@ -104,7 +109,7 @@ def add_adapter(export_dir: str | Path, name: str | None = None, store: str | Pa
         raise ArtifactError(f"{export_dir} does not match its manifest ({check.describe()})", "re-export it")
     target = check_free(name or export_dir.name, store, overwrite)
     refuse_overlap(target, [export_dir])
-    with staged_dir(target, overwrite=overwrite) as staging:
+    with staged_dir(target, AdapterExportManifest.KIND, overwrite=overwrite) as staging:
         shutil.copytree(export_dir, staging, dirs_exist_ok=True)
     return target
 

@@ -55,7 +55,7 @@ def load_train_run(run_dir: str | Path) -> TrainRun:
         )
     manifest = load_manifest(run_dir, TrainRunManifest)
     adapter_dir = run_dir / manifest.adapter_dir
-    adapter_config, names = check_adapter_intact(run_dir, {}, adapter_dir)  # a run's manifest records no hashes
+    adapter_config, names = check_adapter_intact(run_dir, manifest.files or {}, adapter_dir)
     return TrainRun(run_dir, manifest, adapter_dir, adapter_config, tuple(names))
 
 
@@ -84,7 +84,7 @@ def resolve_base(run: TrainRun, base_model: str | None = None) -> ModelSource:
         config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
     except OSError as exc:
         raise ModelError(f"cannot read the config of {name}: {str(exc).splitlines()[0]}", "check --base-model") from None
-    check_adapter_matches_base(run.path, config)
+    check_adapter_matches_base(run.path, config, option="--base-model")
     return source
 
 
@@ -115,12 +115,14 @@ def tokenizer_differs(run: TrainRun, source: ModelSource) -> bool:
     return signature(mine) != signature(base)
 
 
+EXPORT_KINDS = ("adapter-export", "merged-export")  # what --overwrite may replace: an export of either kind
+
+
 def check_output(output: Path, run_dir: str | Path, base_model: str | None, overwrite: bool) -> None:
-    """Before any work: the output must not be (or hold, or sit in) the run or the base model, and must be free."""
+    """Before any work: the output must not be (or hold, or sit in) the run or the base model, and must be free
+    (or, with ``overwrite``, hold an export)."""
     refuse_overlap(output, [run_dir, base_model if base_model and Path(base_model).exists() else None])
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise ArtifactError(f"{output} already exists", "pass --overwrite to replace it, or choose another --output")
-    check_output_folder(output, overwrite)
+    check_output_folder(output, EXPORT_KINDS, overwrite)
 
 
 def run_payload(run: TrainRun) -> dict[str, Any]:

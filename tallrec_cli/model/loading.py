@@ -6,6 +6,7 @@ quantization, and loading a model for inference from a run folder, an adapter or
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -103,7 +104,7 @@ def embedded_model_dir(name: str) -> Path:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.name_or_path = EMBEDDED_MODELS[name][2]
-        with staged_dir(target, overwrite=True) as staging:
+        with staged_dir(target, "embedded-model", overwrite=True) as staging:
             model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
             write_manifest(staging, "embedded-model", {
@@ -216,6 +217,23 @@ def _load_error(source: ModelSource, exc: Exception) -> ModelError:
                       "check that the folder holds a complete save_pretrained output")
 
 
+def bitsandbytes_problem() -> tuple[str, str] | None:
+    """(what, fix) when transformers would refuse to load an 8-bit or 4-bit model here: bitsandbytes missing, or
+    older than the installed transformers' own minimum (it raises ImportError only once loading has begun)."""
+    # transformers.utils holds only its version table: no torch, no model code
+    from packaging.version import Version
+    from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
+
+    fix = f"pip install -U 'bitsandbytes>={BITSANDBYTES_MIN_VERSION}'"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "needs bitsandbytes, which is not installed", fix
+    installed = importlib.metadata.version("bitsandbytes")
+    if Version(installed) < Version(BITSANDBYTES_MIN_VERSION):
+        return (f"bitsandbytes {installed} is older than {BITSANDBYTES_MIN_VERSION}, the oldest that transformers "
+                f"{importlib.metadata.version('transformers')} quantizes with"), fix
+    return None
+
+
 def quantization_config(quantization: str, compute_dtype, quant_storage=None):
     """bitsandbytes config: 8-bit (TALLRec's) or 4-bit NF4 with double quantization (QLoRA).
     ``quant_storage``: a float dtype to pack 4-bit weights in, so that FSDP can shard them."""
@@ -223,8 +241,9 @@ def quantization_config(quantization: str, compute_dtype, quant_storage=None):
         return None
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError(f"{quantization} quantization needs bitsandbytes", "pip install bitsandbytes>=0.45")
+    problem = bitsandbytes_problem()
+    if problem is not None:
+        raise ModelError(f"{quantization} quantization: {problem[0]}", problem[1])
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
@@ -265,8 +284,10 @@ def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "no
         return AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as exc:
         raise _load_error(source, exc) from None
+    except ImportError as exc:  # transformers names a missing or too old package (a quantizer's, a model's)
+        raise ModelError(f"could not load {source.name}: {str(exc).splitlines()[0]}",
+                         "install or upgrade the package it names, then check with `tallrec doctor`") from None
     except (RuntimeError, MemoryError) as exc:
-
         if not is_out_of_memory(exc):
             raise
         raise ResourceError(f"out of memory loading {source.name} ({dtype}, quantization {quantization}) onto "
@@ -315,23 +336,27 @@ def _adapter_base_name(adapter_dir: Path) -> str | None:
     return json.loads(config.read_text()).get("base_model_name_or_path")
 
 
-def check_adapter_matches_base(adapter_dir: Path, base_model) -> None:
+def check_adapter_matches_base(adapter_dir: Path, base_model, option: str = "--model") -> None:
     """Refuse an adapter whose recorded base model has a different architecture or size than ``base_model``
-    (a loaded model, or just its config: export checks before loading any weights)."""
-    expected = None
+    (a loaded model, or just its config: export checks before loading any weights); the hint names ``option``,
+    the command's own option for the base."""
+    manifest = {}
     if (adapter_dir / "manifest.json").exists():
-        expected = read_manifest(adapter_dir, ("train-run", "adapter-export", "merged-export")).get("base_model_config")
+        manifest = read_manifest(adapter_dir, ("train-run", "adapter-export", "merged-export"))
+    expected = manifest.get("base_model_config")
     if not expected:
         return
     actual = getattr(base_model, "config", base_model)
     mismatches = [key for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
                   if key in expected and getattr(actual, key, None) != expected[key]]
     if mismatches:
-        adapter_base = expected.get("name_or_path") or _adapter_base_name(adapter_dir)
+        # by the name it was given to training (smollm2-135m), not the cache folder its config was read from
+        adapter_base = ((manifest.get("base_model") or {}).get("name") or expected.get("name_or_path")
+                        or _adapter_base_name(adapter_dir))
         raise ModelError(
             f"adapter {adapter_dir} was trained on {adapter_base} but the base model given is "
             f"{getattr(actual, 'name_or_path', '?')} ({', '.join(f'{k}: {expected[k]} vs {getattr(actual, k, None)}' for k in mismatches)})",
-            f"pass --model {adapter_base}",
+            f"pass {option} {adapter_base}",
         )
 
 

@@ -120,7 +120,7 @@ def random_model_dir(name: str) -> Path:
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         tokenizer = build_tokenizer()
-        with staged_dir(target, overwrite=True) as staging:
+        with staged_dir(target, "random-model", overwrite=True) as staging:
             model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
             write_manifest(staging, "random-model", {"name": PREFIX + arch, "seed": SEED, "dtype": str(dtype),

@@ -14,6 +14,7 @@ then only runs its suffixes. Out-of-memory halves the batch and retries.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,12 +86,22 @@ class ScoringSpec:
 HEAD_CHUNK_ROWS = 8192
 
 
-def label_probability(last_hidden, output_weight, labels: LabelTokens, mode: str = "pair"):
-    """P(yes) from the final hidden state at the answer position (shape [batch, hidden]).
+def label_logits(last_hidden, output_weight, labels: LabelTokens):
+    """[logit_yes, logit_no] per row of the final hidden state at the answer position ([batch, hidden]), in
+    float32 with autocast off (training and its validation run under it): a bf16 logit near 20 is only resolved
+    to 0.125, which turns many distinct P(yes) into ties and blunts AUC. Differentiable (the pair loss trains
+    on it)."""
+    import torch
 
-    The output projection is done here in float32 (autocast off: validation during training runs under it):
-    a bf16 logit near 20 is only resolved to 0.125, which turns many distinct P(yes) into ties and blunts AUC.
-    Pair mode needs just two rows; ``tallrec`` mode projects the vocabulary in chunks of HEAD_CHUNK_ROWS rows.
+    hidden = last_hidden.float()
+    with torch.autocast(hidden.device.type, enabled=False):
+        return hidden @ output_weight[[labels.positive_id, labels.negative_id]].float().T
+
+
+def label_probability(last_hidden, output_weight, labels: LabelTokens, mode: str = "pair"):
+    """P(yes) from the final hidden state at the answer position (shape [batch, hidden]), projected in float32
+    (see `label_logits`). Pair mode needs just two rows; ``tallrec`` mode projects the vocabulary in chunks of
+    HEAD_CHUNK_ROWS rows.
     """
     import torch
 
@@ -98,7 +109,7 @@ def label_probability(last_hidden, output_weight, labels: LabelTokens, mode: str
     label_rows = [labels.positive_id, labels.negative_id]
     with torch.autocast(hidden.device.type, enabled=False):
         if mode == "pair":
-            pair = hidden @ output_weight[label_rows].float().T
+            pair = label_logits(hidden, output_weight, labels)
         elif mode == "tallrec":
             logits = torch.cat([hidden @ output_weight[start:start + HEAD_CHUNK_ROWS].float().T
                                 for start in range(0, output_weight.shape[0], HEAD_CHUNK_ROWS)], dim=-1)
@@ -139,22 +150,62 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
 
 
 def auto_batch_size(model, longest_tokens: int, prefix_tokens: int = 0) -> int:
-    """A batch size expected to fit: fixed on CPU, estimated from free memory on CUDA.
+    """A batch size expected to fit: fixed on CPU, estimated from free memory on CUDA (``cuda_free_bytes``: under
+    a per-process memory cap, the cap minus what this process has reserved).
 
     Per row: one layer's activations over the suffix (``longest_tokens``) plus, with a shared prefix of
     ``prefix_tokens``, the key/value cache of every layer over prefix + suffix (each layer's cache update
     concatenates the broadcast prefix into a full per-row copy, kept until the forward ends). SDPA keeps no
     seq^2 attention scores. The out-of-memory back-off in ``score_prompts`` corrects an overestimate.
     """
-    import torch
-
     device = next(model.parameters()).device
     if device.type != "cuda":
         return CPU_BATCH_SIZE
-    free_bytes, _ = torch.cuda.mem_get_info(device)
+    free_bytes = cuda_free_bytes(device)
     per_row = scoring_row_bytes(model.config, model.get_input_embeddings().weight.element_size(), longest_tokens,
                                 prefix_tokens)
     return max(1, min(int(0.6 * free_bytes / per_row), MAX_AUTO_BATCH_SIZE))
+
+
+# A cap on this process's CUDA memory in bytes, for a torch that cannot report its per-process fraction:
+# acceptance/gpu_check.py sets it beside `torch.cuda.set_per_process_memory_fraction` when it emulates a 24 GiB card.
+MEMORY_CAP_ENV = "TALLREC_GPU_MEMORY_CAP"
+
+
+def cuda_memory_cap(device) -> int | None:
+    """This process's CUDA memory limit in bytes, None when uncapped: the per-process memory fraction (when torch
+    reports it and it is below 1) times the card, or ``TALLREC_GPU_MEMORY_CAP``, the lower of the two."""
+    import torch
+
+    caps = []
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    try:
+        fraction = 1.0 if getter is None else float(getter(device))
+    except (RuntimeError, AssertionError):  # no CUDA runtime to ask (a CPU build with mocked mem_get_info)
+        fraction = 1.0
+    if 0 < fraction < 1:
+        caps.append(int(fraction * torch.cuda.get_device_properties(device).total_memory))
+    value = os.environ.get(MEMORY_CAP_ENV, "").strip()
+    if value:
+        try:
+            caps.append(int(float(value)))
+        except ValueError:
+            raise ConfigError(f"{MEMORY_CAP_ENV}={value!r} is not a number of bytes",
+                              f"set it to an integer (24 GiB: {24 * 1024 ** 3}) or unset it") from None
+    return min(caps) if caps else None
+
+
+def cuda_free_bytes(device) -> int:
+    """Memory this process can still take on ``device``. `mem_get_info` reports the whole card's free memory and
+    knows nothing of `set_per_process_memory_fraction`, whose limit the caching allocator holds against what it has
+    reserved: under a cap, free is the cap minus what is reserved (and never more than the card has free)."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    cap = cuda_memory_cap(device)
+    if cap is None:
+        return int(free)
+    return max(0, min(int(free), cap - int(torch.cuda.memory_reserved(device))))
 
 
 def scoring_row_bytes(config, width: int, suffix_tokens: int, prefix_tokens: int = 0) -> int:

@@ -170,6 +170,10 @@ def comparable_config(config: dict, zero_shot: bool) -> dict:
     zero-shot cell only what scoring the base model reads, so changing e.g. epochs keeps it."""
     plain = json.loads(json.dumps(config, default=str))
     plain.pop("output", None)
+    data = plain.get("data") or {}
+    for key in ("train", "valid"):  # a run records them absolute: a relative one is the same data from here
+        if data.get(key):
+            data[key] = str(Path(data[key]).expanduser().absolute())
     if zero_shot:
         training = plain.get("training", {})
         plain = {key: plain.get(key) for key in ("model", "prompt", "labels")}

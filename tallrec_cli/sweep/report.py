@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 from collections import defaultdict
 from pathlib import Path
 
@@ -65,9 +67,23 @@ def missing_cells(sweep_dir: str | Path) -> list[dict]:
     if not index_path.is_file():
         return []
     entries = json.loads(index_path.read_text(encoding="utf-8")).get("cells") or []
-    return [{"id": entry["id"], "status": entry.get("status"), "error": entry.get("error")} for entry in entries
+    return [{"id": entry["id"], "status": _status(entry), "error": entry.get("error")} for entry in entries
             if not ((sweep_dir / entry["dir"] / CELL_RESULT_NAME).is_file()
                     and (sweep_dir / entry["dir"] / MANIFEST_NAME).is_file())]
+
+
+def _status(entry: dict) -> str | None:
+    """The index's status, except that a cell left ``running`` by a process of this machine that is gone (killed
+    before it could record anything) is ``killed``; one on another machine cannot be told from here."""
+    if entry.get("status") != "running" or entry.get("host") != socket.gethostname() or not entry.get("pid"):
+        return entry.get("status")
+    try:
+        os.kill(entry["pid"], 0)
+    except ProcessLookupError:
+        return "killed"
+    except PermissionError:  # alive, another user's
+        pass
+    return "running"
 
 
 _KIND_ORDER = {"lora": 0, "zero-shot": 0, "baseline": 1, "reference": 2}

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -174,6 +175,10 @@ class SweepIndex:
                         for cell in cells}
 
     def update(self, cell_id: str, **fields: Any) -> None:
+        """Set fields of a cell's entry; a running cell records the process that runs it (``pid``, ``host``), so
+        a report can tell a cell still running from one whose process was killed."""
+        if fields.get("status") == "running":
+            fields = {**fields, "pid": os.getpid(), "host": socket.gethostname()}
         with self.lock, self.file_lock:
             self._read_others()
             self.entries[cell_id].update(fields)

@@ -46,12 +46,14 @@ class TrainingStatus:
             self.on_phase()
 
     def improves(self, row: dict) -> bool:
+        """Better than the best so far, or as good: a tie keeps the later step, which has trained longer (the
+        earlier one may be a step taken at learning rate 0 during warmup, an adapter that never moved)."""
         value = row[self.selection_metric]
         if value is None:
             return False
         if self.best_value is None:
             return True
-        return value > self.best_value if self.selection_metric == "val_auc" else value < self.best_value
+        return value >= self.best_value if self.selection_metric == "val_auc" else value <= self.best_value
 
     @property
     def start_row(self) -> dict | None:
@@ -65,12 +67,14 @@ class TrainingStatus:
         self.last_val_auc = row["val_auc"]
         if row["step"] == 0:
             return False
-        if self.improves(row):
-            self.best_step, self.best_value, self.best_row = row["step"], row[self.selection_metric], row
-            self.evals_since_best = 0
-            return True
-        self.evals_since_best += 1
-        return False
+        if not self.improves(row):
+            self.evals_since_best += 1
+            return False
+        # a tie takes the later adapter but is no progress: early stopping still counts it
+        tie = row[self.selection_metric] == self.best_value
+        self.best_step, self.best_value, self.best_row = row["step"], row[self.selection_metric], row
+        self.evals_since_best = self.evals_since_best + 1 if tie else 0
+        return True
 
 
 def training_autocast(model, args):
@@ -229,7 +233,8 @@ class InterruptCallback(TrainerCallback):
         signal.signal(signal.SIGINT, self.previous_handler or signal.default_int_handler)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested and self.status.interrupted_at is None:
+        # at the last step the run ends anyway: it finishes (a resume would train past the limit)
+        if self.requested and self.status.interrupted_at is None and state.global_step < state.max_steps:
             self.status.interrupted_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
@@ -290,9 +295,17 @@ STAGING_NAME = ".partial"  # checkpoints are written here, then renamed into pla
 class AtomicCheckpoints:
     """Trainer mixin: each checkpoint is written into ``checkpoints/.partial/checkpoint-N`` and renamed to
     ``checkpoints/checkpoint-N`` only once complete, so a kill or a full disk mid-save never leaves a
-    ``checkpoint-N`` that `--resume` would take for a whole one."""
+    ``checkpoint-N`` that `--resume` would take for a whole one; and a resume from the last step's checkpoint
+    trains nothing more."""
 
     _writing_into: str | None = None
+
+    def _run_epoch(self, *args, **kwargs):
+        # The Trainer checks the step limit only after a step: resumed at the limit mid-epoch, it would take one more.
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def _get_output_dir(self, trial):
         return self._writing_into or super()._get_output_dir(trial)

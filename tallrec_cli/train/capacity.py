@@ -127,6 +127,41 @@ CUDA_RESERVE_GIB = 1.0
 # Shared prompt prefix assumed for the validation cache when the tokenizer is not available offline
 # (the alpaca header and TALLRec's instruction are ~70 tokens for LLaMA tokenizers).
 ASSUMED_SHARED_PREFIX = 64
+# Activations a decoder layer keeps for backward, in bytes per token, 16-bit, SDPA (no seq^2 scores). Measured on
+# CPU with autograd's saved-tensor hooks (tests/train/test_capacity.py measures them again): per hidden feature
+# 16 (k and v at full width, as SDPA gets them repeated under a padding mask; a GQA model without one keeps
+# less), per MLP intermediate feature 6 (gate, up and their product). At hidden 512, MLP 1376, bf16, per hidden
+# feature: 32.2 without LoRA (the 34 used before came from Korthikanti et al.); with LoRA r16 on all linear layers
+# in bf16 (as trl keeps it for k-bit models) 42.0 without dropout, 67.4 with dropout 0.05 (CPU: mask in bf16).
+ACTIVATION_BYTES_PER_HIDDEN = 16
+ACTIVATION_BYTES_PER_INTERMEDIATE = 6
+# Per input feature of each adapted module: lora_A keeps its 16-bit input, and with dropout the mask (bool on CUDA;
+# the CPU keeps it in the input's dtype, 4 bytes in all with bf16). Without dropout modules that share an input
+# keep one copy of it in bf16 LoRA (k-bit runs), one each in fp32 LoRA under autocast: 2 per module is the bound.
+LORA_DROPOUT_INPUT_BYTES = 3
+LORA_INPUT_BYTES = 2
+
+
+def dtype_width(config: TrainConfig) -> int:
+    """Bytes per value of the compute dtype."""
+    return 4 if config.model.dtype == "float32" else 2
+
+
+def weight_bytes(counts: dict[str, int], config: TrainConfig) -> tuple[float, float]:
+    """(decoder-block linears, everything else: embeddings, norms, lm_head) in bytes on the GPU. Block linears
+    take 1 byte (8bit) or ~0.516 byte (NF4 4 bits + double-quantized absmax) per weight, or the dtype's width;
+    the rest stays in the compute dtype's width (k-bit runs keep it there, see `train.run._frozen_weights_to`;
+    FSDP packs NF4 in it)."""
+    width = dtype_width(config)
+    per_weight = {"none": width, "8bit": 1.0, "4bit": 0.516}[config.model.quantization]
+    return counts["quantizable"] * per_weight, (counts["total"] - counts["quantizable"]) * width
+
+
+def lora_state_bytes(config: TrainConfig) -> int:
+    """Bytes per LoRA parameter for its weight, gradient and Adam's two moments: trl keeps a k-bit model's LoRA
+    in bf16 (8); fp32 elsewhere (16), fp16 runs included (fp32 master weights for the GradScaler,
+    `train.run.trainable_to_fp32`)."""
+    return 8 if config.model.quantization != "none" and config.model.dtype != "float16" else 16
 
 
 def estimate_memory(model_config, counts: dict[str, int], config: TrainConfig, seq_len: int,
@@ -135,13 +170,9 @@ def estimate_memory(model_config, counts: dict[str, int], config: TrainConfig, s
     ``torch.cuda.max_memory_allocated`` counts it: the CUDA context and fragmentation are extra
     (CUDA_RESERVE_GIB). ``total`` is the larger of ``training`` and ``validation``.
 
-    - weights: block linears at 1 byte (8bit) / ~0.516 byte (NF4 4 bits + double-quantized absmax) or the dtype's
-      width; other weights (embeddings, norms, lm_head) at the compute dtype's width (k-bit runs keep them there,
-      see `_frozen_weights_to`).
-    - LoRA: 16 bytes per parameter (fp32 weight + gradient + Adam m and v).
-    - activations per layer and token (Korthikanti et al. 2022, 16-bit): 34 * hidden bytes; SDPA keeps no
-      seq^2 attention scores. Each adapted module with dropout also keeps its dropped-out input and mask:
-      3 bytes per input feature, plus its rank-r intermediate. Gradient checkpointing keeps each layer's input
+    - weights: see `weight_bytes`; LoRA and its optimizer state: `lora_state_bytes`.
+    - activations per layer and token: ACTIVATION_BYTES_* and, per adapted module, LORA_*_INPUT_BYTES per input
+      feature plus its 16-bit rank-r intermediate. Gradient checkpointing keeps each layer's input
       (2 * hidden bytes per token) plus one layer in full.
     - logits: trl's fused head never holds [tokens, vocab]: it projects the labelled positions in tiles of at
       most 4096 tokens x 32768 vocabulary entries (a 16-bit tile and its gradient tile).
@@ -151,26 +182,23 @@ def estimate_memory(model_config, counts: dict[str, int], config: TrainConfig, s
     """
 
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
+    intermediate = getattr(model_config, "intermediate_size", None) or 4 * hidden  # GPT-style MLPs: 4 x hidden
     vocab = model_config.vocab_size
     batch = config.training.micro_batch_size
-    quantization = config.model.quantization
-    width = 4 if config.model.dtype == "float32" else 2
-    other = counts["total"] - counts["quantizable"]
-    if quantization == "none":
-        weights = counts["total"] * width
-    else:
-        weights = counts["quantizable"] * (1.0 if quantization == "8bit" else 0.516) + other * width
+    width = dtype_width(config)
+    weights = sum(weight_bytes(counts, config))
     tokens = batch * seq_len
-    lora_inputs = counts.get("adapted_inputs", 0) / layers
-    lora_per_token = ((3 * lora_inputs if config.lora.dropout > 0 else 0)
-                      + 2 * config.lora.r * counts["adapted_modules"] / layers)
-    per_layer = tokens * (34 * hidden + lora_per_token)
+    input_bytes = LORA_DROPOUT_INPUT_BYTES if config.lora.dropout > 0 else LORA_INPUT_BYTES
+    lora_per_token = (input_bytes * counts["adapted_inputs"]
+                      + 2 * config.lora.r * counts["adapted_modules"]) / layers
+    per_layer = tokens * (ACTIVATION_BYTES_PER_HIDDEN * hidden + ACTIVATION_BYTES_PER_INTERMEDIATE * intermediate
+                          + lora_per_token)
     if config.training.gradient_checkpointing:
         activations = layers * 2 * tokens * hidden + per_layer
     else:
         activations = layers * per_layer
     labelled = tokens if config.prompt.loss == "full" else batch * 4  # answer tokens: "Yes." + EOS
-    lora_state = counts["lora"] * 16
+    lora_state = counts["lora"] * lora_state_bytes(config)
     suffix, prefix = valid_tokens or (seq_len - ASSUMED_SHARED_PREFIX, ASSUMED_SHARED_PREFIX)
     scoring = config.training.eval_batch_size * scoring_row_bytes(model_config, width, suffix, prefix)
     parts = {
@@ -251,7 +279,7 @@ def _validation_tokens(tokenizer, prompts: list[str]) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Peak GPU bytes per process, by part (see `estimate_memory`)."""
+    """Peak GPU bytes per process, by part (see `estimate_memory`; under FSDP also `shard`)."""
     parts: dict[str, float]
     processes: int
     sequence_length: int
@@ -259,25 +287,37 @@ class MemoryEstimate:
 
     @property
     def total_bytes(self) -> float:
-        """The peak: the larger of the training step and the validation pass."""
-        return max(self.parts["training"], self.parts["validation"])
+        """The peak: the largest of the training step, the validation pass and (FSDP) loading."""
+        return max(self.parts["training"], self.parts["validation"], self.parts.get("load", 0.0))
 
     @property
     def total_gib(self) -> float:
         return self.total_bytes / GIB
+
+    @property
+    def needed_bytes(self) -> float:
+        """What a GPU must have free: the peak plus the CUDA context and fragmentation (CUDA_RESERVE_GIB), which
+        torch's allocator does not count."""
+        return self.total_bytes + CUDA_RESERVE_GIB * GIB
 
     def as_dict(self) -> dict[str, object]:
         return {"parts_gib": {key: value / GIB for key, value in self.parts.items()}, "total_gib": self.total_gib,
                 "processes": self.processes, "sequence_length": self.sequence_length}
 
 
-def shard(parts: dict[str, float], processes: int, layers: int) -> dict[str, float]:
-    """Per-process parts under FSDP: sharded weights and optimizer state, plus one layer's weights
-    gathered in full while it runs (and the next one prefetched)."""
-    if processes <= 1:
-        return dict(parts)
+def shard(parts: dict[str, float], processes: int, layers: int, block_weights: float, outer_weights: float,
+          head_weights: float) -> dict[str, float]:
+    """Per-process parts under FSDP: weights and optimizer state sharded, and what is gathered in full on top
+    of the shards: one decoder layer while it runs and the next one prefetched; in training the LM head (trl's
+    fused head calls ``full_tensor()`` on it, the pair loss runs the head's FSDP unit, which stays gathered until
+    backward); in validation the embeddings, final norm and LM head (`train.fsdp.root_gathered`). ``load``: every
+    process first loads the whole model onto its GPU (transformers loads bitsandbytes models on every rank, its
+    rank-0 loading leaves them out) and FSDP shards it only then."""
     sharded = {key: (value / processes if key in SHARDED_PARTS else value) for key, value in parts.items()}
-    sharded["gathered_layers"] = 2 * parts["weights"] / max(layers, 1)
+    sharded["gathered_layers"] = 2 * block_weights / max(layers, 1)
+    sharded["gathered_head"] = head_weights
+    sharded["gathered_outer"] = outer_weights
+    sharded["load"] = parts["weights"]
     return sharded
 
 
@@ -290,14 +330,14 @@ def estimate_recipe(config, processes: int | None = None, seq_len: int | None = 
     estimate = estimate_memory(model_config, counts, config, length)
     parts = {key: estimate[key] for key in TRAINING_PARTS + ("validation_batch",)}
     count = processes or 1
-    if config.training.fsdp:
-        if config.model.quantization != "none":  # no fp32 upcast under FSDP: one dtype per shard unit
-            parts["weights"] -= (counts["total"] - counts["quantizable"]) * 2
-        parts = shard(parts, count, model_config.num_hidden_layers)
+    if config.training.fsdp and count > 1:
+        block, outer = weight_bytes(counts, config)
+        head = model_config.vocab_size * model_config.hidden_size * dtype_width(config)
+        parts = shard(parts, count, model_config.num_hidden_layers, block, outer, head)
     # both peaks from the (sharded) parts: the training step, and the validation pass with its KV cache
     resident = parts["weights"] + parts["lora_and_optimizer"] + parts.get("gathered_layers", 0.0)
-    parts["training"] = resident + parts["activations"] + parts["logits"]
-    parts["validation"] = resident + parts["validation_batch"]
+    parts["training"] = resident + parts.get("gathered_head", 0.0) + parts["activations"] + parts["logits"]
+    parts["validation"] = resident + parts.get("gathered_outer", 0.0) + parts["validation_batch"]
     settings = {"micro_batch_size": config.training.micro_batch_size, "max_length": length,
                 "quantization": config.model.quantization,
                 "gradient_checkpointing": config.training.gradient_checkpointing,
@@ -324,13 +364,24 @@ def processes_from_accelerate_config(path: str | Path) -> int:
 
 
 def per_gpu_fit(config, processes: int, seq_len: int, gpu_memory_gib: float) -> dict[str, object]:
-    """`--dry-run --processes N`: the per-GPU estimate, whether it fits, and what to lower when not."""
+    """`--dry-run --processes N`: the per-GPU estimate, whether it fits (with the CUDA reserve), and what to lower
+    when not; under FSDP it says what loading needs, before any sharding."""
     estimate = estimate_recipe(config, processes, seq_len)
-    fits = estimate.total_bytes <= gpu_memory_gib * GIB
-    note = None if fits else (f"short by {estimate.total_gib - gpu_memory_gib:.1f} GiB per GPU: "
-                              + shortfall_advice(estimate))
-    return {**estimate.as_dict(), "fits": fits, "gpu_memory_gib": gpu_memory_gib, "note": note,
+    ok = estimate.needed_bytes <= gpu_memory_gib * GIB
+    notes = [] if ok else [f"short by {estimate.needed_bytes / GIB - gpu_memory_gib:.1f} GiB per GPU (with "
+                           f"{CUDA_RESERVE_GIB:g} GiB for the CUDA context): " + shortfall_advice(estimate)]
+    if "load" in estimate.parts:
+        notes.insert(0, load_note(estimate.parts))
+    return {**estimate.as_dict(), "fits": ok, "gpu_memory_gib": gpu_memory_gib, "note": "; ".join(notes) or None,
             "sharded": config.training.fsdp}
+
+
+def load_note(parts: dict[str, float]) -> str:
+    """What FSDP needs per GPU while the model loads, beside what it needs once sharded."""
+    sharded = max(parts["training"], parts["validation"])
+    return (f"at load every GPU holds the whole model, {parts['load'] / GIB:.1f} GiB (+ {CUDA_RESERVE_GIB:g} GiB "
+            "CUDA context): each process loads it onto its own GPU and FSDP shards it only then (transformers "
+            f"loads bitsandbytes models on every rank); sharded, the run needs {sharded / GIB:.1f} GiB")
 
 
 def shortfall_advice(estimate: MemoryEstimate) -> str:
@@ -352,6 +403,9 @@ def shortfall_advice(estimate: MemoryEstimate) -> str:
         advice.append(f"use model.quantization=4bit (weights {weights / GIB:.1f} GiB now)")
     if estimate.processes > 1 and not settings.get("fsdp"):
         advice.append("shard with training.fsdp=true across the processes")
+    elif parts.get("load", 0) >= max(parts["training"], parts["validation"]):
+        advice.append(f"use GPUs with at least {(parts['load'] / GIB + CUDA_RESERVE_GIB):.0f} GiB each: more GPUs do "
+                      "not lower what loading needs")
     elif weights > per_sample:
         advice.append("shard across more GPUs with FSDP (recipes/llama-3-70b-qlora-fsdp.yaml shows how)")
     return "; ".join(advice)

@@ -8,17 +8,25 @@ Importing this module loads no ML framework: `tallrec doctor`, the sweep's valid
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from data_builders.dataset import is_training_file
 from tallrec_cli.core.config import load_config, option
 from tallrec_cli.core.errors import ArtifactError, ConfigError, TallrecError, problem_count
-from tallrec_cli.core.files import OutputOverlapError, check_writable, refuse_overlap
+from tallrec_cli.core.files import OutputOverlapError, artifact_kind, check_writable, refuse_overlap
 from tallrec_cli.core.reporting import reporter
-from tallrec_cli.model.loading import DTYPES, QUANTIZATIONS, resolve_dtype, resolve_model_source
+from tallrec_cli.model.loading import (
+    DTYPES,
+    QUANTIZATIONS,
+    bitsandbytes_problem,
+    resolve_dtype,
+    resolve_model_source,
+)
 from tallrec_cli.model.prompts import load_template
 
 ALL_LINEAR = "all-linear"
@@ -97,7 +105,6 @@ class PromptSettings:
                                help="pair loss only: balanced weighs each class by n / (2 n_class) of the training sample.")
 
     def check(self) -> list[str]:
-
         problems = []
         try:
             load_template(self.template)
@@ -253,10 +260,12 @@ def _output_problems(config: TrainConfig, resume: bool) -> list[str]:
             problems.append(f"--resume: {run_dir} holds a finished run (it has a manifest); "
                             "pass --overwrite instead of --resume to train it again")
     elif run_dir.exists() and any(run_dir.iterdir()) and is_main_process():
-        finished = (run_dir / "manifest.json").exists()
-        looks_like_run = finished or (run_dir / "config.yaml").exists()
+        kind = artifact_kind(run_dir)  # --overwrite replaces a run, never another artifact
+        finished = (run_dir / "manifest.json").exists() and kind in (None, "train-run")
+        looks_like_run = kind in (None, "train-run") and (finished or (run_dir / "config.yaml").exists())
         if not looks_like_run:
-            problems.append(f"output.dir: {run_dir} is not empty and is not a tallrec run folder; choose another --output")
+            problems.append(f"output.dir: {run_dir} is not empty and is not a tallrec run folder"
+                            f"{f' (it holds a {kind} artifact)' if kind else ''}; choose another --output")
         elif not config.output.overwrite:
             state = "a finished run" if finished else "an unfinished run (pass --resume to continue it)"
             problems.append(f"output.dir: {run_dir} already holds {state}; pass --overwrite to replace it")
@@ -269,14 +278,14 @@ def _output_problems(config: TrainConfig, resume: bool) -> list[str]:
 
 def preflight(config: TrainConfig, resume: bool = False, check_output: bool = True) -> None:
     """Every input problem at once (files, model path, adapter, bitsandbytes, output folder), no weights."""
-    import importlib.util
-
-
     problems = []
     for key in ("train", "valid"):
         value = getattr(config.data, key)
         if value and not Path(value).exists():
             problems.append(f"data.{key}: {value} does not exist")
+    if is_training_file(config.data.valid, config.data.train):
+        problems.append(f"data.valid: {config.data.valid} is the file data.train trains on: checkpoints would be "
+                        "selected on records the model learned; pass held-out records with --valid")
     if config.data.valid is None and config.data.train and Path(config.data.train).is_file():
         problems.append("data.valid: required when data.train is a file; pass --valid")
     try:
@@ -287,8 +296,9 @@ def preflight(config: TrainConfig, resume: bool = False, check_output: bool = Tr
     if adapter and not (Path(adapter) / "adapter_config.json").exists():
         problems.append(f"lora.init_adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json)")
     problems.extend(tracking_problems(config.training.report_to))
-    if config.model.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
-        problems.append(f"model.quantization: {config.model.quantization} needs bitsandbytes (pip install bitsandbytes>=0.45)")
+    bitsandbytes = bitsandbytes_problem() if config.model.quantization != "none" else None
+    if bitsandbytes is not None:
+        problems.append(f"model.quantization: {config.model.quantization}: {bitsandbytes[0]} ({bitsandbytes[1]})")
     problems.extend(_cuda_problems(config))
     if check_output and config.training.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:  # a real run
         problems.append("training.fsdp: FSDP shards across processes but this is a single process; launch with "
@@ -299,13 +309,21 @@ def preflight(config: TrainConfig, resume: bool = False, check_output: bool = Tr
     if problems:
         raise ConfigError(hint="fix the paths or options above; nothing was loaded or written", problems=problems,
                           heading=f"{problem_count(problems)} before training")
+    if config.training.fsdp and is_main_process():
+        reporter().warning(FSDP_LOAD_WARNING)
+
+
+# transformers' rank-0 loading leaves bitsandbytes models out and its quantizer places them on the GPU (and
+# `train.run.build_model` loads onto each rank's GPU): `--dry-run --processes N` estimates it as the `load` part.
+FSDP_LOAD_WARNING = ("training.fsdp: every process loads the whole model onto its own GPU before FSDP shards it, so "
+                     "each GPU needs the full (quantized) model at load, not its share: ~37 GiB for Llama-3-70B in "
+                     "4-bit; `tallrec train RECIPE --dry-run --processes N` shows this recipe's")
 
 
 def _cuda_problems(config: TrainConfig) -> list[str]:
     """What would fail on this machine's GPUs after the weights load: bf16 on a pre-Ampere card, several GPUs
     in one process (trl refuses nn.DataParallel). A missing C compiler for Triton is a warning."""
     import torch
-
 
     problems = []
     try:

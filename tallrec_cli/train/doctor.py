@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tallrec_cli.core.errors import TallrecError
-from tallrec_cli.core.files import tallrec_home
+from tallrec_cli.core.errors import ConfigError, TallrecError
+from tallrec_cli.core.files import check_writable, tallrec_home
 from tallrec_cli.core.quiet import quiet_libraries
-from tallrec_cli.model.loading import EMBEDDED_MODELS, cpu_supports_bf16
-from tallrec_cli.train.capacity import estimate_recipe, shortfall_advice
+from tallrec_cli.model.loading import EMBEDDED_MODELS, bitsandbytes_problem, cpu_supports_bf16
+from tallrec_cli.train.capacity import CUDA_RESERVE_GIB, estimate_recipe, shortfall_advice
 from tallrec_cli.train.config import load_train_config
 
 GIB = 1024 ** 3
@@ -114,7 +114,6 @@ def check_gpus() -> list[Check]:
 def check_bf16() -> Check:
     import torch
 
-
     if torch.cuda.is_available():
         if torch.cuda.is_bf16_supported():
             return Check("bf16", "ok", "supported on the GPU: dtype auto trains in bf16")
@@ -152,9 +151,10 @@ def check_bitsandbytes(device: str) -> list[Check]:
     """A real 4-bit and 8-bit matmul on ``device``; NF4 keeps ~10% relative error, int8 ~1%."""
 
     quiet_libraries()  # before the import: bitsandbytes talks while loading
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return [Check("bitsandbytes", "fail", "not installed: 4bit/8bit recipes (QLoRA, TALLRec's 8-bit) cannot run",
-                      "pip install 'bitsandbytes>=0.45'")]
+    problem = bitsandbytes_problem()
+    if problem is not None:
+        return [Check("bitsandbytes", "fail", f"{problem[0]}: 4bit/8bit recipes (QLoRA, TALLRec's 8-bit) cannot run",
+                      problem[1])]
     checks = []
     version = importlib.metadata.version("bitsandbytes")
     for bits, tolerance in ((4, 0.25), (8, 0.05)):
@@ -205,6 +205,11 @@ def _existing_parent(path: Path) -> Path:
 
 
 def check_disk(home: Path) -> Check:
+    try:  # caches are written there: a read-only one fails the first model conversion
+        check_writable(home)
+    except (TallrecError, OSError) as exc:
+        return Check("disk", "fail", f"TALLREC_HOME: {getattr(exc, 'message', exc)}",
+                     "point TALLREC_HOME at a writable folder")
     free = shutil.disk_usage(_existing_parent(home)).free / GIB
     detail = f"{free:.1f} GiB free for TALLREC_HOME ({home})"
     if free < DISK_FAIL_GIB:
@@ -257,12 +262,15 @@ def check_recipe_fit(recipe: str | Path | None, overrides: dict | None = None,
         config = load_train_config(recipe, overrides)
         estimate = estimate_recipe(config, processes=_gpu_count() if config.training.fsdp else 1)
     except TallrecError as exc:
-        return Check(name, "fail", exc.message.splitlines()[0], exc.hint)
+        # a config error's heading alone ("recipe.yaml has 1 problem") would drop the problem itself
+        return Check(name, "fail", "; ".join(exc.problems) if isinstance(exc, ConfigError) else exc.message, exc.hint)
     available, where = budget()
-    detail = f"needs ~{estimate.total_gib:.1f} GiB per GPU, {available / GIB:.1f} GiB {where}"
-    if estimate.total_bytes <= available:
-        return Check(name, "ok", detail + f" (headroom {(available - estimate.total_bytes) / GIB:.1f} GiB)")
-    return Check(name, "fail", detail + f": short by {(estimate.total_bytes - available) / GIB:.1f} GiB",
+    needed = estimate.needed_bytes  # the peak and the CUDA context, as `--dry-run` checks it
+    detail = (f"needs ~{needed / GIB:.1f} GiB per GPU ({estimate.total_gib:.1f} peak + {CUDA_RESERVE_GIB:g} CUDA "
+              f"context), {available / GIB:.1f} GiB {where}")
+    if needed <= available:
+        return Check(name, "ok", detail + f" (headroom {(available - needed) / GIB:.1f} GiB)")
+    return Check(name, "fail", detail + f": short by {(needed - available) / GIB:.1f} GiB",
                  shortfall_advice(estimate))
 
 

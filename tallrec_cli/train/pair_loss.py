@@ -6,9 +6,10 @@ cross-entropy of every answer token ("Yes", ".", EOS), so most of its gradient g
 reads. The pair loss is the cross-entropy over [logit_yes, logit_no] at the first answer position only:
 -log P(yes) for a like, -log(1 - P(yes)) for a dislike, optionally class-weighted.
 
-The trainer asks the model for logits at one position per row (`logits_to_keep` with per-row indices),
-so the vocabulary projection costs one row per record and the forward still runs through the wrapped
-model (DDP, peft, soft-capping models).
+The forward runs through the wrapped model (DDP, FSDP and peft see it as usual); the final hidden state is
+taken from its transformer body at each row's answer position and projected onto the two label rows only,
+in float32 as the scorer does (`scoring.label_logits`). Per-row `logits_to_keep` indices are not used: before
+they were supported (transformers 5.17 and older) a [B, 1] tensor gave logits of shape [B, B, 1, V].
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 
 from tallrec_cli.model.prompts import LabelTokens
+from tallrec_cli.model.scoring import label_logits, split_lm_head
 
 CLASS_WEIGHTS = ("none", "balanced")
 
@@ -67,6 +69,24 @@ def pair_loss(pair_logits: torch.Tensor, targets: torch.Tensor,
     return (F.binary_cross_entropy_with_logits(margin, targets, reduction="none") * row_weights).mean()
 
 
+def answer_pair_logits(model, inner, inputs: dict, positions: torch.Tensor, labels: LabelTokens):
+    """([logit_yes, logit_no] at each row's answer position in float32, the model's output).
+
+    ``model`` is called (it may be a DDP/FSDP wrapper); ``inner`` is the causal LM (or its peft wrapper) inside
+    it, whose body's output is kept by a forward hook. The model's own head runs at one position only
+    (``logits_to_keep=1``, which every transformers version takes)."""
+    body, _ = split_lm_head(inner)
+    kept = []
+    handle = body.register_forward_hook(lambda module, args, output: kept.append(output[0]))
+    try:
+        outputs = model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    hidden = kept[-1][torch.arange(len(positions), device=positions.device), positions]
+    _, weight = split_lm_head(inner)  # read after the forward: FSDP has gathered the head's weight by then
+    return label_logits(hidden, weight, labels), outputs
+
+
 class PairLossTrainer(SFTTrainer):
     """SFTTrainer whose training loss is the pair loss; everything else (data, collation, checkpoints,
     callbacks) is SFTTrainer's."""
@@ -81,12 +101,10 @@ class PairLossTrainer(SFTTrainer):
         self.class_weights = weights
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
-        positions, first_tokens = answer_positions(labels)
+        positions, first_tokens = answer_positions(inputs["labels"])
         forward = {key: value for key, value in inputs.items() if key != "labels"}
-        outputs = model(**forward, use_cache=False, logits_to_keep=positions.unsqueeze(1))
-        label_rows = [self.label_tokens.positive_id, self.label_tokens.negative_id]
-        pair_logits = outputs.logits[:, -1, label_rows]
+        pair_logits, outputs = answer_pair_logits(model, self.accelerator.unwrap_model(model), forward, positions,
+                                                  self.label_tokens)
         targets = pair_targets(first_tokens, self.label_tokens)
         loss = pair_loss(pair_logits, targets, self.class_weights)
         mode = "train" if model.training else "eval"

@@ -24,6 +24,7 @@ from tallrec_cli.core.files import (
     write_jsonl_atomic,
     write_text_atomic,
 )
+from tallrec_cli.core.integrity import adapter_hashes
 from tallrec_cli.core.manifests import BestStep, RunMetrics, run_data, train_run_manifest
 from tallrec_cli.core.quiet import quiet_libraries
 from tallrec_cli.core.reporting import reporter
@@ -42,6 +43,7 @@ from tallrec_cli.model.scoring import ScoringSpec, is_out_of_memory
 from tallrec_cli.train.checkpoints import last_whole_checkpoint
 from tallrec_cli.train.config import TrainConfig, check_schedule, eval_interval, is_main_process, preflight, work_dir
 from tallrec_cli.train.data import PreparedData, answer_outputs, prepare_data, valid_users
+from tallrec_cli.train.inputs import RunInputs, absolute_data, check_resume
 
 # FSDP2 through accelerate: each decoder layer is a shard unit (the model's _no_split_modules). Checkpoints
 # (for --resume) stay sharded, each rank writing its part; the adapter is gathered and written once by
@@ -62,8 +64,8 @@ def build_model(config: TrainConfig, source):
                        device=device, oom_hint=_OOM_HINT, shardable=fsdp)
     model.config.use_cache = False
     # Under FSDP every parameter of a shard unit must have one dtype: prepare_model_for_kbit_training's fp32
-    # upcast of norms and embeddings is skipped (as in the public FSDP+QLoRA recipes); the trainer enables
-    # gradient checkpointing instead.
+    # upcast of norms and embeddings is skipped (as in the public FSDP+QLoRA recipes), and with it its gradient
+    # checkpointing: FSDP checkpoints each layer itself (see _sft_config).
     if config.model.quantization != "none":
         _keep_4bit_layers_trainable(model)
     if config.model.quantization != "none" and not fsdp:
@@ -153,9 +155,12 @@ def _sft_config(config: TrainConfig, run_dir: Path, eval_every: int, world_size:
         ddp_backend=None if torch.cuda.is_available() else ("gloo" if world_size > 1 else None),
         ddp_find_unused_parameters=False,
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
-        gradient_checkpointing=training.gradient_checkpointing and (config.model.quantization == "none" or training.fsdp),
+        # k-bit runs checkpoint through prepare_model_for_kbit_training, FSDP runs through FSDP's own activation
+        # checkpointing (the Trainer's would add a redundant all-gather of each layer in backward)
+        gradient_checkpointing=training.gradient_checkpointing and config.model.quantization == "none"
+        and not training.fsdp,
         fsdp=training.fsdp,
-        fsdp_config=FSDP_CONFIG if training.fsdp else None,
+        fsdp_config={**FSDP_CONFIG, "activation_checkpointing": training.gradient_checkpointing} if training.fsdp else None,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         completion_only_loss=config.prompt.loss in ("answer", "pair"),
         max_length=None,  # records are already fitted to prompt.max_length without cutting answers
@@ -205,6 +210,14 @@ def check_adapter_trained(adapter_dir: Path) -> None:
                                 "train for more steps or raise training.lr")
 
 
+def _warn_if_untrained(adapter_dir: Path) -> None:
+    """A finished run is kept, whatever its adapter: its compute is spent and its metrics say what it learned."""
+    try:
+        check_adapter_trained(adapter_dir)
+    except ArtifactError as exc:
+        reporter().warning(f"{exc.message}; the run is kept ({exc.hint})")
+
+
 _OOM_HINT = ("lower --set training.micro_batch_size (batch_size stays: gradient accumulation makes up), "
              "prompt.max_length, or use model.quantization=4bit / training.gradient_checkpointing=true")
 
@@ -215,10 +228,11 @@ def _oom_error(config: TrainConfig) -> ResourceError:
         f"max_length={config.prompt.max_length}, quantization={config.model.quantization}", _OOM_HINT)
 
 
-def _prepare_run_dir(config: TrainConfig, folder: Path, resume: bool, checkpoint: str | None) -> None:
+def _prepare_run_dir(config: TrainConfig, folder: Path, resume: bool, checkpoint: str | None,
+                     inputs: RunInputs) -> None:
     """Create the folder training writes into; a fresh start (also a resume with no checkpoint yet) gets
-    config.yaml and an empty metrics.jsonl. An older run at ``output.dir`` is left alone: under
-    ``--overwrite`` ``folder`` is its pending replacement."""
+    config.yaml, inputs.json (what it starts from, for --resume to compare) and an empty metrics.jsonl. An
+    older run at ``output.dir`` is left alone: under ``--overwrite`` ``folder`` is its pending replacement."""
     import yaml
 
     if not is_main_process():
@@ -228,7 +242,14 @@ def _prepare_run_dir(config: TrainConfig, folder: Path, resume: bool, checkpoint
     folder.mkdir(parents=True, exist_ok=True)
     if checkpoint is None:
         write_text_atomic(folder / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        inputs.write(folder)
         (folder / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _run_inputs(config: TrainConfig, source, folder: Path, checkpoint: str | None) -> RunInputs:
+    """What the run starts from; continuing from a checkpoint, what it started from, refused when changed."""
+    now = RunInputs.of(config, model_identity(source))
+    return check_resume(folder, config.output.dir, now) if checkpoint else now
 
 
 def _resume_checkpoint(folder: Path, resume: bool) -> str | None:
@@ -239,7 +260,7 @@ def _resume_checkpoint(folder: Path, resume: bool) -> str | None:
     checkpoint, broken = last_whole_checkpoint(folder / "checkpoints")
     if is_main_process():
         for name, problem in broken.items():
-            reporter().note(f"skipping the incomplete {name} ({problem})")
+            reporter().note(f"skipping the damaged or incomplete {name} ({problem})")
         if checkpoint is None:
             reporter().note(f"{folder} has no complete checkpoint yet: training starts again from "
                             "step 0 with the saved config")
@@ -253,6 +274,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     checkpoint under RUN/checkpoints is continued.
     """
     started = time.monotonic()
+    config = absolute_data(config)  # config.yaml and the manifest find the data from any folder
     preflight(config, resume)
     quiet_libraries()
     # heavy: trl, transformers and datasets, and our modules that subclass their classes (seconds of imports
@@ -287,7 +309,8 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
                            "checkpoints are selected on validation loss instead")
     run_dir = work_dir(config, resume)
     checkpoint = _resume_checkpoint(run_dir, resume)
-    _prepare_run_dir(config, run_dir, resume, checkpoint)
+    inputs = _run_inputs(config, source, run_dir, checkpoint)
+    _prepare_run_dir(config, run_dir, resume, checkpoint, inputs)
 
     set_seed(config.training.seed)
     compute_dtype = resolve_dtype(config.model.dtype)
@@ -356,14 +379,16 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     wall_seconds = status.elapsed_before + time.monotonic() - started
     summary = _summary(config, data, status, eval_every, steps, max_steps, wall_seconds, one_class, world_size)
     if is_main:
-        check_adapter_trained(run_dir / "adapter")
+        _warn_if_untrained(run_dir / "adapter")
         best = status.best_row or {}
         train_run_manifest(
-            config, base_model=model_identity(source), base_model_config=base_config, labels=label_tokens.as_dict(),
+            config, base_model=inputs.base_model, base_model_config=base_config, labels=label_tokens.as_dict(),
             dtype=str(compute_dtype).replace("torch.", ""), processes=world_size, wall_seconds=wall_seconds,
-            data=run_data(config, len(data.train_records), len(data.valid_records), data.truncated_records),
+            data=run_data(config, len(data.train_records), len(data.valid_records), data.truncated_records,
+                          inputs.data),
             best=BestStep(status.best_step, best.get("val_auc"), best.get("val_loss"), status.selection_metric),
             metrics=RunMetrics(best.get("val_auc"), summary["train_loss"], summary["start_val_auc"]),
+            files=adapter_hashes(run_dir),
         ).write(run_dir)
         if run_dir != Path(config.output.dir):
             replace_dir(run_dir, Path(config.output.dir))  # the old run stayed until this one was complete

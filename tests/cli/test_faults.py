@@ -124,7 +124,7 @@ def test_item02_overwrite_onto_a_mount_point_swaps_the_contents(tmp_path, monkey
 
     monkeypatch.setattr(os, "replace", busy_replace)
     monkeypatch.setattr(io, "_exchange", busy_exchange, raising=False)
-    with io.staged_dir(target, overwrite=True) as staging:
+    with io.staged_dir(target, "samples", overwrite=True) as staging:
         (staging / "new.txt").write_text("new")
         write_manifest(staging, "samples", {})
     assert sorted(path.name for path in target.iterdir()) == ["manifest.json", "new.txt"]
@@ -148,7 +148,7 @@ KILL_DURING_SWAP = textwrap.dedent("""
         real_replace(source, destination)
 
     os.replace = replace
-    with io.staged_dir(target, overwrite=True) as staging:
+    with io.staged_dir(target, "samples", overwrite=True) as staging:
         (staging / "data.txt").write_text("new")
         write_manifest(staging, "samples", {"files": io.file_hashes(staging)})
 """)
@@ -166,7 +166,7 @@ def test_item02_sigkill_in_the_middle_of_an_overwrite_loses_nothing(tmp_path):
                                stderr=subprocess.PIPE, text=True)
     wait_for(ready, process)
     kill(process)
-    with pytest.raises(RuntimeError), io.staged_dir(target, overwrite=True):
+    with pytest.raises(RuntimeError), io.staged_dir(target, "samples", overwrite=True):
         raise RuntimeError("the next command touching the folder fails too")
     assert (target / "data.txt").read_text() == "old"  # the old version is back in place, whole
     assert read_manifest(target)["files"] == file_hashes(target)

@@ -211,7 +211,8 @@ def test_a_default_eval_run_prints_no_third_party_noise(tiny_model_dir, tmp_path
     debug = subprocess.run([sys.executable, "-m", "tallrec_cli", "eval", "--adapter", str(run), "--test", str(test),
                             "--compare", "base", "--bootstrap", "10", "--dtype", "float32", "--overwrite"],
                            capture_output=True, text=True, env={**env, "TALLREC_DEBUG": "1"}, timeout=600)
-    assert debug.returncode == 0 and "Warning" in debug.stderr  # the switch hides real noise, and shows it again
+    # the switch hides real noise, and shows it again (which noise depends on the library versions)
+    assert debug.returncode == 0 and any(not line.startswith("scoring ") for line in debug.stderr.splitlines())
 
 
 def test_the_gguf_loaders_plain_tqdm_bar_is_silenced_and_debug_shows_it():

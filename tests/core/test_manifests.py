@@ -45,7 +45,8 @@ def test_a_manifest_written_before_types_reads_back_and_writes_the_same_json(tmp
     manifest = manifests.load(tmp_path, TrainRunManifest)
     assert manifest.data.train_records == 64 and manifest.best.step == 8 and manifest.prompt.template == "alpaca"
     manifest.write(tmp_path / "again")
-    added = {"calibration": None, "data": {**WRITTEN_BEFORE["data"], "name": None}}  # optional fields, now explicit
+    added = {"calibration": None, "files": None,  # optional fields, now explicit
+             "data": {**WRITTEN_BEFORE["data"], "name": None}}
     assert json.loads((tmp_path / "again" / "manifest.json").read_text()) == {**WRITTEN_BEFORE, **added}
 
 
@@ -84,7 +85,7 @@ def test_train_run_manifest_takes_what_the_config_says(tmp_path):
     data = RunData(train="d", valid="d", shots=4, sample_seed=1, train_records=4, valid_records=2)
     manifest = train_run_manifest(config, base_model={"name": "m"}, base_model_config=None, labels={},
                                   dtype="bfloat16", data=data, best=BestStep(2, 0.6), metrics=RunMetrics(None),
-                                  wall_seconds=1.234)
+                                  wall_seconds=1.234, files={})
     assert (manifest.kind, manifest.seed, manifest.lora["r"], manifest.prompt.template) == ("train-run", 7, 4, "chat")
     assert manifest.wall_seconds == 1.23 and manifest.config["training"]["seed"] == 7
 

@@ -234,7 +234,7 @@ def test_encoding_override_and_latin1_fallback(tmp_path):
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    build("movielens-1m", out, path=str(FIXTURES / "ml-1m"), history_len=3)  # --overwrite replaces a dataset only
     (out / "keep.txt").write_text("mine")
     with pytest.raises(TallrecError, match="already exists"):
         build("movielens-1m", out, path=str(FIXTURES / "ml-1m"), history_len=3)

@@ -12,7 +12,15 @@ from typer.testing import CliRunner
 from tallrec_cli.cli.app import app
 from tallrec_cli.core.errors import TallrecError
 from tallrec_cli.core.files import read_jsonl
-from tallrec_cli.core.manifests import BestStep, RunMetrics, read_manifest, run_data, train_run_manifest
+from tallrec_cli.core.integrity import adapter_hashes
+from tallrec_cli.core.manifests import (
+    BestStep,
+    RunMetrics,
+    data_hashes,
+    read_manifest,
+    run_data,
+    train_run_manifest,
+)
 from tallrec_cli.train.config import load_train_config
 from tests.model.test_scoring_prompts import movie_records, sharpen
 
@@ -79,8 +87,10 @@ def make_run(model_dir, folder, hidden_size=None, data=None):
     config = load_train_config(None, {"model": {"name": str(model_dir)}, "lora": {"r": 4, "alpha": 8},
                                       "data": {"train": str(data)}})
     train_run_manifest(config, base_model={"kind": "local", "name": str(model_dir)}, base_model_config=summary,
-                       labels=labels.as_dict(), dtype="float32", data=run_data(config, 16, 8, 0),
-                       best=BestStep(4, 0.6), metrics=RunMetrics(0.6), wall_seconds=1.0).write(folder)
+                       labels=labels.as_dict(), dtype="float32",
+                       data=run_data(config, 16, 8, 0, data_hashes(config.data.train, None)),
+                       best=BestStep(4, 0.6), metrics=RunMetrics(0.6), wall_seconds=1.0,
+                       files=adapter_hashes(folder)).write(folder)
     return folder
 
 
@@ -207,7 +217,7 @@ def test_predict_builds_the_data_stage_wording_and_accepts_tallrec_records(model
     assert len(rows) == 4 and all(0 <= row["p_yes"] <= 1 for row in rows)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"liked": "x"}])
     assert "neither a candidate" in error_of(invoke("predict", "--model", model_dir, "--input", bad,
-                                                    "--output", output)).message
+                                                    "--output", output, "--overwrite")).message
 
 
 def test_baselines_alone_write_eval_folders_and_need_training_data(tmp_path):

@@ -15,6 +15,7 @@ import yaml
 
 from tallrec_cli.core.errors import ArtifactError, ModelError
 from tallrec_cli.core.files import file_hashes
+from tallrec_cli.core.integrity import adapter_hashes
 from tallrec_cli.core.manifests import read_manifest
 from tallrec_cli.export.adapter import export_adapter
 from tallrec_cli.export.vllm import check_vllm_compatibility
@@ -105,6 +106,8 @@ def test_tokenizer_included_when_it_differs_from_base(tiny_model_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(run / "adapter")
     tokenizer.add_tokens(["<item>"])
     tokenizer.save_pretrained(run / "adapter")
+    manifest = read_manifest(run)  # as if training had written this tokenizer: the run records its files' hashes
+    (run / "manifest.json").write_text(json.dumps({**manifest, "files": adapter_hashes(run)}))
     result = export_adapter(run, tmp_path / "export")
     assert result.tokenizer_included
     assert "<item>" in AutoTokenizer.from_pretrained(result.path).get_vocab()
@@ -132,8 +135,7 @@ def test_refuses_damaged_adapter_weights(tiny_run, tmp_path, damage):
 
 
 def test_refuses_existing_output_unless_overwrite(tiny_run, tmp_path):
-    target = tmp_path / "export"
-    target.mkdir()
+    target = export_adapter(tiny_run, tmp_path / "export").path  # --overwrite replaces an export, nothing else
     (target / "keep.txt").write_text("mine")
     with pytest.raises(ArtifactError, match="already exists"):
         export_adapter(tiny_run, target)

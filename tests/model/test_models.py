@@ -73,3 +73,25 @@ def test_inference_folds_the_adapter_into_the_weights_with_the_same_scores(tmp_p
     prompts = spec.render(SAMPLE_RECORDS, merged.tokenizer)
     np.testing.assert_allclose(score_prompts(merged.model, merged.tokenizer, prompts, labels),
                                score_prompts(apart.model, apart.tokenizer, prompts, labels), atol=1e-5)
+
+
+def test_a_bitsandbytes_older_than_transformers_minimum_is_refused_before_loading(old_bitsandbytes):
+    import torch
+    from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
+
+    pytest.importorskip("bitsandbytes")
+    with pytest.raises(ModelError, match=f"bitsandbytes 0.45.0 is older than {BITSANDBYTES_MIN_VERSION}") as error:
+        models.quantization_config("4bit", torch.bfloat16)
+    assert error.value.hint == f"pip install -U 'bitsandbytes>={BITSANDBYTES_MIN_VERSION}'"
+
+
+def test_an_import_error_from_transformers_while_loading_is_a_model_error(tiny_model_dir, old_bitsandbytes,
+                                                                           monkeypatch):
+    """transformers' own refusal (ImportError) of an old bitsandbytes, reached past tallrec's check."""
+    from transformers import BitsAndBytesConfig
+
+    pytest.importorskip("bitsandbytes")
+    monkeypatch.setattr(models, "quantization_config", lambda *args: BitsAndBytesConfig(load_in_4bit=True))
+    with pytest.raises(ModelError, match="could not load .*requires bitsandbytes") as error:
+        models.load_model(models.resolve_model_source(str(tiny_model_dir)), "float32", "4bit", device="cpu")
+    assert "tallrec doctor" in error.value.hint

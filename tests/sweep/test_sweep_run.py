@@ -28,6 +28,7 @@ from tallrec_cli.core.manifests import (
     PromptRecord,
     RunMetrics,
     ZeroShotCellManifest,
+    data_hashes,
     run_data,
     train_run_manifest,
 )
@@ -75,8 +76,8 @@ def fake_cell_manifest(cell, config):
         return ZeroShotCellManifest.new(base_model=identity, prompt=PromptRecord(config.prompt.template),
                                         labels={"positive_word": "Yes", "negative_word": "No"}, config=to_dict(config))
     return train_run_manifest(config, base_model=identity, base_model_config=None, labels={}, dtype="float32",
-                              data=run_data(config, cell.shots, 12, 0), best=BestStep(2, 0.5),
-                              metrics=RunMetrics(0.5), wall_seconds=0.1)
+                              data=run_data(config, cell.shots, 12, 0, data_hashes(config.data.train, None)),
+                              best=BestStep(2, 0.5), metrics=RunMetrics(0.5), wall_seconds=0.1, files={})
 
 
 class FakeRunner:

@@ -7,10 +7,12 @@ acceptance/cuda_acceptance.py lists, per item, what the first real GPU run must 
 from __future__ import annotations
 
 import gc
+import importlib.metadata
 import json
 import types
 import weakref
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -339,28 +341,109 @@ def test_bfloat16_on_a_pre_ampere_gpu_is_a_config_error(tmp_path, tiny_model_dir
     assert models.resolve_dtype("auto") == torch.float16
 
 
-def test_dependency_floors_cover_the_apis_used():
-    import tomllib
+def _literal_choices_checked() -> bool:
+    import typer
+    from typer.testing import CliRunner
 
+    app = typer.Typer()
+
+    @app.command()
+    def pick(mode: Literal["a", "b"] = "a") -> None:
+        pass
+
+    return CliRunner().invoke(app, ["--mode", "c"]).exit_code == 2
+
+
+def _bitsandbytes_floor_loads(floors: dict[str, str]) -> bool:
+    from packaging.version import Version
+    from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
+
+    return Version(floors["bitsandbytes"]) >= Version(BITSANDBYTES_MIN_VERSION)
+
+
+def _has(module: str, name: str) -> bool:
+    import importlib
+
+    return hasattr(importlib.import_module(module), name)
+
+
+def _imports_click() -> bool:
+    import subprocess
+    import sys
+
+    code = "import sys, typer; print('click' in sys.modules)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
+
+
+def _has_parameter(module: str, function: str, name: str) -> bool:
+    import importlib
+    import inspect
+
+    return name in inspect.signature(getattr(importlib.import_module(module), function)).parameters
+
+
+def _training_argument(name: str) -> bool:
+    from transformers import TrainingArguments
+
+    return name in TrainingArguments.__dataclass_fields__
+
+
+# The API each floor in pyproject.toml is there for, and a check of it on the installed version: `make test-floors`
+# installs every dependency at its floor, so there each check is one of the floor itself. Floors that another
+# dependency's floor sets are checked by test_no_floor_is_below_what_a_dependency_at_its_floor_requires.
+FLOOR_APIS = {
+    "torch": ("torch.OutOfMemoryError", lambda floors: hasattr(torch, "OutOfMemoryError")),
+    "transformers": ("TrainingArguments.train_sampling_strategy",
+                     lambda floors: _training_argument("train_sampling_strategy")),
+    "trl": ("the fused LM head's Triton switch, trl.kernels.chunked_logprob._use_triton",
+            lambda floors: _has("trl.kernels.chunked_logprob", "_use_triton")),
+    "peft": ("get_peft_model importing under transformers 5", lambda floors: _has("peft", "get_peft_model")),
+    "accelerate": ("FSDP2 of 4-bit models, accelerate.utils.fsdp_utils.fsdp2_prepare_model",
+                   lambda floors: _has("accelerate.utils.fsdp_utils", "fsdp2_prepare_model")),
+    "bitsandbytes": ("8-bit LoRA under fp16 without NaN on the CPU; transformers' BITSANDBYTES_MIN_VERSION, 0.46.1, "
+                     "does not", _bitsandbytes_floor_loads),
+    "scikit-learn": ("brier_score_loss(labels=...)", lambda floors: _has_parameter("sklearn.metrics", "brier_score_loss",
+                                                                                 "labels")),
+    "typer": ("its own click: no Click deprecation warnings at import; typing.Literal choices checked at parse time",
+              lambda floors: _literal_choices_checked() and not _imports_click()),
+}
+
+
+def _floor_comment() -> str:
+    """pyproject.toml's comment on the floors, as one line."""
+    from tests.floors import PYPROJECT
+
+    head = PYPROJECT.read_text(encoding="utf-8").split("dependencies = [")[0]
+    return " ".join(line.lstrip("# ").strip() for line in head.splitlines() if line.startswith("#"))
+
+
+def test_dependency_floors_name_the_api_they_are_for():
+    from tests.floors import declared_floors
+
+    floors, comment = declared_floors(), _floor_comment()
+    for name, (api, holds) in FLOOR_APIS.items():
+        assert f"{name} {floors[name]} ({api})" in comment, f"pyproject.toml does not say {name} {floors[name]} is for {api}"
+        assert holds(floors), f"{name} {importlib.metadata.version(name)} lacks {api}"
+
+
+def test_no_floor_is_below_what_a_dependency_at_its_floor_requires():
+    """A floor pip cannot install beside another one (trl 1.16 needs datasets >= 4.7 and pyarrow >= 21): checked
+    for each dependency installed at its floor (all of them under `make test-floors`)."""
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
     from packaging.version import Version
 
-    needed = {  # the oldest version with what tallrec calls
-        "transformers": "5.2",  # TrainingArguments.train_sampling_strategy
-        "trl": "1.16",  # the fused LM head scoring labelled positions only; kernels.chunked_logprob._use_triton
-        "peft": "0.18.1",  # the first peft that imports under transformers 5
-        "accelerate": "1.13",  # 4-bit bitsandbytes models under transformers 5
-        "datasets": "4.7",  # trl 1.16's floor
-        "torch": "2.5",  # torch.OutOfMemoryError
-    }
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    floors = {}
-    for line in project["dependencies"]:
-        requirement = Requirement(line)
-        floors[requirement.name] = min((Version(spec.version) for spec in requirement.specifier
-                                        if spec.operator == ">="), default=None)
-    for name, version in needed.items():
-        assert floors[name] is not None and floors[name] >= Version(version), (name, floors[name])
+    from tests.floors import declared_floors
+
+    floors = {canonicalize_name(name): Version(floor) for name, floor in declared_floors().items()}
+    at_floor = [name for name, floor in floors.items() if Version(importlib.metadata.version(name)) == floor]
+    assert at_floor  # trl is installed at its floor in .venv too
+    for name in at_floor:
+        for requirement in map(Requirement, importlib.metadata.requires(name) or []):
+            needed = canonicalize_name(requirement.name)
+            if needed in floors and (requirement.marker is None or requirement.marker.evaluate({"extra": ""})):
+                assert requirement.specifier.contains(floors[needed], prereleases=True), \
+                    f"{name} {floors[name]} requires {requirement}, pyproject.toml's floor is {floors[needed]}"
 
 
 # ------------------------------------------------------------------------ 9. models freed between runs

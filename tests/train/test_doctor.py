@@ -48,6 +48,19 @@ def test_a_recipe_that_cannot_fit_says_by_how_much_and_what_to_lower():
     assert fits.verdict == "ok" and "headroom" in fits.detail
 
 
+def test_the_fit_check_keeps_the_cuda_context_free_as_dry_run_does():
+    from tallrec_cli.train.capacity import CUDA_RESERVE_GIB, estimate_recipe
+    from tallrec_cli.train.config import load_train_config
+
+    recipe = os.path.join(REPO, "recipes", "llama-3-8b-qlora.yaml")
+    overrides = {"model": {"name": "random:llama-3-8b"}}
+    peak = estimate_recipe(load_train_config(recipe, overrides)).total_bytes
+    short = doctor.check_recipe_fit(recipe, overrides, budget=lambda: (peak + CUDA_RESERVE_GIB * GIB / 2, "free"))
+    assert short.verdict == "fail" and "CUDA context" in short.detail
+    enough = doctor.check_recipe_fit(recipe, overrides, budget=lambda: (peak + CUDA_RESERVE_GIB * GIB, "free"))
+    assert enough.verdict == "ok"
+
+
 def test_a_broken_recipe_is_a_fail_line_not_a_crash(tmp_path):
     check = doctor.check_recipe_fit(tmp_path / "missing.yaml")
     assert check.verdict == "fail" and "does not exist" in check.detail

@@ -84,12 +84,43 @@ def test_fsdp_adapter_equals_a_single_process_run_and_loads_with_plain_peft(tmp_
     assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == base.config.vocab_size
 
 
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_fsdp_checkpoints_activations_with_fsdps_own_wrapper_not_the_trainers(tmp_path, quantization):
+    """The Trainer's gradient checkpointing under FSDP re-gathers each layer in backward a second time."""
+    from tallrec_cli.train.run import _sft_config
+
+    config = tiny_config(tmp_path, tmp_path, tmp_path / "run", model__quantization=quantization,
+                         model__dtype="bfloat16", training__fsdp=True, training__gradient_checkpointing=True)
+    args = _sft_config(config, tmp_path / "run", 2, 1, "bf16")
+    assert not args.gradient_checkpointing and args.fsdp_config["activation_checkpointing"] is True
+    plain = tiny_config(tmp_path, tmp_path, tmp_path / "run", training__gradient_checkpointing=True)
+    assert _sft_config(plain, tmp_path / "run", 2, 1, None).gradient_checkpointing  # without FSDP: the Trainer's
+
+
 def test_fsdp_in_a_single_process_is_refused_before_loading(tmp_path, tiny_model_dir):
     data = write_dataset(tmp_path / "data")
     with pytest.raises(ConfigError, match="training.fsdp: FSDP shards across processes but this is a single process") as error:
         preflight(tiny_config(tiny_model_dir, data, tmp_path / "run", training__fsdp=True))
     assert "nothing was loaded" in error.value.hint
     assert "accelerate launch --config_file recipes/accelerate/" in str(error.value)
+
+
+def test_preflight_warns_that_every_gpu_first_loads_the_whole_model(tmp_path, tiny_model_dir, monkeypatch):
+    from tallrec_cli.core.reporting import Reporter, use_reporter
+
+    class Warnings(Reporter):
+        said: list[str] = []
+
+        def warning(self, message: str) -> None:
+            self.said.append(message)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    previous = use_reporter(Warnings())
+    try:
+        preflight(tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run", training__fsdp=True))
+    finally:
+        use_reporter(previous)
+    assert any("loads the whole model onto its own GPU before FSDP shards it" in said for said in Warnings.said)
 
 
 @pytest.mark.slow
@@ -107,9 +138,11 @@ def test_dry_run_per_gpu_estimate_from_an_accelerate_config():
 
     recipe = str(REPO / "recipes" / "llama-3-70b-qlora-fsdp.yaml")
     common = ["train", recipe, "--model", "random:llama-3-70b", "--train", str(REPO), "--dry-run"]
-    two = CliRunner().invoke(app, [*common, "--accelerate-config", str(REPO / "recipes/accelerate/fsdp2-2gpu.yaml")])
+    two = CliRunner().invoke(app, [*common, "--accelerate-config", str(REPO / "recipes/accelerate/fsdp2-2gpu.yaml"),
+                                   "--gpu-memory", "48"])
     assert two.exit_code == 0, two.output
-    assert re.search(r"per GPU, 2 processes\s+sharded\s+with FSDP", two.output) and "fits in 24 GiB per GPU" in two.output
+    assert re.search(r"per GPU, 2 processes\s+sharded\s+with FSDP", two.output) and "fits in 48 GiB per GPU" in two.output
+    assert re.search(r"at load every GPU holds the whole\s+model, 36.8 GiB", two.output)
     one = CliRunner().invoke(app, [*common, "--processes", "1"])
     assert "does not fit in 24 GiB per GPU" in one.output and "short by" in one.output
 
@@ -117,8 +150,10 @@ def test_dry_run_per_gpu_estimate_from_an_accelerate_config():
     from tallrec_cli.train.config import load_train_config
 
     config = load_train_config(recipe, {"model": {"name": "random:llama-3-70b"}})
-    totals = [per_gpu_fit(config, count, 512, 24.0)["total_gib"] for count in (2, 4, 8)]
-    assert totals[0] > totals[1] > totals[2] and 15 < totals[0] < 24
+    fits = [per_gpu_fit(config, count, 512, 24.0) for count in (2, 4, 8)]
+    sharded = [max(fit["parts_gib"]["training"], fit["parts_gib"]["validation"]) for fit in fits]
+    assert sharded[0] > sharded[1] > sharded[2]  # more GPUs, smaller shards; loading stays whole on each
+    assert {round(fit["total_gib"], 1) for fit in fits} == {36.8} and not any(fit["fits"] for fit in fits)
 
 
 def test_a_wrong_accelerate_config_path_is_a_clear_error(tmp_path):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 
 from tallrec_cli.cli.commands._common import command_app
 from tallrec_cli.cli.console import console, table
-from tallrec_cli.core.errors import ArtifactError
+from tallrec_cli.core.errors import ArtifactError, ConfigError
+from tallrec_cli.core.formatting import format_bytes
 from tallrec_cli.export.registry import (
     adapter_path,
     list_adapters,
@@ -36,12 +38,17 @@ def list_command(store: Path | None = _store_option()) -> None:
 
     entries = list_adapters(store)
     if not entries:
-        console.print(f"no adapters in {resolve_store(store)}")
+        console.print(f"no adapters in {resolve_store(store)}", highlight=False)
         return
-    rows = [(e.name, e.base_model or f"[red]{e.problem}[/]", e.dataset, e.shots, e.seed, e.auc,
-             f"{e.size_bytes / 1e6:.1f} MB", (e.created or "")[:10] or None) for e in entries]
-    console.print(table(f"adapters in {resolve_store(store)}",
-                        ("name", "base model", "dataset", "shots", "seed", "AUC", "size", "date"), rows))
+    rows = [(e.name, _base_label(e.base_model) if e.base_model else f"[red]{e.problem}[/]", e.dataset, e.shots,
+             e.seed, e.auc, format_bytes(e.size_bytes), (e.created or "")[:10] or None) for e in entries]
+    console.print(table("adapters", ("name", "base model", "dataset", "shots", "seed", "AUC", "size", "date"), rows))
+    console.print(f"store: {resolve_store(store)}", highlight=False, soft_wrap=True)
+
+
+def _base_label(base: str) -> str:
+    """A base model in a table cell: a local model by its folder name (a full cache path wraps over lines)."""
+    return Path(base).name if Path(base).is_absolute() else base
 
 @app.command("show")
 def show_command(name: str = typer.Argument(..., help="Adapter name."), store: Path | None = _store_option()) -> None:
@@ -93,6 +100,9 @@ def rm_command(name: str = typer.Argument(..., help="Adapter name."), store: Pat
     """
 
     path = adapter_path(name, store)
+    if not yes and not sys.stdin.isatty():
+        raise ConfigError(f"`adapters rm` asks before deleting {path}, and there is no terminal to ask on",
+                          "pass --yes to delete it")
     if not yes:
         typer.confirm(f"delete {path}?", abort=True)
     remove_adapter(name, store)

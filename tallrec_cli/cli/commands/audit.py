@@ -7,7 +7,24 @@ from pathlib import Path
 import typer
 
 from data_builders.dataset import split_file
-from tallrec_cli.cli.commands._common import ADAPTER_HELP, MODEL_HELP, Dtype, ScoreMode, command_app
+from tallrec_cli.cli.commands._common import (
+    Dtype,
+    ScoreMode,
+    adapter_option,
+    batch_size_option,
+    bootstrap_option,
+    command_app,
+    dtype_option,
+    limit_option,
+    model_option,
+    output_option,
+    overwrite_option,
+    score_option,
+    seed_option,
+    split_option,
+    template_option,
+    trust_remote_code_option,
+)
 from tallrec_cli.cli.console import console, err_console, progress
 from tallrec_cli.cli.render import audit_summary_lines, audit_tables
 from tallrec_cli.core.errors import ConfigError
@@ -32,25 +49,25 @@ app = command_app()
 @app.command("audit")
 def audit_command(
     test: str = typer.Option(..., "--test", "-t", help="Test file (.jsonl, TALLRec .json) or dataset folder."),
-    output: str = typer.Option(..., "--output", "-o", help="Folder for audit.json, the PNGs and manifest.json."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    adapter: str = typer.Option(None, "--adapter", "-a", help=ADAPTER_HELP),
+    output: str = output_option("Folder for audit.json, the PNGs and manifest.json.", required=True),
+    model: str = model_option(),
+    adapter: str = adapter_option(),
     baseline: str = typer.Option(None, "--baseline", "-b", help="Audit a baseline instead of a model: "
                                  "history-share, popularity, logreg, bias, gbdt, mf, prompt-numbers."),
     train: str = typer.Option(None, "--train", help="Training data (dataset folder or records file; its train "
                               "split): warm/cold slices, leakage checks, baselines that learn. Default: the run's."),
-    split: str = typer.Option("test", help="Split to read when --test is a dataset folder."),
-    limit: int = typer.Option(None, help="Audit only the first N test records."),
-    warm_min: int = typer.Option(10, help="Training records from which a user or item counts as warm."),
-    score: ScoreMode = typer.Option("pair", "--score", help="See `tallrec eval --help`."),
-    template: str = typer.Option(None, help="Prompt template (default: the run's, else alpaca)."),
-    batch_size: int = typer.Option(None, help="Prompts per forward pass (default: the largest expected to fit)."),
-    dtype: Dtype = typer.Option("auto", help="auto: bf16 where fast."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals (0: none)."),
-    seed: int = typer.Option(0, help="Seed of the history shuffle and the bootstrap."),
+    split: str = split_option(),
+    limit: int = limit_option("test records"),
+    warm_min: int = typer.Option(10, min=1, help="Training records from which a user or item counts as warm."),
+    score: ScoreMode = score_option(),
+    template: str = template_option(),
+    batch_size: int = batch_size_option(),
+    dtype: Dtype = dtype_option(),
+    bootstrap: int = bootstrap_option(),
+    seed: int = seed_option("Seed of the history shuffle and the bootstrap"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write slices.png and history.png."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing audit folder."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
+    overwrite: bool = overwrite_option("an existing audit folder"),
+    trust_remote_code: bool = trust_remote_code_option(),
 ) -> None:
     """Audit a scorer on a test set: AUC/GAUC of warm and cold users and items and by item-popularity
     decile, the AUC change when histories are shuffled or removed (paired 95% CI), and leakage checks
@@ -66,10 +83,8 @@ def audit_command(
     if sum(bool(choice) for choice in (model or adapter, baseline)) != 1:
         raise ConfigError("audit one scorer: a model (--model and/or --adapter) or --baseline NAME",
                           "e.g. --baseline gbdt --train DATASET, or --adapter RUN")
-    if warm_min < 1:
-        raise ConfigError("--warm-min must be at least 1")
     records = load_test_records(test, split, limit)
-    train_records, train_source = training_records(train, read_adapter_manifest(adapter))
+    train_records, train_source = training_records(train, read_adapter_manifest(adapter), adapter)
     valid = valid_records(train_source)
     if baseline:
         problems = check_baseline_names([baseline], train_records is not None)

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from tallrec_cli.cli.commands._common import CalibrationMethod, Dtype, ScoreMode, command_app
+from tallrec_cli.cli.commands._common import (
+    CalibrationMethod,
+    Dtype,
+    ScoreMode,
+    batch_size_option,
+    command_app,
+    dtype_option,
+    limit_option,
+    score_option,
+)
 from tallrec_cli.cli.console import console, progress, table
 from tallrec_cli.eval.calibrate import calibrate_run
 
@@ -19,11 +28,12 @@ def calibrate_command(
     method: CalibrationMethod = typer.Option("temperature", "--method", help="Map to store: temperature (one "
                                              "parameter, keeps the score shape) or platt (slope and intercept). "
                                              "Both are reported."),
-    valid: str = typer.Option(None, "--valid", help="Validation data (default: the run's validation split)."),
-    score: ScoreMode = typer.Option("pair", "--score", help="See `tallrec eval --help`."),
-    limit: int = typer.Option(None, help="Use only the first N validation records."),
-    batch_size: int = typer.Option(None, help="Prompts per forward pass (default: the largest expected to fit)."),
-    dtype: Dtype = typer.Option("auto", help="auto: bf16 where fast."),
+    valid: str = typer.Option(None, "--valid", help="Validation data, not the run's training file (default: the "
+                              "run's validation split)."),
+    score: ScoreMode = score_option(),
+    limit: int = limit_option("validation records"),
+    batch_size: int = batch_size_option(),
+    dtype: Dtype = dtype_option(),
 ) -> None:
     """Fit temperature and Platt scaling on validation P(yes) and store one in the run's manifest;
     eval, predict and export then apply it. AUC is unchanged (the maps are monotone).

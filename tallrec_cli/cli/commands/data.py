@@ -12,7 +12,18 @@ from data_builders.build import build_config, build_dataset
 from data_builders.importer import import_tallrec
 from data_builders.sampling import parse_int_list, write_samples
 from data_builders.stats import dataset_stats
-from tallrec_cli.cli.commands._common import DataFormat, HistoryStrategy, Source, Split, command_app, set_option
+from tallrec_cli.cli.commands._common import (
+    DataFormat,
+    HistoryStrategy,
+    Source,
+    Split,
+    command_app,
+    flag,
+    output_option,
+    overwrite_option,
+    seed_option,
+    set_option,
+)
 from tallrec_cli.cli.console import console, err_console, progress, table
 from tallrec_cli.core.config import deep_merge, parse_overrides
 from tallrec_cli.model.loading import load_tokenizer, resolve_model_source
@@ -52,25 +63,23 @@ def build_command(
     source: Source = typer.Argument(..., help="Raw data format.", show_default=False),
     path: Path = typer.Option(None, "--path", help="Folder with the raw files (a file for amazon/csv); default: "
                               "bundled ml-latest-small for movielens-latest.", show_default=False),
-    output: Path = typer.Option(None, "--output", "-o", help="Output folder [default: data/SOURCE].",
-                                show_default=False),
+    output: Path = output_option("Output folder [default: data/SOURCE]."),
     preset: str = typer.Option(None, "--preset", help="Settings bundle: tallrec, many-users or full (flags and --set win).",
                                show_default=False),
     fmt: DataFormat = typer.Option(None, "--format", help="Record files [default: jsonl].", show_default=False),
     split: Split = typer.Option(None, "--split", help="How records go to train/valid/test [default: tallrec]; last-n "
                                 "takes --set split_last=N.", show_default=False),
-    history_len: int = typer.Option(None, "--history-len", help="Previous interactions per record [default: 10].",
-                                    show_default=False),
+    history_len: int = typer.Option(None, "--history-len", min=1, help="Previous interactions per record "
+                                    "[default: 10].", show_default=False),
     history: HistoryStrategy = typer.Option(None, "--history", help="Which K history items: recent (default), relevant (K of "
                                 "the last N most similar to the target; --set history_pool=N similarity=text|"
                                 "collaborative) or mixed (training records in both views).", show_default=False),
-    max_records: int = typer.Option(None, "--max-records", help="Keep the last N records, 0 for all "
+    max_records: int = typer.Option(None, "--max-records", min=0, help="Keep the last N records, 0 for all "
                                     "[default: 10000].", show_default=False),
     template: str = typer.Option(None, "--template", help="Template name (tallrec-movie, tallrec-book, "
                                  "tallrec-item, paraphrase-movie, paraphrase-book) or YAML path.",
                                  show_default=False),
-    seed: int = typer.Option(None, "--seed", help="Seed for the user split and paraphrase draws [default: 42].",
-                             show_default=False),
+    seed: int = seed_option("Seed for the user split and paraphrase draws [default: 42]", default=None),
     items: Path = typer.Option(None, "--items", help="Item-title file: Amazon meta, or CSV/Parquet for csv.",
                                show_default=False),
     user_col: str = typer.Option(None, "--user-col", help="csv: user column [default: user_id].",
@@ -89,9 +98,9 @@ def build_command(
                                  "latin-1].", show_default=False),
     sha256: str = typer.Option(None, "--sha256", help="Expected sha256 of the downloaded archive.",
                                show_default=False),
-    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Skip and count malformed rows."),
-    download: bool = typer.Option(False, "--download", help="Download the MovieLens archive (cached, verified)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    skip_bad_rows: bool = flag("--skip-bad-rows", "Skip and count malformed rows."),
+    download: bool = flag("--download", "Download the MovieLens archive (cached, verified)."),
+    overwrite: bool = overwrite_option("an existing dataset folder"),
     overrides: list[str] = set_option("like_threshold=4"),
 ) -> None:
     """Build train/valid/test records from a raw rating log.
@@ -119,8 +128,8 @@ def build_command(
                "item_id": items_id_col, "title": items_title_col}
     if any(v is not None for v in columns.values()):
         values["columns"] = {key: v for key, v in columns.items() if v is not None}
-    for key, flag in (("skip_bad_rows", skip_bad_rows), ("download", download), ("overwrite", overwrite)):
-        if flag:
+    for key, given in (("skip_bad_rows", skip_bad_rows), ("download", download), ("overwrite", overwrite)):
+        if given:
             values[key] = True
     config = build_config(source, preset, deep_merge(values, parse_overrides(overrides)))
     with _progress_callback() as on_progress:
@@ -134,9 +143,9 @@ def build_command(
 def import_command(
     files: list[Path] = typer.Argument(..., help="TALLRec JSON files (train.json valid.json test.json ...).",
                                        show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", help="Dataset folder to create.", show_default=False),
+    output: Path = output_option("Dataset folder to create.", required=True),
     fmt: DataFormat = typer.Option("jsonl", "--format", help="tallrec-json: a byte-identical re-write."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    overwrite: bool = overwrite_option("an existing dataset folder"),
 ) -> None:
     """Validate TALLRec's JSON files and turn them into a dataset folder (each file stem is a split).
 
@@ -152,12 +161,12 @@ def import_command(
 @app.command("sample")
 def sample_command(
     dataset: Path = typer.Argument(..., help="Dataset folder (or one .jsonl/.json file).", show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for the subsets.", show_default=False),
+    output: Path = output_option("Folder for the subsets.", required=True),
     shots: str = typer.Option("16,64,256", "--shots", help="Comma-separated subset sizes."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
-    stratify: bool = typer.Option(False, "--stratify", help="Keep the pool's label balance (nested subsets)."),
+    stratify: bool = flag("--stratify", "Keep the pool's label balance (nested subsets)."),
     split: str = typer.Option("train", "--split", help="Split to draw from."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    overwrite: bool = overwrite_option("an existing sample folder"),
 ) -> None:
     """Draw few-shot training subsets TALLRec's way (`Dataset.shuffle(seed).select(range(k))`).
 

@@ -7,19 +7,34 @@ from pathlib import Path
 import typer
 
 from tallrec_cli.cli.commands._common import (
-    ADAPTER_HELP,
-    MODEL_HELP,
     Domain,
     Dtype,
     PrefixCache,
     Quantization,
     ScoreMode,
+    adapter_option,
+    batch_size_option,
+    bootstrap_option,
     command_app,
+    dtype_option,
+    flag,
+    label_words_option,
+    limit_option,
+    model_option,
+    output_option,
+    overwrite_option,
+    prefix_cache_option,
+    quantization_option,
+    score_option,
+    seed_option,
+    split_option,
+    template_option,
+    trust_remote_code_option,
 )
 from tallrec_cli.cli.console import Column, ResultTable, console, progress, table
 from tallrec_cli.cli.render import comparison_table
 from tallrec_cli.core.errors import ConfigError
-from tallrec_cli.core.files import check_writable, refuse_overlap
+from tallrec_cli.core.files import check_output_file, refuse_overlap
 from tallrec_cli.core.formatting import format_value, value_with_interval
 from tallrec_cli.eval.calibration import calibration_for
 from tallrec_cli.eval.compare import cold_note, parse_names
@@ -55,30 +70,27 @@ def metrics_table(title: str, rows: list[tuple[str, dict]]):
 @app.command("eval")
 def eval_command(
     test: list[str] = typer.Option(..., "--test", "-t", help="Test file (.jsonl, TALLRec .json) or dataset folder; repeatable."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    adapter: str = typer.Option(None, "--adapter", "-a", help=ADAPTER_HELP),
-    output: str = typer.Option(None, "--output", "-o", help="Results root (default: RUN/eval); one sub-folder per test."),
-    split: str = typer.Option("test", help="Split to read from dataset folders."),
-    score: ScoreMode = typer.Option("pair", "--score", help="pair: softmax over the two label logits; tallrec: TALLRec's "
-                              "full-vocabulary softmax then softmax over the two probabilities."),
-    template: str = typer.Option(None, help="Prompt template (default: the run's, else alpaca)."),
-    label_words: str = typer.Option(None, help="Positive,negative label words (default: the run's, else Yes,No)."),
-    batch_size: int = typer.Option(None, min=1, help="Prompts per forward pass (default: the largest expected to "
-                                   "fit; halved on out-of-memory)."),
-    prefix_cache: PrefixCache = typer.Option("auto", help="Run the prompt prefix all records share once."),
-    dtype: Dtype = typer.Option("auto", help="auto: bf16 where fast."),
-    quantization: Quantization | None = typer.Option(None, help="Default: the adapter's training.",
-                                                      show_default=False),
-    limit: int = typer.Option(None, min=1, help="Evaluate only the first N records of each test (and of the "
-                              "validation split an --ensemble is fitted on; default: all)."),
-    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the AUC 95% interval (0: none)."),
-    seed: int = typer.Option(0, help="Bootstrap seed."),
-    plots: bool = typer.Option(False, "--plots", help="Also write roc.png and reliability.png."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results of the same test."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
+    model: str = model_option(),
+    adapter: str = adapter_option(),
+    output: str = output_option("Results root (default: RUN/eval); one sub-folder per test."),
+    split: str = split_option(),
+    score: ScoreMode = score_option("pair: softmax over the two label logits; tallrec: TALLRec's full-vocabulary "
+                                    "softmax then softmax over the two probabilities."),
+    template: str = template_option(),
+    label_words: str = label_words_option(),
+    batch_size: int = batch_size_option(),
+    prefix_cache: PrefixCache = prefix_cache_option(),
+    dtype: Dtype = dtype_option(),
+    quantization: Quantization | None = quantization_option(),
+    limit: int = limit_option("records of each test, and of the validation split an --ensemble is fitted on"),
+    bootstrap: int = bootstrap_option(),
+    seed: int = seed_option("Bootstrap seed"),
+    plots: bool = flag("--plots", "Also write roc.png and reliability.png."),
+    overwrite: bool = overwrite_option("existing results of the same test"),
+    trust_remote_code: bool = trust_remote_code_option(),
     baseline: list[str] = typer.Option(None, "--baseline", "-b", help="Score with a baseline instead of a model "
                                        "(history-share, popularity, logreg, bias, gbdt, mf, "
-                                       "prompt-numbers); repeatable; results in OUTPUT/<baseline>/<test>/."),
+                                       "prompt-numbers); repeatable; results in OUTPUT/BASELINE/TEST/."),
     compare: list[str] = typer.Option(None, "--compare", "-c", help="References to put beside the model, comma-"
                                       "separated: baselines and `base` (the model without its adapter); paired-"
                                       "bootstrap intervals of the AUC and GAUC differences."),
@@ -147,26 +159,26 @@ def _notes(results) -> None:
 def predict_command(
     input: str = typer.Option(..., "--input", "-i", help="Candidates (.jsonl or .csv): liked, disliked (titles "
                               "separated by | or JSON lists), candidate, optional user and label; or TALLRec records."),
-    output: str = typer.Option(..., "--output", "-o", help="Where to write P(yes) per row (.jsonl or .csv)."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    adapter: str = typer.Option(None, "--adapter", "-a", help=ADAPTER_HELP),
+    output: str = output_option("Where to write P(yes) per row (.jsonl or .csv).", required=True),
+    overwrite: bool = overwrite_option("an existing --output file"),
+    model: str = model_option(),
+    adapter: str = adapter_option(),
     domain: Domain = typer.Option("movie", help="Wording of the built prompt."),
-    score: ScoreMode = typer.Option("pair", "--score", help="See `tallrec eval --help`."),
-    template: str = typer.Option(None, help="Prompt template (default: the run's, else alpaca)."),
-    label_words: str = typer.Option(None, help="Positive,negative label words (default: the run's, else Yes,No)."),
-    batch_size: int = typer.Option(None, min=1, help="Prompts per forward pass (default: the largest expected to fit)."),
-    prefix_cache: PrefixCache = typer.Option("auto", help="Run the prompt prefix all records share once."),
-    dtype: Dtype = typer.Option("auto", help="auto: bf16 where fast."),
-    quantization: Quantization | None = typer.Option(None, help="Default: the adapter's training.",
-                                                      show_default=False),
-    rank: bool = typer.Option(False, "--rank", help="Rank each user's candidates by P(yes); HR@K / NDCG@K with labels."),
+    score: ScoreMode = score_option(),
+    template: str = template_option(),
+    label_words: str = label_words_option(),
+    batch_size: int = batch_size_option(),
+    prefix_cache: PrefixCache = prefix_cache_option(),
+    dtype: Dtype = dtype_option(),
+    quantization: Quantization | None = quantization_option(),
+    rank: bool = flag("--rank", "Rank each user's candidates by P(yes); HR@K / NDCG@K with labels."),
     k: str = typer.Option("1,3,5,10", "--k", help="Cut-offs for HR@K / NDCG@K."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub."),
+    trust_remote_code: bool = trust_remote_code_option(),
     calibrated: bool = typer.Option(True, "--calibrated/--raw", help="Apply the adapter's stored calibration (if any)."),
     ensemble: str = typer.Option(None, "--ensemble", "-e", help="An ensembles.json (or the eval folder holding it) "
                                  "written by `tallrec eval --ensemble`: p_yes becomes the blend's (rows must be "
                                  "built records with user, item and history)."),
-    ensemble_baseline: str = typer.Option(None, help="Which blend of that file, when it holds several."),
+    ensemble_baseline: str = typer.Option(None, help="Which blend of the --ensemble file, when it holds several."),
 ) -> None:
     """Write P(yes) for new user histories and candidate items; optionally rank candidates per user.
 
@@ -181,10 +193,14 @@ def predict_command(
         raise ConfigError(f"--k {k!r} is not a list of integers", "write it as --k 1,3,5") from None
     if not ks or ks[0] < 1:
         raise ConfigError("--k needs positive cut-offs", "write it as --k 1,3,5")
+    if ensemble_baseline and not ensemble:
+        raise ConfigError("--ensemble-baseline picks a blend of an --ensemble file, and no --ensemble was given",
+                          "pass --ensemble EVAL_FOLDER (written by `tallrec eval --ensemble`), or drop "
+                          "--ensemble-baseline")
     if Path(output).suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"--output {output} must end in .jsonl or .csv")
     refuse_overlap(output, [input, adapter, local_path(model)])
-    check_writable(output)  # a read-only or missing disk fails now, not after scoring every row
+    check_output_file(output, overwrite)
     rows = read_candidates(input)
     blend = refit_baseline(load_blend(ensemble, ensemble_baseline)) if ensemble else None
     inference = load_scoring_model(model, adapter, dtype, quantization, trust_remote_code, template,

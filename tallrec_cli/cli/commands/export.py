@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tallrec_cli.cli.commands._common import Dtype, command_app
+from tallrec_cli.cli.commands._common import Dtype, command_app, dtype_option, flag, output_option, overwrite_option
 from tallrec_cli.cli.console import console, err_console
 from tallrec_cli.core.errors import ConfigError
 from tallrec_cli.export.adapter import export_adapter
@@ -19,11 +19,11 @@ app = command_app()
 @app.command("export")
 def export_command(
     run_dir: Path = typer.Argument(..., help="A finished train run folder (it has manifest.json)."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Folder to create (required unless --to-registry)."),
-    merged: bool = typer.Option(False, "--merged", help="Merge the adapter into the base and write a full model."),
-    dtype: Dtype = typer.Option("auto", "--dtype", help="Merged weights: auto is the base's own."),
+    output: Path | None = output_option("Folder to create (required unless --to-registry)."),
+    merged: bool = flag("--merged", "Merge the adapter into the base and write a full model."),
+    dtype: Dtype = dtype_option("Merged weights: auto is the base's own."),
     max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest safetensors shard of a merged model."),
-    to_registry: bool = typer.Option(False, "--to-registry", help="Also add the adapter to the local registry."),
+    to_registry: bool = flag("--to-registry", "Also add the adapter to the local registry."),
     name: str | None = typer.Option(None, "--name", help="Name in the card and the registry (default: folder name)."),
     store: Path | None = typer.Option(None, "--store", envvar="TALLREC_ADAPTERS",
                                       help="Registry folder (default: $TALLREC_HOME/adapters)."),
@@ -32,7 +32,7 @@ def export_command(
                                       "when there is one; cpu needs RAM for the whole model)."),
     verify_samples: int = typer.Option(32, "--verify-samples", min=2,
                                        help="Prompts scored to check the merged model's P(yes) AUC."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    overwrite: bool = overwrite_option("an existing export (and a registry entry of the same name)"),
 ) -> None:
     """Export a run for serving without tallrec (PEFT, transformers, vLLM, TGI).
 

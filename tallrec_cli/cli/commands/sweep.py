@@ -11,10 +11,17 @@ from pathlib import Path
 from typing import Literal
 
 import typer
-from typer.core import TyperGroup
 
 from data_builders.sampling import parse_int_list
-from tallrec_cli.cli.commands._common import command_app, set_option
+from tallrec_cli.cli.commands._common import (
+    Group,
+    command_app,
+    flag,
+    limit_option,
+    output_option,
+    overwrite_option,
+    set_option,
+)
 from tallrec_cli.cli.console import console, err_console
 from tallrec_cli.cli.render import sweep_table
 from tallrec_cli.core.files import is_disk_full, refuse_overlap
@@ -22,7 +29,7 @@ from tallrec_cli.sweep import build_report, load_sweep_spec, missing_cells, run_
 from tallrec_cli.sweep.slurm import emit_slurm
 
 
-class DefaultRunGroup(TyperGroup):
+class DefaultRunGroup(Group):
     """A group whose arguments go to its ``run`` command unless they start with a subcommand name."""
 
     default_command = "run"
@@ -54,8 +61,7 @@ def _device_list(text: str | None) -> list[str] | None:
 def run_command(
     recipe: Path = typer.Argument(..., help="A sweep YAML (recipes/sweeps/*.yaml, has a `recipe` key) or a train recipe.",
                                   show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", help="Sweep folder (re-running the same command resumes it).",
-                                show_default=False),
+    output: Path = output_option("Sweep folder (re-running the same command resumes it).", required=True),
     shots: str = typer.Option(None, "--shots", help="Training-set sizes, e.g. 16,64,256; 0 adds zero-shot.", show_default=False),
     seeds: str = typer.Option(None, "--seeds", help="Seeds, e.g. 0,1,2 (sample and training seed).", show_default=False),
     tests: list[str] = typer.Option([], "--test", help="Test file or dataset folder, optionally NAME=PATH (repeatable).",
@@ -63,15 +69,14 @@ def run_command(
     axes: list[str] = typer.Option([], "--axis", help="Extra grid axis KEY=V1,V2, e.g. lora.r=8,16 or model=a,b (repeatable).",
                                    show_default=False),
     overrides: list[str] = set_option("training.lr=3e-4"),
-    test_limit: int = typer.Option(None, "--test-limit", help="Evaluate the first N records of each test only.",
-                                   show_default=False),
+    test_limit: int = limit_option("records of each test", "--test-limit"),
     baselines: bool = typer.Option(None, "--baselines/--no-baselines", help="Popularity and logistic-regression rows "
                                    "on the same samples (default: on).", show_default=False),
     devices: str = typer.Option(None, "--devices", help="GPUs, e.g. 0,1: one cell per GPU in parallel processes.",
                                 show_default=False),
-    keep_going: bool = typer.Option(False, "--keep-going", help="Record a failed cell in the index and go on."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Accept a changed config for an existing sweep folder "
-                                   "(cells whose config is unchanged are kept)."),
+    keep_going: bool = flag("--keep-going", "Record a failed cell in the index and go on."),
+    overwrite: bool = overwrite_option("a sweep folder of another config (cells whose config is unchanged are "
+                                       "kept)"),
     emit: Literal["slurm"] = typer.Option(None, "--emit", help="Write a cluster script instead of running: slurm "
                                           "(a job array, one cell per task; then `sbatch` it and `tallrec sweep "
                                           "report DIR`).", show_default=False),
@@ -143,7 +148,7 @@ def report_command(
 def run_cell_command(
     sweep_dir: Path = typer.Argument(...),
     cell_id: str = typer.Argument(...),
-    record: bool = typer.Option(False, "--record", help="Record the cell's status in index.json (array tasks)."),
+    record: bool = flag("--record", "Record the cell's status in index.json (array tasks)."),
 ) -> None:
     """Run one cell of a prepared sweep folder (a worker process of --devices, or a Slurm array task)."""
 

@@ -7,15 +7,24 @@ from typing import Any
 
 import typer
 
-from tallrec_cli.cli.commands._common import ReportTo, command_app, set_option
+from tallrec_cli.cli.commands._common import (
+    ReportTo,
+    command_app,
+    flag,
+    output_option,
+    overwrite_option,
+    seed_option,
+    set_option,
+)
 from tallrec_cli.cli.console import console, err_console, table
-from tallrec_cli.core.config import deep_merge, parse_overrides
+from tallrec_cli.core.config import deep_merge, parse_overrides, to_dict
 from tallrec_cli.core.errors import ConfigError
 from tallrec_cli.core.formatting import format_value
 from tallrec_cli.train import config as train_config
 from tallrec_cli.train import run as training
 from tallrec_cli.train.capacity import dry_run as estimate
 from tallrec_cli.train.capacity import per_gpu_fit, processes_from_accelerate_config
+from tallrec_cli.train.inputs import absolute_data, config_changes
 from tallrec_cli.train.run import format_count
 
 app = command_app()
@@ -40,16 +49,20 @@ def train_command(
     overrides: list[str] = set_option("lora.r=16"),
     model: str = typer.Option(None, "--model", help="Base model (sets model.name).", show_default=False),
     train: str = typer.Option(None, "--train", help="Training records: dataset folder or file (data.train).", show_default=False),
-    valid: str = typer.Option(None, "--valid", help="Validation records (data.valid).", show_default=False),
-    shots: int = typer.Option(None, "--shots", help="Few-shot training records (data.shots).", show_default=False),
-    seed: int = typer.Option(None, "--seed", help="Training seed (training.seed).", show_default=False),
-    output: str = typer.Option(None, "--output", "-o", help="Run folder (output.dir).", show_default=False),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that already holds a run."),
+    valid: str = typer.Option(None, "--valid", help="Validation records, not the training file (data.valid).",
+                              show_default=False),
+    shots: int = typer.Option(None, "--shots", min=1, help="Few-shot training records (data.shots).",
+                              show_default=False),
+    seed: int = seed_option("Training seed (training.seed)", default=None),
+    output: str = output_option("Run folder (output.dir)."),
+    overwrite: bool = overwrite_option("a run folder that already holds a run"),
     report_to: ReportTo = typer.Option(None, "--report-to", help="Log to tensorboard (RUN/tensorboard), wandb or "
                                        "mlflow (training.report_to).", show_default=False),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the output folder (its saved config)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show config, sizes and a memory estimate; load no weights."),
-    gpu_memory: float = typer.Option(24.0, "--gpu-memory", help="GPU memory budget in GiB for the --dry-run estimate."),
+    resume: bool = flag("--resume", "Continue the interrupted run in the output folder with its saved config "
+                                    "(options that would change it are refused)."),
+    dry_run: bool = flag("--dry-run", "Show config, sizes and a memory estimate; load no weights."),
+    gpu_memory: float = typer.Option(24.0, "--gpu-memory", min=1.0,
+                                     help="GPU memory budget in GiB for the --dry-run estimate."),
     processes: int = typer.Option(None, "--processes", help="--dry-run: also estimate per GPU for N processes "
                                   "(sharded with training.fsdp).", show_default=False, min=1),
     accelerate_config: Path = typer.Option(None, "--accelerate-config", help="--dry-run: take N from this "
@@ -75,7 +88,9 @@ def train_command(
     if resume:
         run_dir = output or train_config.load_train_config(recipe).output.dir
         config = train_config.resume_config(run_dir)
-        err_console.print(f"resuming {run_dir} with its saved config.yaml (other options are ignored)")
+        _refuse_changes(config, recipe, deep_merge({key: value for key, value in flags.items() if key != "output"},
+                                                   parse_overrides(overrides, train_config.TrainConfig)))
+        err_console.print(f"resuming {run_dir} with its saved config.yaml")
     else:
         config = train_config.load_train_config(recipe, deep_merge(flags, parse_overrides(overrides,
                                                                              train_config.TrainConfig)))
@@ -90,6 +105,20 @@ def train_command(
     summary = training.run_training(config, resume=resume)
     if train_config.is_main_process():  # under torchrun / accelerate launch, rank 0 alone reports
         _render_summary(summary, console)
+
+
+def _refuse_changes(saved, recipe: Path | None, given: dict[str, Any]) -> None:
+    """--resume continues a run as it started: a recipe or options that would change its config are refused,
+    not ignored."""
+    if recipe is None and not given:
+        return
+    asked = train_config.load_train_config(recipe, given) if recipe else \
+        train_config.load_train_config(None, deep_merge(to_dict(saved), given))
+    changes = config_changes(to_dict(absolute_data(saved)), to_dict(absolute_data(asked)))
+    if changes:
+        raise ConfigError(f"--resume continues {saved.output.dir} with the config it started with (its "
+                          f"config.yaml), and the recipe or options given change it: {'; '.join(changes)}",
+                          "drop them to resume, or train a new run (another --output, or --overwrite to replace it)")
 
 
 def _render_dry_run(result: dict[str, Any], console) -> None:
