@@ -36,7 +36,22 @@ def commands() -> dict[tuple[str, ...], object]:
 LEAVES = {path: command for path, command in commands().items() if not hasattr(command, "commands")}
 OPTIONS = [(path, param) for path, command in LEAVES.items() for param in command.params
            if isinstance(param, TyperOption)]
-NUMERIC = [(path, param) for path, param in OPTIONS if param.type_descriptor.annotation in (int, float)]
+
+
+def value_type(param) -> object:
+    """The option's value type: typer >= 0.29 keeps it on the option, older typer only in click's param type."""
+    if hasattr(param, "type_descriptor"):
+        return param.type_descriptor.annotation
+    return {"integer": int, "float": float}.get(param.type.name, param.type.name)
+
+
+def bounds(param) -> tuple:
+    """(min, max): typer >= 0.29 keeps them on the option, older typer on click's range type."""
+    holder = param if hasattr(param, "min") else param.type
+    return getattr(holder, "min", None), getattr(holder, "max", None)
+
+
+NUMERIC = [(path, param) for path, param in OPTIONS if value_type(param) in (int, float)]
 
 
 def invoke(*args) -> object:
@@ -52,7 +67,7 @@ def test_the_walk_finds_every_command_and_their_numbers():
 @pytest.mark.parametrize("path, param", NUMERIC, ids=[f"{' '.join(p)} {o.opts[-1]}" for p, o in NUMERIC])
 def test_every_numeric_option_refuses_minus_one_and_zero_at_parse_time(path, param):
     option = max(param.opts, key=len)
-    low = param.min
+    low = bounds(param)[0]
     assert low is not None, f"{option} of {' '.join(path)} has no lower bound"
     for value in ("-1", "0"):
         if value == "0" and low <= 0:
@@ -67,8 +82,8 @@ def test_options_of_one_name_have_one_definition():
     16,64` a list) are the same in every command that takes it."""
     seen: dict[tuple, set] = {}
     for _, param in OPTIONS:
-        name = (max(param.opts, key=len), param.type_descriptor.annotation)
-        seen.setdefault(name, set()).add((param.is_flag, param.min, param.max))
+        name = (max(param.opts, key=len), value_type(param))
+        seen.setdefault(name, set()).add((param.is_flag, *bounds(param)))
     assert {name: shapes for name, shapes in seen.items() if len(shapes) > 1} == {}
 
 
