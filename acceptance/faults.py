@@ -215,7 +215,7 @@ class Bench:
         problems = []
         if "internal error" in err:
             self.counts["internal_errors"] += 1
-            problems.append("internal error: " + err.strip().splitlines()[-1])
+            problems.append(next(line.strip() for line in err.splitlines() if "internal error" in line))
         for name, folder in self.artifacts().items():
             wrong = self.verify(folder)
             if wrong:
@@ -298,7 +298,7 @@ class Bench:
         problems = []
         if "internal error" in err:
             self.counts["internal_errors"] += 1
-            problems.append("internal error: " + err.strip().splitlines()[-1])
+            problems.append(next(line.strip() for line in err.splitlines() if "internal error" in line))
         if code != 0 or self.verify(run) or not (run / "manifest.json").is_file():
             problems.append(f"resume past a damaged checkpoint failed: {err.strip().splitlines()[-1:] or code}")
         elif newest.name not in err:

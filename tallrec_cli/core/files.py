@@ -180,8 +180,9 @@ _USER_ERRNOS = {
     errno.EISDIR: ("the path is a folder, not a file", "check the path"),
     errno.ENAMETOOLONG: ("the file name is too long", "choose a shorter path"),
 }
-# torch.save's zip writer reports a failed write (a full disk) without an errno.
-_WRITE_FAILED = ("No space left on device", "unexpected pos", "file write failed")
+# torch.save's C++ writer reports a full disk as "unexpected pos" mid-file and as "basic_ios::clear" when it hits at
+# the close (seen by acceptance/faults.py); safetensors as "file write failed".
+_WRITE_FAILED = ("No space left on device", "unexpected pos", "basic_ios::clear", "file write failed")
 
 
 def _os_errors(exc: BaseException | None) -> Iterator[BaseException]:
