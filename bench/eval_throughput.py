@@ -26,12 +26,10 @@ prefix, repeated tokenisation) is measured and printed.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import build_movie_dataset, train_adapter
 
 
 def matmul_peak(dtype, size: int = 2048, device: str = "cpu", repeats: int = 3) -> float:
@@ -58,34 +56,6 @@ def matmul_params(model) -> int:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     skipped = {id(base.get_input_embeddings().weight), id(base.get_output_embeddings().weight)}
     return sum(p.numel() for p in base.parameters() if id(p) not in skipped)
-
-
-def build_dataset(data: str | None) -> Path:
-    """MovieLens-100K in TALLRec's format (from ../shared/data) unless a dataset folder is given."""
-    if data is not None:
-        return Path(data)
-    from data_builders.build import build_config
-    from data_builders.build import build_dataset as build
-
-    folder = Path(tempfile.mkdtemp(prefix="ml-100k-")) / "ml-100k"
-    build(build_config("movielens-100k", "tallrec", {"path": str(REPO.parent / "shared/data/ml-100k"),
-                                                     "output": str(folder)}))
-    return folder
-
-
-def train_adapter(dataset: Path, steps: int) -> Path:
-    """A SmolLM2 LoRA run trained to answer "Yes."/"No." + EOS (answer-only loss), like TALLRec's adapters."""
-    from tallrec_cli.train.config import load_train_config
-    from tallrec_cli.train.run import run_training
-
-    run = Path(tempfile.mkdtemp(prefix="bench-eval-run-")) / "run"
-    run_training(load_train_config(None, {
-        "data": {"train": str(dataset), "shots": steps * 8, "max_valid": 16},
-        "training": {"max_steps": steps, "batch_size": 8, "micro_batch_size": 8, "eval_every": steps,
-                     "warmup_steps": 0, "eval_at_start": False},
-        "output": {"dir": str(run)},
-    }))
-    return run
 
 
 def tallrec_baseline(model, tokenizer, prompts, labels, batch_size: int = 32, max_new_tokens: int = 128):
@@ -193,7 +163,7 @@ def cpu_bench(args) -> None:
     from tallrec_cli.model.loading import load_for_inference
     from tallrec_cli.model.scoring import resolve_scoring
 
-    dataset = build_dataset(args.data)
+    dataset = build_movie_dataset(args.data)
     trained = time.perf_counter()
     adapter = args.adapter or str(train_adapter(dataset, args.train_steps))
     trained = time.perf_counter() - trained
@@ -284,7 +254,7 @@ def gpu_bench(args) -> None:
     model = random_model(config, "cuda")  # bf16 from the start: 13.5 GB, never a 25.6 GiB fp32 copy
     template = load_template("alpaca")
     labels = resolve_label_tokens(tokenizer, template)
-    prompts = [template.render(record) for record in load_split(build_dataset(args.data), "test")[:args.limit]]
+    prompts = [template.render(record) for record in load_split(build_movie_dataset(args.data), "test")[:args.limit]]
     peak = matmul_peak(torch.bfloat16, 8192, "cuda")
     params = matmul_params(model)
     score_prompts_detailed(model, tokenizer, prompts[:32], labels, "pair", args.batch_size)  # warm-up

@@ -4,7 +4,7 @@ Library code returns plain results; this layer alone turns them into rich tables
 from __future__ import annotations
 
 from tallrec_cli.cli.console import Column, ResultTable
-from tallrec_cli.core.formatting import format_value, value_with_interval
+from tallrec_cli.core.formatting import short_interval, value_with_interval
 from tallrec_cli.eval.compare import verdict
 from tallrec_cli.sweep.report import method_order, result_columns, test_users_line
 
@@ -25,32 +25,114 @@ def comparison_table(comparison: dict, title: str):
                                Column("sig")], rows, lines=True)
 
 
-def sweep_table(summary: list[dict],
-                  title: str = "AUC (GAUC under it) by training samples (mean ± std over seeds, n)"):
-    """A result table shaped like TALLRec's Table 1: methods x (test, shots), per-user AUC under each AUC;
-    * marks each column's best AUC."""
-    columns = result_columns(summary)
+def _mean_std(row: dict, metric: str, best: bool = False) -> str:
+    """``0.750±.071`` (mean ± std over seeds, three decimals so four N columns fit 80 columns)."""
+    mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+    if mean is None:
+        return "-"
+    return f"{mean:.3f}" + (f"±{std:.3f}".replace("0.", ".", 1) if std is not None else "") + (" *" if best else "")
+
+
+def _sweep_cell(row: dict | None, seeds: int) -> str:
+    if row is None or row["auc_mean"] is None:
+        return ""
+    text = _mean_std(row, "auc", row["best"] and row["shots"] > 0)
+    text = f"[bold]{text}[/]" if row["best"] and row["shots"] > 0 else text
+    if row["kind"] != "reference" and row["shots"] > 0 and row["n"] < seeds:
+        text += f" ({row['n']})"
+    return text + ("\ng " + _mean_std(row, "gauc") if row.get("gauc_mean") is not None else "")
+
+
+def sweep_table(summary: list[dict], test: str | None = None):
+    """AUC (per-user AUC under it, ``g``) of every scorer against training records N, mean ± std over seeds:
+    one column per N (per test and N without ``test``), a row per tuned method, its zero-shot model,
+    each equal-data reference and each full-data reference (those two repeated in every column); * marks
+    each column's best AUC."""
+    summary = [row for row in summary if test is None or row["test"] == test]
+    columns = [(name, shots) for name, shots in result_columns(summary) if shots > 0]
     cells = {(row["method"], row["test"], row["shots"]): row for row in summary}
+    seeds = max((row["n"] for row in summary if row["kind"] == "lora" and row["shots"] > 0), default=1)
     rows = []
     for method in method_order(summary):
-        line = [method]
-        for test, shots in columns:
-            row = cells.get((method, test, shots))
-            if row is None or row["auc_mean"] is None:
-                line.append("")
-                continue
-            text = format_value(row["auc_mean"]) + (f" ± {row['auc_std']:.4f}" if row["auc_std"] is not None else "")
-            text += f" ({row['n']})"
-            text = f"[bold]{text} *[/]" if row["best"] else text
-            if row.get("gauc_mean") is not None:
-                text += "\ng " + format_value(row["gauc_mean"]) + (f" ± {row['gauc_std']:.4f}"
-                                                                   if row["gauc_std"] is not None else "")
-            line.append(text)
-        rows.append(line)
-    caption = ("shots 0 = zero-shot base model; * = best AUC in column; full-data references are fitted on the "
-               "whole training split\n" + test_users_line(summary))
-    return ResultTable(title, [Column("method"), *(Column(f"{test} {'zero-shot' if shots == 0 else shots}", True)
-                                                   for test, shots in columns)], rows, caption=caption, lines=True)
+        rows.append([method, *(_sweep_cell(cells.get((method, name, shots)), seeds) for name, shots in columns)])
+        zero = {name: cells.get((method, name, 0)) for name in {name for name, _ in columns}}
+        if any(zero.values()):
+            rows.append([f"{method} zero-shot", *(_sweep_cell(zero[name], seeds) for name, _ in columns)])
+    caption = (f"mean ± std over {seeds} seed(s), (n) where fewer; g = per-user AUC (GAUC); * = best AUC in column; "
+               "equal-data references are fitted on each cell's N records and the ratings their histories list, "
+               "full-data ones on the whole training split\n" + test_users_line(summary))
+    title = f"{test}: AUC and GAUC by training records N" if test else "AUC and GAUC by training records N"
+    return ResultTable(title, [Column("method"), *(Column(str(shots) if test else f"{name} {shots}", True)
+                                                   for name, shots in columns)], rows, caption=caption, lines=True)
+
+
+def _difference(comparison: dict | None) -> str:
+    """ΔAUC with its verdict mark over its interval, then ``g`` ΔGAUC the same way."""
+    if comparison is None:
+        return ""
+    marks = dict(zip(("auc", "gauc"), comparison["verdict"].split("/")))
+    lines = []
+    for metric, prefix in (("auc", ""), ("gauc", "g ")):
+        value = comparison[f"{metric}_diff"]
+        lines.append(f"{prefix}{value:+.4f} {marks[metric]}" if value is not None else f"{prefix}-")
+        if comparison[f"{metric}_diff_ci95"]:
+            lines.append(short_interval(comparison[f"{metric}_diff_ci95"], signed=True))
+    return "\n".join(lines)
+
+
+def sweep_comparison_table(comparisons: list[dict], test: str, method: str):
+    """The tuned ``method`` minus each reference at every N on ``test``: paired ΔAUC and ΔGAUC, mean over
+    seeds, with 95% intervals and verdict marks; equal-data references first, then the full-data lines."""
+    rows_of = [row for row in comparisons if row["test"] == test and row["method"] == method]
+    shots = sorted({row["shots"] for row in rows_of})
+    by_key = {(row["reference"], row["shots"]): row for row in rows_of}
+    references = list(dict.fromkeys(row["reference"] for row in sorted(rows_of, key=lambda row: row["kind"])))
+    rows = [[reference, *(_difference(by_key.get((reference, value))) for value in shots)] for reference in references]
+    caption = ("Δ = tuned model - reference on the same records, mean over the seeds both have; under each Δ its "
+               "paired bootstrap 95% interval; + the tuned model wins (interval above 0), - it loses, = tie")
+    return ResultTable(f"{test}: {method} minus each reference", [Column("reference"), *(Column(str(value), True)
+                                                                                        for value in shots)],
+                       rows, caption=caption, lines=True)
+
+
+def _at(shots: int | None, all_shots: list[int]) -> str:
+    span = f"{all_shots[0]}-{all_shots[-1]}" if len(all_shots) > 1 else f"{all_shots[0]}"
+    return f"first at N={shots}" if shots is not None else f"at no N of {span}"
+
+
+def _nearest(closest: dict | None) -> str:
+    if not closest:
+        return ""
+    interval = f", {short_interval(closest['ci95'], signed=True)}" if closest["ci95"] else ""
+    return f" (nearest N={closest['shots']}: {closest['diff']:+.4f}{interval})"
+
+
+def sweep_findings_lines(findings: list[dict]) -> list[str]:
+    """Per test and tuned method, in words: the smallest N at which each equal-data reference ties or beats
+    the tuned model, and whether the tuned model ever reaches each full-data line (paired intervals)."""
+    lines = []
+    for finding in findings:
+        shots = finding["shots"]
+        lines.append(f"{finding['test']}: {finding['method']} against each reference (paired 95% intervals, "
+                     f"mean over up to {finding['seeds']} seed(s)):")
+        for row in finding["equal_data"]:
+            lines.append(f"  {row['reference']} ties or beats the tuned model: AUC {_at(row['auc'], shots)}, "
+                         f"GAUC {_at(row['gauc'], shots)}")
+        for row in finding["full_data"]:
+            auc, gauc = ((_at(row[metric], shots) + ("" if row[metric] is not None else _nearest(row["closest"][metric])))
+                         for metric in ("auc", "gauc"))
+            lines.append(f"  the tuned model reaches {row['reference']}: AUC {auc}; GAUC {gauc}")
+    return lines
+
+
+def sweep_report(report: dict) -> list:
+    """What `tallrec sweep` prints: per test its AUC/GAUC table and each tuned method's comparison table."""
+    renderables = []
+    for test in sorted({row["test"] for row in report["summary"]}):
+        renderables.append(sweep_table(report["summary"], test))
+        for method in dict.fromkeys(row["method"] for row in report.get("comparisons", []) if row["test"] == test):
+            renderables.append(sweep_comparison_table(report["comparisons"], test, method))
+    return renderables
 
 
 def audit_tables(audit: dict) -> list:

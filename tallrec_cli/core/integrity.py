@@ -135,6 +135,15 @@ def check_safetensors(path: str | Path) -> list[str]:
     return names
 
 
+def check_recorded_hashes(folder: str | Path, recorded: dict[str, str]) -> None:
+    """Before any weights load: the files match the hashes the manifest recorded (relative path -> sha256; empty
+    for an artifact written before manifests recorded them)."""
+    check = check_files(folder, recorded, allow_extra=True)
+    if recorded and not check.ok:
+        raise ArtifactError(f"{folder} does not match the hashes in its manifest ({check.describe()})",
+                            "it was modified after it was written; restore the files, retrain or export again")
+
+
 def check_adapter_intact(folder: str | Path, recorded: dict[str, str],
                          adapter_dir: str | Path) -> tuple[dict[str, Any], list[str]]:
     """Before any weights load: the files match the hashes the manifest recorded (``recorded``, relative path
@@ -145,11 +154,7 @@ def check_adapter_intact(folder: str | Path, recorded: dict[str, str],
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (adapter_dir / name).is_file():
             raise ArtifactError(f"{adapter_dir / name} is missing", "the folder is incomplete; retrain or export again")
-    if recorded:
-        check = check_files(folder, recorded, allow_extra=True)
-        if not check.ok:
-            raise ArtifactError(f"{folder} does not match the hashes in its manifest ({check.describe()})",
-                                "it was modified after it was written; restore the files, retrain or export again")
+    check_recorded_hashes(folder, recorded)
     config_path = adapter_dir / ADAPTER_CONFIG
     try:
         adapter_config = json.loads(config_path.read_text(encoding="utf-8"))

@@ -278,6 +278,13 @@ class MergedExportManifest(ExportManifest):
     verification: dict[str, Any]
 
 
+@dataclasses.dataclass(kw_only=True)
+class GgufExportManifest(ExportManifest):
+    """A GGUF for llama.cpp / Ollama: the LoRA alone (gguf-lora) or merged into its base (gguf)."""
+    KIND: ClassVar[str] = "gguf-export"
+    gguf: dict[str, Any]  # format, dtype, architecture, file names, base GGUF (file, sha256), modelfile
+
+
 # ---------------------------------------------------------------------------------- evaluations
 
 @dataclasses.dataclass
@@ -321,7 +328,8 @@ class ZeroShotCellManifest(Manifest):
 
 
 TYPES: dict[str, type[Manifest]] = {cls.KIND: cls for cls in (
-    TrainRunManifest, AdapterExportManifest, MergedExportManifest, EvalManifest, ZeroShotCellManifest)}
+    TrainRunManifest, AdapterExportManifest, MergedExportManifest, GgufExportManifest, EvalManifest,
+    ZeroShotCellManifest)}
 
 
 def parse(raw: dict[str, Any], where: str | Path) -> Manifest | None:

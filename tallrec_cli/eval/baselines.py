@@ -23,6 +23,10 @@
 Items are keyed by ``item_id``, else by title (TALLRec's imported JSON has titles only); users by
 ``user_id``. Users and items absent from training are cold: their statistics fall back to the
 training prior, and ``info()`` counts them.
+
+Fitted ``with_histories`` (a sweep's equal-data references), a learned model reads a few-shot sample the
+way a prompt does: its records and every rating their histories list (``sample_interactions``), nothing
+from outside the sample.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from data_builders.bias import C_BIAS, OneHotModel, bias_features, history_key, item_key, user_key
-from data_builders.structure import labels_of
+from data_builders.structure import labels_of, users_of
 from tallrec_cli.core.errors import ConfigError, DataError
 from tallrec_cli.core.metrics import compute_metrics, logit, safe_auc
 
@@ -51,11 +55,13 @@ def require_structure(records: Sequence[dict], what: str) -> None:
 
 
 class Baseline:
-    """A reference scorer. ``needs_train``: ``fit`` needs labelled training records."""
+    """A reference scorer. ``needs_train``: ``fit`` needs labelled training records; ``reads_histories``:
+    ``fit`` already learns from the ratings training histories list."""
 
     name: ClassVar[str]
     label: ClassVar[str]
     needs_train: ClassVar[bool] = True
+    reads_histories: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -148,7 +154,7 @@ def _cold_counts(records: Sequence[dict], users: RateTable | None, items: RateTa
 
 
 class Popularity(Baseline):
-    name, label = "popularity", "Popularity"
+    name, label, reads_histories = "popularity", "Popularity", True
 
     def _fit(self, train: list[dict]) -> None:
         keys, labels = [], []
@@ -223,6 +229,10 @@ class GradientBoosting(Baseline):
             if record.get("timestamp") is not None:
                 key = item_key(record)
                 self.first_seen[key] = min(self.first_seen.get(key, record["timestamp"]), record["timestamp"])
+        self.constant = prior if np.unique(labels).size < 2 else None
+        if self.constant is not None:  # a few-shot sample may hold one class: nothing to split on
+            self.notes.append("single-class training sample: constant score")
+            return
         self.model = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, random_state=self.seed)
         # time order where records have times (stable: record order breaks ties and stands in without them)
         order = np.argsort([r.get("timestamp") or 0 for r in train], kind="stable")
@@ -257,6 +267,8 @@ class GradientBoosting(Baseline):
 
     def _score(self, records: list[dict]) -> np.ndarray:
         self.cold = _cold_counts(records, self.users, self.items)
+        if self.constant is not None:
+            return np.full(len(records), self.constant)
         return self.model.predict_proba(self.features(records)[:, self.usable])[:, 1]
 
 
@@ -376,8 +388,9 @@ class MatrixFactorization(Baseline):
 
 BASELINES: dict[str, type[Baseline]] = {cls.name: cls for cls in (
     HistoryShare, Popularity, LogReg, Bias, GradientBoosting, MatrixFactorization, PromptNumbers)}
-FEW_SHOT_BASELINES = ("popularity", "logreg")  # fitted on the same samples as a LoRA cell
-FULL_DATA_REFERENCES = ("history-share", "gbdt")  # shown beside every sweep
+# fitted on each sweep cell's records and their histories (with_histories), scored beside the tuned model
+EQUAL_DATA_REFERENCES = ("popularity", "logreg", "bias", "gbdt", "mf")
+FULL_DATA_REFERENCES = ("history-share", "bias", "gbdt", "mf")  # fitted on the whole training split, beside every sweep
 
 
 def full_data_references(train: Sequence[dict], test: Sequence[dict]) -> tuple[str, ...]:
@@ -404,25 +417,59 @@ def check_baseline_names(names: Sequence[str], has_train: bool) -> list[str]:
     return problems
 
 
-def fit_and_score(name: str, train: Sequence[dict] | None, records: Sequence[dict],
-                  seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+def sample_interactions(records: Sequence[dict]) -> list[dict]:
+    """What a few-shot sample says about its users and items, as records: every rating the records'
+    histories list (label = liked, history = the items listed before it; no timestamp), then the records
+    themselves, so ordered statistics read a history before its record. Each (user, item) once: a rating
+    that is also a record of the sample stays that record. Without a ``user_id`` a record's history ratings
+    stay its own (they cannot be tied to other records of the same user)."""
+    rows = []
+    seen = {(user_key(record), item_key(record)) for record in records if user_key(record) is not None}
+    for index, record in enumerate(records):
+        owner = user_key(record)
+        for position, item in enumerate(record["history"]):
+            key = (owner if owner is not None else f"record {index}", history_key(item))
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append({"id": f"{record.get('id', index)}#history{position}", "user_id": record.get("user_id"),
+                         "item_id": item.get("item_id"), "target_title": item["title"], "label": int(item["liked"]),
+                         "history": record["history"][:position]})
+    return rows + list(records)
+
+
+def fit_and_score(name: str, train: Sequence[dict] | None, records: Sequence[dict], seed: int = 0,
+                  with_histories: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """``name`` fitted on ``train`` (``with_histories``: on ``sample_interactions(train)``, unless the
+    baseline reads histories itself) and scored on ``records``: (P(like) per record, info)."""
     baseline = make_baseline(name, seed)
     if baseline.needs_train:
         if not train:
             raise ConfigError(f"baseline {name} needs training records", "pass --train DATASET")
-        baseline.fit(train)
+        require_structure(train, f"{name} training records")
+        expand = with_histories and not baseline.reads_histories
+        baseline.fit(sample_interactions(train) if expand else train)
+        if expand:
+            baseline.notes.append(f"fitted on {len(train)} records and their histories: {baseline.train_size} ratings")
     return baseline.score(records), baseline.info()
 
 
-def evaluate_baselines(train_records: Sequence[dict], test_records: Sequence[dict], seed: int = 0,
-                       names: Sequence[str] = FEW_SHOT_BASELINES) -> dict[str, dict[str, Any]]:
-    """AUC and GAUC of each baseline on ``test_records`` after fitting on ``train_records``, by label."""
-    labels = labels_of(test_records)
-    users = [r.get("user_id") for r in test_records] if all(r.get("user_id") is not None for r in test_records) else None
+def score_and_evaluate(train_records: Sequence[dict], test_records: Sequence[dict], seed: int = 0,
+                       names: Sequence[str] = EQUAL_DATA_REFERENCES,
+                       with_histories: bool = False) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """Each baseline's scores on ``test_records`` and its AUC / GAUC (no intervals), by label."""
+    labels, users = labels_of(test_records), users_of(test_records)
     results = {}
     for name in names:
-        scores, info = fit_and_score(name, train_records, test_records, seed)
+        scores, info = fit_and_score(name, train_records, test_records, seed, with_histories)
         metrics = compute_metrics(labels, scores, users, resamples=0)
-        results[BASELINES[name].label] = {"n": len(labels), "positives": int(labels.sum()),
-                                          "auc": safe_auc(labels, scores), "gauc": metrics["gauc"], **info}
+        results[BASELINES[name].label] = (scores, {"n": len(labels), "positives": int(labels.sum()),
+                                                   "auc": safe_auc(labels, scores), "gauc": metrics["gauc"], **info})
     return results
+
+
+def evaluate_baselines(train_records: Sequence[dict], test_records: Sequence[dict], seed: int = 0,
+                       names: Sequence[str] = EQUAL_DATA_REFERENCES, with_histories: bool = False) -> dict[str, dict[str, Any]]:
+    """AUC and GAUC of each baseline on ``test_records`` after fitting on ``train_records``, by label."""
+    return {label: metrics for label, (_, metrics) in
+            score_and_evaluate(train_records, test_records, seed, names, with_histories).items()}

@@ -13,6 +13,7 @@ from tallrec_cli.core.errors import ConfigError
 from tallrec_cli.core.files import staged_dir, write_json_atomic, write_jsonl_atomic
 from tallrec_cli.core.manifests import EvalManifest, TrainedAdapter, TrainRunManifest
 from tallrec_cli.core.metrics import reliability_curve, safe_auc
+from tallrec_cli.eval.timing import PhaseTimes
 
 
 def eval_output_root(adapter: str | None, run: TrainedAdapter | None, output: str | None) -> Path:
@@ -27,19 +28,24 @@ def eval_output_root(adapter: str | None, run: TrainedAdapter | None, output: st
 
 def write_eval_folder(folder: Path, records: Sequence[dict], scores: np.ndarray, metrics: dict,
                       inputs: dict[str, Any], plots: bool = False, overwrite: bool = False,
-                      write_more: Callable[[Path], None] | None = None) -> Path:
-    """metrics.json, predictions.jsonl, optional roc.png / reliability.png, whatever ``write_more(staging)``
-    writes, then manifest.json, atomically."""
+                      write_more: Callable[[Path], None] | None = None, timing: PhaseTimes | None = None) -> Path:
+    """predictions.jsonl, optional roc.png / reliability.png, whatever ``write_more(staging)`` writes,
+    metrics.json, then manifest.json, atomically. With ``timing``, metrics (and metrics.json) get ``timing``:
+    its phases and ``write``, the seconds spent writing everything before metrics.json."""
     with staged_dir(folder, EvalManifest.KIND, overwrite=overwrite) as staging:
-        if write_more:
-            write_more(staging)
+        with (timing or PhaseTimes()).phase("write"):
+            if write_more:
+                write_more(staging)
+            write_jsonl_atomic(staging / "predictions.jsonl", (
+                {"id": record.get("id"), "user_id": record.get("user_id"), "item_id": record.get("item_id"),
+                 "p_yes": float(score), "label": record.get("label")}
+                for record, score in zip(records, scores)))
+            if plots:
+                write_plots(staging, [record["label"] for record in records], scores,
+                            f"{folder.name} ({metrics['score_mode']})")
+        if timing is not None:
+            metrics["timing"] = timing.as_dict()
         write_json_atomic(staging / "metrics.json", metrics)
-        write_jsonl_atomic(staging / "predictions.jsonl", (
-            {"id": record.get("id"), "user_id": record.get("user_id"), "item_id": record.get("item_id"),
-             "p_yes": float(score), "label": record.get("label")}
-            for record, score in zip(records, scores)))
-        if plots:
-            write_plots(staging, [record["label"] for record in records], scores, f"{folder.name} ({metrics['score_mode']})")
         EvalManifest.new(**inputs, metrics={key: metrics[key] for key in (
             "score_mode", "records", "positives", "auc", "auc_ci95", "gauc", "gauc_ci95", "users", "gauc_users",
             "log_loss", "accuracy", "brier", "ece")}, files=sorted(path.name for path in staging.iterdir())).write(staging)

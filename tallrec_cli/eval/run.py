@@ -3,6 +3,7 @@ and written to its folder. The one module that joins scoring with comparisons an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from tallrec_cli.eval.ensemble import FittedBlend, check_ensemble_request, fit_b
 from tallrec_cli.eval.records import TestSet, load_tests
 from tallrec_cli.eval.results import eval_output_root, write_eval_folder
 from tallrec_cli.eval.score import evaluate_records, load_scoring_model, local_path, model_description, model_scorer
+from tallrec_cli.eval.timing import PhaseTimes, process_age
 from tallrec_cli.model.scoring import ScoringSpec, resolve_scoring
 
 
@@ -44,7 +46,8 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, plots: bool = False, overwrite: bool = False,
                    on_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
                    references: Sequence[str] = (), train_records: Sequence[dict] | None = None,
-                   calibration: Calibration | None = None, ensembles: Sequence = ()) -> list[dict]:
+                   calibration: Calibration | None = None, ensembles: Sequence = (),
+                   phases: PhaseTimes | None = None) -> list[dict]:
     """Evaluate each test into ``output_root/<test-name>/``; returns one {test, source, folder, metrics} each
     (and ``comparison`` when ``references`` are given: baselines fitted on ``train_records``, or ``base``,
     the model with its adapter off; see ``tallrec_cli.eval.compare``).
@@ -52,12 +55,17 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
     ``on_start(name, records)`` may return a per-batch progress callback. ``calibration`` applies to the
     model's scores (not to the zero-shot ``base`` reference). ``ensembles`` (``ensemble.FittedBlend``, fitted
     on validation) add ``ensembles``: each blend compared with the model and its baseline.
+
+    Each test's metrics (and metrics.json) carry ``timing``: the seconds of ``phases`` (what came before, such as
+    the model load) followed by this test's own phases (tokenise, score, metrics, references, blends, write).
     """
     model = model_description(inference)
     results = []
     for test in tests:
         progress = on_start(test.name, len(test.records)) if on_start else None
-        scores, metrics = evaluate_records(inference, test.records, spec, resamples, seed, progress, calibration)
+        timing = PhaseTimes(phases)
+        scores, metrics = evaluate_records(inference, test.records, spec, resamples, seed, progress, calibration,
+                                           timing)
         metrics = {"test": test.name, "source": str(test.path), **metrics}
         inputs = {**model, "test": {"name": test.name, "path": str(test.path.resolve()), "split": test.split,
                                     "limit": test.limit,
@@ -67,19 +75,23 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
         comparison, model_label = None, "tuned model" if inference.adapter else "model"
         writers = []
         if references:
-            scorers = [Scored("model", model_label, scores)]
-            if BASE_MODEL in references:
-                progress = on_start(f"{test.name} without adapter", len(test.records)) if on_start else None
-                with inference.model.disable_adapter():
-                    base_scores, _ = evaluate_records(inference, test.records, spec, 0, seed, progress)
-                scorers.append(Scored(BASE_MODEL, "zero-shot base", base_scores))
-            scorers += score_baselines([name for name in references if name != BASE_MODEL], train_records,
-                                       test.records, seed)
-            comparison = compare(test.records, scorers[0], scorers[1:], resamples, seed)
+            with timing.phase("references"):
+                scorers = [Scored("model", model_label, scores)]
+                if BASE_MODEL in references:
+                    progress = on_start(f"{test.name} without adapter", len(test.records)) if on_start else None
+                    with inference.model.disable_adapter():
+                        base_scores, _ = evaluate_records(inference, test.records, spec, 0, seed, progress)
+                    scorers.append(Scored(BASE_MODEL, "zero-shot base", base_scores))
+                scorers += score_baselines([name for name in references if name != BASE_MODEL], train_records,
+                                           test.records, seed)
+                comparison = compare(test.records, scorers[0], scorers[1:], resamples, seed)
             inputs["compare"] = list(references)
             writers.append(lambda staging, comparison=comparison, scorers=scorers, test=test:
                            write_comparison(staging, test.records, comparison, scorers))
-        blends = compare_blends(ensembles, test.records, scores, model_label, resamples, seed) if ensembles else []
+        blends = []
+        if ensembles:
+            with timing.phase("blends"):
+                blends = compare_blends(ensembles, test.records, scores, model_label, resamples, seed)
         if blends:
             inputs["ensembles"] = [blend["blend"] for blend in blends]
             writers.append(lambda staging, blends=blends, test=test: write_blends(staging, test.records, blends))
@@ -88,7 +100,7 @@ def evaluate_tests(inference, tests: Sequence[TestSet], output_root: str | Path,
             for write in writers:
                 write(staging)
         folder = write_eval_folder(Path(output_root) / test.name, test.records, scores, metrics, inputs, plots,
-                                   overwrite, write_more)
+                                   overwrite, write_more, timing)
         results.append({"test": test.name, "source": str(test.path), "folder": str(folder), "metrics": metrics,
                         "comparison": comparison, "ensembles": [blend["comparison"] for blend in blends]})
     return results
@@ -176,7 +188,13 @@ def _run_training_data(run: TrainRunManifest, run_dir: str | None) -> str:
 def run_eval(request: EvalRequest, on_start: Callable[[str, int], Callable[[int], None] | None] | None = None,
              on_baseline: Callable[[str], None] | None = None) -> EvalOutcome:
     """`tallrec eval`: every input checked before the model loads, then the model (or the baselines) on each
-    test with its references and blends, one result folder per test."""
+    test with its references and blends, one result folder per test. Each test's metrics carry ``timing``
+    (`evaluate_tests`), starting with ``process start``: the process's age when the eval began (for the command
+    line: interpreter start-up and its imports)."""
+    phases, entered = PhaseTimes(), time.perf_counter()
+    age = process_age()
+    if age is not None:
+        phases.add("process start", age)
     has_model = bool(request.model or request.adapter)
     if not has_model and not request.baselines:
         raise ConfigError("nothing to evaluate", "pass --model and/or --adapter, or --baseline NAME")
@@ -186,7 +204,10 @@ def run_eval(request: EvalRequest, on_start: Callable[[str, int], Callable[[int]
     run = read_adapter_manifest(request.adapter)
     root = eval_output_root(request.adapter, run, request.output)
     tests = load_tests(request.tests, request.split, request.limit)
-    train_records, train_source = training_records(request.train, run, request.adapter)
+    # the run's training split (thousands of records, hashed against the run) only when something learns from it
+    learners = request.baselines or request.ensembles or [name for name in request.references if name != BASE_MODEL]
+    train_records, train_source = (training_records(request.train, run, request.adapter) if learners or request.train
+                                   else (None, None))
     problems = check_references(request.baselines or request.references, train_records is not None,
                                 has_model=bool(request.adapter))
     problems += check_ensemble_request(request.ensembles, run, train_source)
@@ -203,18 +224,21 @@ def run_eval(request: EvalRequest, on_start: Callable[[str, int], Callable[[int]
         refuse_overlap(root / each.name, [each.path, request.adapter, local_path(request.model)],
                        inside_ok=[request.adapter])
         check_output_folder(root / each.name, EvalManifest.KIND, request.overwrite)
+    phases.add("inputs", time.perf_counter() - entered)  # reading and checking the tests, run and outputs
     # `--compare base` scores with the adapter switched off, so it must stay apart from the weights
     inference = load_scoring_model(request.model, request.adapter, request.dtype, request.quantization,
                                    request.trust_remote_code, request.template, request.label_words,
-                                   merge_adapter=BASE_MODEL not in request.references)
+                                   merge_adapter=BASE_MODEL not in request.references, phases=phases)
     spec = resolve_scoring(inference, request.template, request.label_words, request.score, request.batch_size,
                            request.prefix_cache)
     stored = run.calibration if run is not None else calibration_for(request.model)
     calibration = Calibration.from_dict(stored["selected"]) if request.calibrated and stored else None
-    blends = fit_blends(request.ensembles, run, train_records, train_source,
-                        model_scorer(inference, spec, calibration, on_start), request.seed,
-                        request.limit) if request.ensembles else []
+    blends = []
+    if request.ensembles:
+        with phases.phase("blend fit"):
+            blends = fit_blends(request.ensembles, run, train_records, train_source,
+                                model_scorer(inference, spec, calibration, on_start), request.seed, request.limit)
     return EvalOutcome("model", evaluate_tests(
         inference, tests, root, spec, resamples=request.bootstrap, seed=request.seed, plots=request.plots,
         overwrite=request.overwrite, on_start=on_start, references=request.references,
-        train_records=train_records, calibration=calibration, ensembles=blends))
+        train_records=train_records, calibration=calibration, ensembles=blends, phases=phases))

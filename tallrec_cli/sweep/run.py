@@ -354,8 +354,12 @@ class SweepRun:
     ran: list[str]
     skipped: list[str]
     failures: list[Failure]
-    summary: list[dict]
+    report: dict  # what results.json holds: summary, paired comparisons, findings
     wall_seconds: float
+
+    @property
+    def summary(self) -> list[dict]:
+        return self.report["summary"]
 
 
 def prepare_folder(sweep_dir: Path, record: SweepRecord, cells: list[Cell], overwrite: bool) -> None:
@@ -493,9 +497,8 @@ def _run_grid(spec: SweepSpec, sweep_dir: Path, cells: list[Cell], configs: dict
             (failure.error.hint + "; " if failure.error.hint else "")
             + "re-run the same command to resume (finished cells are skipped), or pass --keep-going") from failure.error
     observations = cell_observations(results.values()) + baselines
-    summary = summarize(observations)
-    write_report(sweep_dir, summary, observations, config_hash)
-    return SweepRun(sweep_dir, cells, [cell.id for cell in pending if cell.id in results], skipped, failures, summary,
+    report = write_report(sweep_dir, summarize(observations), observations, config_hash)
+    return SweepRun(sweep_dir, cells, [cell.id for cell in pending if cell.id in results], skipped, failures, report,
                     round(time.monotonic() - started, 1))
 
 

@@ -48,7 +48,9 @@ class SweepSpec:
     overrides: dict = option({}, help="Train config overrides applied to every cell (nested or dotted keys).")
     domains: dict = option({}, help="Optional {domain: {overrides: {...}, tests: {label: path}}}: one grid per domain.")
     test_limit: int | None = option(None, help="Evaluate only the first N records of each test (a fixed slice).")
-    baselines: bool = option(True, help="Fit popularity and logistic-regression baselines on every few-shot sample.")
+    baselines: bool = option(True, help="Fit the equal-data references (popularity, logreg, bias, GBDT, MF) on every "
+                                        "cell's records and their histories, and the full-data references on the "
+                                        "training split; compare the tuned model with each at every N.")
 
     def check(self) -> list[str]:
         problems = []

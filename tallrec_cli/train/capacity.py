@@ -16,10 +16,15 @@ from tallrec_cli.core.config import to_dict
 from tallrec_cli.core.errors import ConfigError, ModelError
 from tallrec_cli.core.files import tallrec_home
 from tallrec_cli.core.quiet import quiet_libraries
-from tallrec_cli.model.loading import hub_unreachable, resolve_model_source
+from tallrec_cli.model.loading import EMBEDDED_MODELS, gguf_model_dir, hub_unreachable, resolve_model_source
 from tallrec_cli.model.prompts import load_template
-from tallrec_cli.model.random_models import model_config
-from tallrec_cli.model.scoring import MIN_PREFIX_TOKENS, common_prefix_length, scoring_row_bytes
+from tallrec_cli.model.random_models import model_config, published_config
+from tallrec_cli.model.scoring import (
+    MIN_PREFIX_TOKENS,
+    common_prefix_length,
+    scoring_row_bytes,
+    shareable_prefix_tokens,
+)
 from tallrec_cli.train.config import ALL_LINEAR, LoraSettings, TrainConfig, check_schedule, eval_interval, preflight
 from tallrec_cli.train.data import prepare_data
 
@@ -60,32 +65,42 @@ def model_config_for(config: TrainConfig):
 
 
 def _model_config(config: TrainConfig):
-    """The base model's config without weights: from its folder/GGUF, else the known shapes table."""
+    """(config, tokenizer location or None, why no tokenizer) of the base model without weights: from its
+    folder, converted copy or GGUF, else the published or known shapes."""
     from transformers import AutoConfig
 
-    source = resolve_model_source(config.model.name, convert_embedded=False)
-    if source.kind == "random":  # the embedded config; its tokenizer's token counts are not the real ones
-
-        return model_config(config.model.name), None
+    name = config.model.name
+    source = resolve_model_source(name, convert_embedded=False)
+    if source.kind == "random":  # the published config; its tokenizer's token counts are not the real ones
+        return model_config(name), None, f"{name} stands in for the real model"
     path, gguf_file = source.path, source.gguf_file
-    converted = tallrec_home() / "models" / config.model.name
     if source.kind == "embedded":
         # The GGUF header lacks tie_word_embeddings; the converted copy (when cached) has the true config.
+        converted = tallrec_home() / "models" / name
         if (converted / "manifest.json").exists():
             path = str(converted)
+        elif EMBEDDED_MODELS[name].chunked:  # not assembled yet: the published config, no tokenizer until then
+            return (published_config(EMBEDDED_MODELS[name].origin), None,
+                    f"{name} is not converted yet (the first command that loads it does, once)")
         else:
             path, gguf_file = str(Path(path).parent), Path(path).name
+    elif source.kind == "gguf":
+        converted = gguf_model_dir(Path(path) / gguf_file, convert=False)
+        path, gguf_file = (str(converted), None) if converted else (path, gguf_file)
     unreachable = hub_unreachable(source) if source.kind == "hub" else None  # not a minute of retries
     try:
         if unreachable:
             raise OSError(unreachable)
-        return AutoConfig.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=config.model.trust_remote_code), (path, gguf_file)
+        return (AutoConfig.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=config.model.trust_remote_code),
+                (path, gguf_file), None)
     except (OSError, ValueError) as exc:
-        shape = _HUB_ARCHITECTURES.get(config.model.name.lower())
-        if shape is None:
-            raise ModelError(f"cannot read the config of {config.model.name}: {str(exc).splitlines()[0]}",
+        shape = _HUB_ARCHITECTURES.get(name.lower())
+        published = published_config(name)  # a hub id whose config.json random_models holds
+        if shape is None and published is None:
+            raise ModelError(f"cannot read the config of {name}: {str(exc).splitlines()[0]}",
                              "download the model or pass a local folder") from None
-        return config_from_shape(shape), None
+        config_shape = published if published is not None else config_from_shape(shape)
+        return config_shape, None, f"{name} is not available offline"
 
 
 def config_from_shape(shape_name: str):
@@ -99,15 +114,22 @@ def config_from_shape(shape_name: str):
 def count_parameters(model_config, lora: LoraSettings) -> dict[str, int]:
     """Total, quantizable (linear layers in the blocks) and LoRA parameters, from a meta-device model."""
     import torch
-    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with init_empty_weights():
+    # the meta device, not accelerate's init_empty_weights: under that transformers 5 leaves a tied LM head
+    # untied, and counts Gemma 3 270M's 168M embedding parameters twice
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())  # a tied head shares the embedding's parameter
     head = model.get_output_embeddings()
     targets = lora.peft_targets()
     linear = adapted = lora_params = adapted_inputs = 0
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module is not head}
+    unmatched = lora.unmatched(names)
+    if unmatched:
+        raise ConfigError(f"lora.target_modules: {', '.join(unmatched)} name no linear layer of this "
+                          f"{model_config.model_type} model", f"use some of {', '.join(sorted(names))}, or all-linear")
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or module is head:
             continue
@@ -119,7 +141,27 @@ def count_parameters(model_config, lora: LoraSettings) -> dict[str, int]:
             if lora.use_dora:
                 lora_params += module.out_features  # magnitude vector
     return {"total": total, "quantizable": linear, "lora": lora_params, "adapted_modules": adapted,
-            "adapted_inputs": adapted_inputs}
+            "adapted_inputs": adapted_inputs, "norm_features": _norm_features(model, model_config)}
+
+
+def _norm_features(model, model_config) -> int:
+    """Features per token that the norms of one decoder layer normalise: LLaMA's two over the hidden size, Gemma 3's
+    four plus per-head norms of the queries (over all heads) and keys (over the key/value heads)."""
+    text = model_config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    layer = next(module for name, module in model.named_modules() if name.endswith("layers.0"))
+    features = 0
+    for name, module in layer.named_modules():
+        weight = getattr(module, "weight", None)
+        if "norm" not in type(module).__name__.lower() or weight is None:
+            continue
+        if weight.numel() == head_dim:  # applied to each head
+            features += head_dim * (kv_heads if name.endswith("k_norm") else heads)
+        else:
+            features += weight.numel()
+    return features
 
 
 # What `--dry-run` cannot see: the CUDA context (~0.5-1 GiB, outside torch's allocator) and fragmentation.
@@ -128,12 +170,16 @@ CUDA_RESERVE_GIB = 1.0
 # (the alpaca header and TALLRec's instruction are ~70 tokens for LLaMA tokenizers).
 ASSUMED_SHARED_PREFIX = 64
 # Activations a decoder layer keeps for backward, in bytes per token, 16-bit, SDPA (no seq^2 scores). Measured on
-# CPU with autograd's saved-tensor hooks (tests/train/test_capacity.py measures them again): per hidden feature
-# 16 (k and v at full width, as SDPA gets them repeated under a padding mask; a GQA model without one keeps
-# less), per MLP intermediate feature 6 (gate, up and their product). At hidden 512, MLP 1376, bf16, per hidden
-# feature: 32.2 without LoRA (the 34 used before came from Korthikanti et al.); with LoRA r16 on all linear layers
-# in bf16 (as trl keeps it for k-bit models) 42.0 without dropout, 67.4 with dropout 0.05 (CPU: mask in bf16).
-ACTIVATION_BYTES_PER_HIDDEN = 16
+# CPU with autograd's saved-tensor hooks (tests/train/test_capacity.py and, for Gemma 3, Qwen2 and Mistral shapes,
+# tests/train/test_shapes.py measure them again): per feature a norm normalises 4 (its fp32 input), per attention
+# feature (heads x head_dim, which is not the hidden size in Gemma 3) 8 (queries, and keys and values at full width,
+# as SDPA gets them repeated under a padding mask; a GQA model without one keeps less), per MLP intermediate feature
+# 6 (gate, up and their product). LLaMA: 2 norms over the hidden size, so 16 per hidden feature (at hidden 512, MLP
+# 1376, bf16: 32.2 measured without LoRA, the 34 used before came from Korthikanti et al.); with LoRA r16 on all
+# linear layers in bf16 (as trl keeps it for k-bit models) 42.0 without dropout, 67.4 with dropout 0.05 (CPU: mask
+# in bf16).
+ACTIVATION_BYTES_PER_NORM_FEATURE = 4
+ACTIVATION_BYTES_PER_ATTENTION = 8
 ACTIVATION_BYTES_PER_INTERMEDIATE = 6
 # Per input feature of each adapted module: lora_A keeps its 16-bit input, and with dropout the mask (bool on CUDA;
 # the CPU keeps it in the input's dtype, 4 bytes in all with bf16). Without dropout modules that share an input
@@ -191,8 +237,11 @@ def estimate_memory(model_config, counts: dict[str, int], config: TrainConfig, s
     input_bytes = LORA_DROPOUT_INPUT_BYTES if config.lora.dropout > 0 else LORA_INPUT_BYTES
     lora_per_token = (input_bytes * counts["adapted_inputs"]
                       + 2 * config.lora.r * counts["adapted_modules"]) / layers
-    per_layer = tokens * (ACTIVATION_BYTES_PER_HIDDEN * hidden + ACTIVATION_BYTES_PER_INTERMEDIATE * intermediate
-                          + lora_per_token)
+    text = model_config.get_text_config()
+    attention = text.num_attention_heads * (getattr(text, "head_dim", None) or hidden // text.num_attention_heads)
+    per_layer = tokens * (ACTIVATION_BYTES_PER_NORM_FEATURE * counts["norm_features"]
+                          + ACTIVATION_BYTES_PER_ATTENTION * attention
+                          + ACTIVATION_BYTES_PER_INTERMEDIATE * intermediate + lora_per_token)
     if config.training.gradient_checkpointing:
         activations = layers * 2 * tokens * hidden + per_layer
     else:
@@ -221,7 +270,7 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
 
     preflight(config, check_output=False)
     quiet_libraries()
-    model_config, tokenizer_location = _model_config(config)
+    model_config, tokenizer_location, no_tokenizer = _model_config(config)
     counts = count_parameters(model_config, config.lora)
     result: dict[str, Any] = {"config": to_dict(config), "parameters": counts, "data": None, "notes": []}
     seq_len = config.prompt.max_length
@@ -234,7 +283,7 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
         data = prepare_data(config, tokenizer, load_template(config.prompt.template))
         lengths = np.asarray(data.train_token_lengths)
-        valid_tokens = _validation_tokens(tokenizer, data.valid_prompts)
+        valid_tokens = _validation_tokens(tokenizer, data.valid_prompts, model_config)
         result["data"] = {"train_records": len(data.train_records), "valid_records": len(data.valid_records),
                           "truncated_records": data.truncated_records, "tokens_min": int(lengths.min()),
                           "tokens_mean": float(lengths.mean()), "tokens_max": int(lengths.max())}
@@ -247,8 +296,8 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
             result["notes"].append(exc.message)
     else:
         valid_tokens = None
-        result["notes"].append(f"{config.model.name} is not available offline: its tokenizer was not loaded, so token "
-                               f"lengths are not measured and the estimate assumes max_length={seq_len}")
+        result["notes"].append(f"{no_tokenizer}: its tokenizer was not loaded, so token lengths are not measured and "
+                               f"the estimate assumes max_length={seq_len}")
     memory = estimate_memory(model_config, counts, config, seq_len, valid_tokens)
     result["memory_gib"] = {key: value / GIB for key, value in memory.items()}
     result["sequence_length"] = seq_len
@@ -266,15 +315,15 @@ def dry_run(config: TrainConfig, gpu_memory_gib: float = 24.0) -> dict[str, Any]
     return result
 
 
-def _validation_tokens(tokenizer, prompts: list[str]) -> tuple[int, int]:
-    """(longest suffix, shared prefix) in tokens of the validation prompts, as the scorer splits them."""
-
+def _validation_tokens(tokenizer, prompts: list[str], model_config) -> tuple[int, int]:
+    """(longest suffix, shared prefix) in tokens of the validation prompts, as the scorer splits them (the shared
+    part within what the model's cache can share)."""
     encoded = tokenizer(prompts)["input_ids"]
-    shared = min(common_prefix_length(encoded), min(len(ids) for ids in encoded) - 1)
+    shared = min(common_prefix_length(encoded), min(len(ids) for ids in encoded) - 1,
+                 shareable_prefix_tokens(model_config) or 0)
     if shared < MIN_PREFIX_TOKENS:
         shared = 0
     return max(len(ids) for ids in encoded) - shared, shared
-
 
 
 @dataclass(frozen=True)

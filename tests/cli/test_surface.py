@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from tallrec_cli.cli.app import app
 from tallrec_cli.cli.console import Column, PlainProgress, ResultTable, table
+from tests.conftest import require_module
 
 REPO = Path(__file__).resolve().parents[2]
 NUMBER = re.compile(r"[+-]?\d*\.\d+(?:-[+-]?\d*\.\d+)?|\d+")
@@ -354,7 +355,7 @@ def test_the_config_error_hint_points_at_tallrec_keys():
 
 def test_the_installed_package_claims_only_its_own_import_names(tmp_path):
     """Build the wheel (no dependencies, no network) and read its top-level names: no generic `adapters`."""
-    pytest.importorskip("setuptools")
+    require_module("setuptools", "the build backend pyproject.toml names, needed here without build isolation")
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                            str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

@@ -22,6 +22,31 @@ SCORES = [0.9, 0.3, 0.6, 0.4, 0.4, 0.1, 0.8, 0.7]
 USERS = ["a", "a", "a", "b", "b", "b", "c", "c"]
 
 
+def record_bootstrap(labels, scores, resamples: int, seed: int) -> list[float]:
+    """AUC of each resample of the records by scikit-learn, one resample at a time (one-class draws left out)."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    return [roc_auc_score(labels[rows], scores[rows]) for block in bootstrap_samples(labels.size, resamples, seed)
+            for rows in block if np.unique(labels[rows]).size == 2]
+
+
+def user_bootstrap(labels, scores, users, resamples: int, seed: int) -> list[float]:
+    """GAUC of each resample of the users, by loops: each drawn user's scikit-learn AUC weighted by their records."""
+    labels, scores, users = np.asarray(labels), np.asarray(scores), np.asarray([str(user) for user in users])
+    kept = [user for user in dict.fromkeys(users.tolist()) if np.unique(labels[users == user]).size == 2]
+    auc = {user: roc_auc_score(labels[users == user], scores[users == user]) for user in kept}
+    records = {user: int((users == user).sum()) for user in kept}
+    gaucs = []
+    for block in bootstrap_samples(len(kept), resamples, seed):
+        for drawn in block:
+            chosen = [kept[index] for index in drawn]
+            gaucs.append(sum(auc[user] * records[user] for user in chosen) / sum(records[user] for user in chosen))
+    return gaucs
+
+
+def percentile_interval(values) -> list[float]:
+    return list(np.percentile(values, [2.5, 97.5]))
+
+
 def test_auc_with_ties_and_one_class():
     # pairs (pos, neg): 16; pos 0.4 vs neg 0.4 is a tie (half); 0.6 and 0.4 lose to neg 0.7
     assert safe_auc(LABELS, SCORES) == pytest.approx((16 - 2 - 0.5) / 16)
@@ -54,8 +79,8 @@ def test_compute_metrics_matches_sklearn_and_hand_values():
     assert metrics["gauc_users"] == 3 and metrics["notes"] == [
         "GAUC rests on 3 users with both labels (of 3): under 30, it mostly reflects a few users; use a many-user "
         "split (--preset many-users)"]
-    low, high = metrics["auc_ci95"]
-    assert low <= metrics["auc"] <= high
+    assert metrics["auc_ci95"] == pytest.approx(percentile_interval(record_bootstrap(LABELS, SCORES, 200, 3)))
+    assert metrics["gauc_ci95"] == pytest.approx(percentile_interval(user_bootstrap(LABELS, SCORES, USERS, 200, 3)))
 
 
 def test_one_class_reports_everything_but_auc():
@@ -115,9 +140,10 @@ def test_gauc_interval_and_user_counts_in_metrics():
     rng = np.random.default_rng(1)
     users = np.repeat(np.arange(40), 6)
     labels = rng.integers(0, 2, users.size)
-    metrics = compute_metrics(labels, labels * 0.5 + rng.random(users.size) * 0.5, users)
-    low, high = metrics["gauc_ci95"]
-    assert low <= metrics["gauc"] <= high and metrics["users"] == 40
+    scores = labels * 0.5 + rng.random(users.size) * 0.5
+    metrics = compute_metrics(labels, scores, users)
+    assert metrics["gauc_ci95"] == pytest.approx(percentile_interval(user_bootstrap(labels, scores, users, 1000, 0)))
+    assert metrics["users"] == 40
     few = compute_metrics(labels[:60], rng.random(60), users[:60])
     assert any("under 30" in note for note in few["notes"])
 
@@ -127,3 +153,32 @@ def test_comparison_verdict_per_metric():
 
     assert verdict({"auc_diff_ci95": [0.01, 0.05], "gauc_diff_ci95": [-0.2, -0.01]}) == "+/-"
     assert verdict({"auc_diff_ci95": [-0.01, 0.05], "gauc_diff_ci95": None}) == "=/?"
+
+
+def test_gauc_intervals_weight_each_drawn_user_by_their_records():
+    """Users of 2 to 21 records whose AUC grows with their record count: an unweighted resample mean is lower."""
+    from tallrec_cli.core.metrics import gauc_interval, paired_difference
+
+    rng = np.random.default_rng(4)
+    users = np.repeat(np.arange(20), np.arange(2, 22))
+    labels = np.tile([0, 1], users.size // 2 + 1)[:users.size]
+    noise = 3.0 / np.bincount(users)[users]  # few records: noisy scores
+    scores = labels + rng.normal(0, noise)
+    expected = percentile_interval(user_bootstrap(labels, scores, users, 300, 5))
+    assert gauc_interval(labels, scores, users, resamples=300, seed=5) == pytest.approx(expected)
+    reference = labels + rng.normal(0, 1.0, users.size)
+    difference = paired_difference(labels, scores, reference, users, resamples=300, seed=5)
+    aucs = {user: (roc_auc_score(labels[users == user], scores[users == user])
+                   - roc_auc_score(labels[users == user], reference[users == user]), int((users == user).sum()))
+            for user in range(20)}
+    draws = [sum(aucs[user][0] * aucs[user][1] for user in drawn) / sum(aucs[user][1] for user in drawn)
+             for block in bootstrap_samples(20, 300, 5) for drawn in block]
+    assert difference["gauc_diff_ci95"] == pytest.approx(percentile_interval(draws))
+    assert difference["gauc_diff"] == pytest.approx(sum(d * n for d, n in aucs.values()) / users.size)
+
+
+def test_accuracy_counts_a_score_of_exactly_one_half_as_yes():
+    from sklearn.metrics import accuracy_score
+
+    labels, scores = [1, 0, 1, 1], [0.5, 0.49, 0.51, 0.5]
+    assert compute_metrics(labels, scores, resamples=0)["accuracy"] == accuracy_score(labels, [1, 0, 1, 1]) == 1.0

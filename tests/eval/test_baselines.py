@@ -1,9 +1,7 @@
 """Baselines: the history-share formula, popularity evidence, learned references on training data only,
-cold fallbacks, and the sweep's few-shot samples and full-data references."""
+cold fallbacks (the sweep's equal-data and full-data references: tests/sweep/test_references.py)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from data_builders.structure import labels_of
 from tallrec_cli.core.errors import DataError
 from tallrec_cli.core.metrics import safe_auc
 from tallrec_cli.eval import baselines
-from tests.sweep.test_sweep_run import FakeRunner, make_spec, movie_record, write_dataset
+from tests.sweep.test_sweep_run import movie_record
 
 
 def test_history_share_is_the_formula_on_hand_built_records():
@@ -161,60 +159,3 @@ def test_baselines_that_learn_need_training_records():
     assert baselines.check_baseline_names(["history-share"], has_train=False) == []
     problems = baselines.check_baseline_names(["gbdt", "nope"], has_train=False)
     assert any("unknown baseline 'nope'" in p for p in problems) and any("--train" in p for p in problems)
-
-
-def test_sweep_baselines_use_the_records_training_draws(tmp_path, tiny_model_dir):
-    """The baseline sample is the exact record set `tallrec_cli.train.run.prepare_data` trains on."""
-    from transformers import AutoTokenizer
-
-    from tallrec_cli import sweep
-    from tallrec_cli.model.prompts import load_template
-    from tallrec_cli.train.data import prepare_data
-
-    data = write_dataset(tmp_path / "data")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{train: {data}, stratify: true}}\n")
-    sweep_dir = tmp_path / "sweep"
-    sweep.run_sweep(make_spec(recipe, data, shots=[8], seeds=[3]), sweep_dir, runner=FakeRunner())
-    (stored_path,) = (sweep_dir / "baselines").glob("k8-*.json")
-    stored = json.loads(stored_path.read_text())
-    _, cells, configs = sweep.prepare_sweep(make_spec(recipe, data, shots=[8], seeds=[3]))
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    trained = prepare_data(configs[cells[0].id], tokenizer, load_template("alpaca")).train_records
-    assert stored["train_ids"] == [record["id"] for record in trained]
-    assert stored["stratify"] is True and set(stored["tests"]["movies"]) == {"Popularity", "LogReg"}
-    assert stored["tests"]["movies"]["LogReg"]["n"] == 24
-
-
-def test_baselines_see_the_same_test_slice_as_the_cells(tmp_path, tiny_model_dir):
-    from tallrec_cli import sweep
-
-    data = write_dataset(tmp_path / "data")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{train: {data}}}\n")
-    sweep.run_sweep(make_spec(recipe, data, shots=[4], seeds=[0], test_limit=10), tmp_path / "s", runner=FakeRunner())
-    (stored_path,) = (tmp_path / "s" / "baselines").glob("k4-*.json")
-    assert json.loads(stored_path.read_text())["tests"]["movies"]["Popularity"]["n"] == 10
-    (reference_path,) = (tmp_path / "s" / "baselines").glob("reference-*.json")
-    reference = json.loads(reference_path.read_text())
-    assert reference["train_records"] == 40 and set(reference["tests"]["movies"]) == {"History share", "GBDT"}
-    assert reference["tests"]["movies"]["GBDT"]["n"] == 10
-
-
-def test_sweep_references_add_prompt_numbers_where_prompts_carry_context(tmp_path, tiny_model_dir):
-    from tallrec_cli import sweep
-
-    data = write_dataset(tmp_path / "data")
-    for split in ("train", "valid", "test"):
-        path = data / f"{split}.jsonl"
-        records = [json.loads(line) for line in path.read_text().splitlines()]
-        path.write_text("".join(json.dumps(dict(record, context={"cf_like": 30 + 40 * record["label"]})) + "\n"
-                                for record in records))
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{train: {data}}}\n")
-    sweep.run_sweep(make_spec(recipe, data, shots=[4], seeds=[0]), tmp_path / "s", runner=FakeRunner())
-    (reference_path,) = (tmp_path / "s" / "baselines").glob("reference-*.json")
-    tests = json.loads(reference_path.read_text())["tests"]["movies"]
-    assert set(tests) == {"History share", "GBDT", "Prompt numbers"} and tests["Prompt numbers"]["auc"] == 1.0
-    # a test built with another template (no context) gets the two references, not an error
-    assert baselines.full_data_references([{"context": {"cf_like": 50}}], [{}]) == ("history-share", "gbdt")

@@ -68,6 +68,12 @@ def test_merged_folder_serves_tallrec_eval(tiny_run, tmp_path):
     loaded = load_for_inference(model=str(folder), dtype="bfloat16", device="cpu")
     assert loaded.template == "alpaca" and loaded.labels["positive_word"] == "Yes"
     assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    weights = next(folder.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # a flipped bit inside a tensor: the file still parses, only its hash tells
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"does not match the hashes.*changed: {weights.name}"):
+        load_for_inference(model=str(folder), dtype="bfloat16", device="cpu")
 
 
 def test_qlora_adapter_merges_into_unquantized_reload(tiny_model_dir, valid_data, tmp_path):

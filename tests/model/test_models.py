@@ -37,14 +37,50 @@ def test_hub_load_offline_is_a_clear_error(monkeypatch):
         models.load_tokenizer(models.resolve_model_source("someone/not-cached-model"))
 
 
-def test_tiny_model_loads_in_requested_dtype(tiny_model_dir):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_tiny_model_loads_in_requested_dtype(tiny_model_dir, dtype):
+    """The fixture is saved in float32: every weight is loaded in ``dtype``, the saved value cast to it."""
     import torch
+    from safetensors.torch import load_file
 
     source = models.resolve_model_source(str(tiny_model_dir))
-    model = models.load_model(source, dtype="float32")
-    assert model.dtype == torch.float32
+    model = models.load_model(source, dtype=dtype)
+    wanted = getattr(torch, dtype)
+    saved = load_file(tiny_model_dir / "model.safetensors")
+    loaded = model.state_dict()
+    assert {tensor.dtype for tensor in saved.values()} == {torch.float32}
+    assert model.dtype == wanted and saved.keys() <= loaded.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name], tensor.to(wanted)), name
     identity = models.model_identity(source)
     assert len(identity["config_json_sha256"]) == 64
+
+
+def test_the_embedded_default_model_loads_and_scores_like_plain_transformers():
+    """The model users get without --model: converted from its GGUF (once per test session), loaded, and P(yes) of two
+    records equal to a plain transformers forward on the converted folder, read at the tokenizer's own "Yes"/"No"."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tallrec_cli.model.scoring import resolve_scoring
+    from tallrec_cli.train.config import load_train_config
+    from tests.export_helpers import SAMPLE_RECORDS
+    from tests.reference_scores import answer_token, plain_p_yes
+
+    assert load_train_config().model.name == "smollm2-135m"
+    inference = models.load_for_inference("smollm2-135m", dtype="float32", device="cpu")
+    spec = resolve_scoring(inference)
+    prompts = spec.render(SAMPLE_RECORDS[:2], inference.tokenizer)
+    scores = spec.score(inference.model, inference.tokenizer, prompts).scores
+
+    folder = models.embedded_model_dir("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    expected = plain_p_yes(model, tokenizer, prompts)
+    assert [spec.labels.positive_id, spec.labels.negative_id] == [answer_token(tokenizer, prompts[0], word)
+                                                                  for word in ("Yes", "No")]
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -79,7 +115,6 @@ def test_a_bitsandbytes_older_than_transformers_minimum_is_refused_before_loadin
     import torch
     from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
 
-    pytest.importorskip("bitsandbytes")
     with pytest.raises(ModelError, match=f"bitsandbytes 0.45.0 is older than {BITSANDBYTES_MIN_VERSION}") as error:
         models.quantization_config("4bit", torch.bfloat16)
     assert error.value.hint == f"pip install -U 'bitsandbytes>={BITSANDBYTES_MIN_VERSION}'"
@@ -90,7 +125,6 @@ def test_an_import_error_from_transformers_while_loading_is_a_model_error(tiny_m
     """transformers' own refusal (ImportError) of an old bitsandbytes, reached past tallrec's check."""
     from transformers import BitsAndBytesConfig
 
-    pytest.importorskip("bitsandbytes")
     monkeypatch.setattr(models, "quantization_config", lambda *args: BitsAndBytesConfig(load_in_4bit=True))
     with pytest.raises(ModelError, match="could not load .*requires bitsandbytes") as error:
         models.load_model(models.resolve_model_source(str(tiny_model_dir)), "float32", "4bit", device="cpu")

@@ -49,8 +49,16 @@ def test_two_real_tiny_cells_plus_zero_shot_then_resume_and_report(tmp_path, tin
     assert again.ran == [] and sorted(again.skipped) == ["k4-s0", "k4-s1", "zero-shot"]
     live_json = (sweep_dir / "results.json").read_text()
     (sweep_dir / "results.json").unlink()
-    assert sweep.build_report(sweep_dir) == live.summary
+    assert sweep.build_report(sweep_dir)["summary"] == live.summary
     assert (sweep_dir / "results.json").read_text() == live_json
     methods = {row["method"] for row in live.summary}
-    assert methods == {f"LoRA {tiny_model_dir.name}", "Popularity", "LogReg", "History share", "GBDT (full data)"}
+    references = {*(f"equal-data {name}" for name in ("Popularity", "LogReg", "Bias (user+item)", "GBDT", "MF")),
+                  "History share", "Bias (user+item) (full data)", "GBDT (full data)", "MF (full data)"}
+    assert methods == {f"LoRA {tiny_model_dir.name}", *references}
     assert all(row["gauc_mean"] is not None for row in live.summary)  # every row carries per-user AUC
+    # the real cells' predictions against every reference at N=4, paired over both seeds
+    comparisons = live.report["comparisons"]
+    assert sorted(row["reference"] for row in comparisons) == sorted(references)
+    assert all(row["shots"] == 4 and row["seeds"] == [0, 1] and row["auc_diff"] is not None for row in comparisons)
+    (finding,) = live.report["findings"]
+    assert finding["shots"] == [4] and len(finding["equal_data"]) == 5 and len(finding["full_data"]) == 4

@@ -248,7 +248,7 @@ def test_run_then_resume_skips_finished_and_redoes_killed_cells(recipe, dataset,
     result = sweep.run_sweep(spec, sweep_dir, runner=first)
     assert len(first.trained) == 5 and set(statuses(sweep_dir).values()) == {"done"}
     assert (sweep_dir / "sweep.yaml").is_file() and (sweep_dir / "sweep.png").is_file()
-    assert {row["method"] for row in result.summary} >= {"Popularity", "LogReg"}
+    assert {row["method"] for row in result.summary} >= {"equal-data Popularity", "equal-data LogReg"}
 
     killed = sweep_dir / "cells" / "k4-s1"
     (killed / "manifest.json").unlink()  # as if killed mid-training: no manifest
@@ -421,7 +421,7 @@ def test_report_rebuilt_from_folders_equals_live_one(recipe, dataset, tmp_path, 
     live_csv = (sweep_dir / "results.csv").read_text()
     for name in ("results.json", "results.csv", "sweep.png", "index.json"):
         (sweep_dir / name).unlink()
-    rebuilt = sweep.build_report(sweep_dir)
+    rebuilt = sweep.build_report(sweep_dir)["summary"]
     assert rebuilt == live.summary
     assert (sweep_dir / "results.json").read_text() == live_json and (sweep_dir / "results.csv").read_text() == live_csv
     assert (sweep_dir / "sweep.png").read_bytes()[:4] == b"\x89PNG"
@@ -439,14 +439,20 @@ def test_results_table_marks_best_per_column_and_shows_gauc_references_and_users
         {"method": "LoRA m", "kind": "lora", "test": "t", "shots": 16, "seed": s, "auc": a, "gauc": g, "records": 9,
          "users": 3, "gauc_users": 2, "cell": "c"}
         for s, a, g in ((0, 0.7, 0.6), (1, 0.8, 0.62))] + [
-        {"method": "Popularity", "kind": "baseline", "test": "t", "shots": 16, "seed": 0, "auc": 0.55, "records": 9,
-         "cell": None}] + sweep.reference_observations(
+        {"method": "LoRA m", "kind": "zero-shot", "test": "t", "shots": 0, "seed": None, "auc": 0.52, "gauc": 0.5,
+         "records": 9, "cell": "z"},
+        {"method": "equal-data Popularity", "kind": "baseline", "test": "t", "shots": 16, "seed": 0, "auc": 0.55,
+         "records": 9, "cell": None}] + sweep.reference_observations(
         {"domain": None, "tests": {"t": {"GBDT": {"auc": 0.9, "gauc": 0.58, "n": 9}}}}, [16]))
     console = Console(record=True, width=200)
-    console.print(sweep_table(summary))
+    console.print(sweep_table(summary, "t"))
     text = console.export_text()
-    assert "0.9000 (1) *" in text and "0.7500 ± 0.0707 (2)" in text and "0.5500 (1)" in text
-    assert "g 0.6100 ± 0.0141" in text and "GBDT (full data)" in text and "g 0.5800" in text
+    cells = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in text.splitlines()
+             if line.count("│") == 3 and line.split("│")[1].strip()}
+    assert cells == {"LoRA m": "0.750±.071", "LoRA m zero-shot": "0.520", "equal-data Popularity": "0.550 (1)",
+                     "GBDT (full data)": "0.900 *"}  # * best AUC; (1): fewer seeds than the tuned model's 2
+    assert "g 0.610±.014" in text and "g 0.500" in text and "g 0.580" in text
+    assert "mean ± std over 2 seed(s)" in " ".join(text.split())
     assert "t: 9 records, 3 users (2 with both labels) - under 30" in " ".join(text.split())  # caption wraps
 
 

@@ -50,11 +50,15 @@ def test_emitted_array_run_locally_per_index_fills_the_sweep_and_report_merges(t
     assert {entry["id"]: (entry["status"], entry["job"]) for entry in index["cells"]} == {
         "zero-shot": ("done", "4242"), "k4-s0": ("done", "4242"), "k4-s1": ("done", "4242")}
 
-    summary = sweep.build_report(sweep_dir)
+    report = sweep.build_report(sweep_dir)
+    summary = report["summary"]
     trained = [row for row in summary if row["method"].startswith("LoRA") and row["shots"] == 4]
     assert len(trained) == 1 and trained[0]["n"] == 2 and trained[0]["seeds"] == [0, 1]
     assert any(row["method"].startswith("LoRA") and row["shots"] == 0 for row in summary)
-    assert {row["method"] for row in summary} >= {"Popularity", "LogReg"}
+    assert {row["method"] for row in summary} >= {"equal-data Popularity", "equal-data GBDT", "GBDT (full data)"}
+    # the array tasks' predictions meet the references the emit step stored: paired over both seeds
+    assert {(row["reference"], tuple(row["seeds"])) for row in report["comparisons"]} >= {
+        ("equal-data GBDT", (0, 1)), ("GBDT (full data)", (0, 1))}
 
     with pytest.raises(ConfigError, match="every cell .* is finished"):
         emit_slurm(make_spec(recipe, data, shots=[0, 4], seeds=[0, 1], test_limit=12), sweep_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import importlib.metadata
+import inspect
 import json
 import types
 import weakref
@@ -44,7 +45,6 @@ def data_dir(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_64(tmp_path_factory):
     """bitsandbytes' CPU 4-bit kernels work in blocks of 64."""
-    pytest.importorskip("bitsandbytes")
     return build_tiny_llama(tmp_path_factory.mktemp("tiny64") / "model", hidden=64)
 
 
@@ -286,21 +286,24 @@ def test_export_merged_advises_cpu_not_float32_when_the_gpu_is_too_small(tmp_pat
     assert not (tmp_path / "merged").exists()
 
 
-def test_export_command_passes_device(tmp_path, monkeypatch):
+def test_export_command_merges_on_the_device_it_is_given(tmp_path, tiny_model_dir, monkeypatch):
+    """Where the merge's default device is a GPU (which this CPU-only torch cannot load onto), --device cpu merges in
+    host RAM: the real export runs on the CPU and writes a merged model; without --device it fails on cuda:0."""
     from typer.testing import CliRunner
 
     from tallrec_cli.cli.app import app
-    from tallrec_cli.cli.commands import export
+    from tallrec_cli.export import merged
+    from tests.export_helpers import make_train_run
 
-    seen = {}
-
-    def fake_export(*args, **kwargs):
-        seen.update(kwargs)
-        raise ResourceError("stop here")
-
-    monkeypatch.setattr(export, "export_merged", fake_export)
-    CliRunner().invoke(app, ["export", str(tmp_path), "--merged", "-o", str(tmp_path / "out"), "--device", "cpu"])
-    assert seen.get("device") == "cpu"
+    run = make_train_run(tmp_path / "run", str(tiny_model_dir))
+    monkeypatch.setattr(merged, "default_device", lambda: "cuda:0")  # what a GPU machine's default is
+    export = ["export", str(run), "--merged", "--dtype", "float32", "-o"]
+    result = CliRunner().invoke(app, [*export, str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["kind"] == "merged-export"
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert CliRunner().invoke(app, [*export, str(tmp_path / "gpu")]).exit_code != 0
+    assert not (tmp_path / "gpu").exists()
 
 
 # --------------------------------------------------------------------------- 8, 13, 14. preflight on GPUs
@@ -382,19 +385,13 @@ def _has_parameter(module: str, function: str, name: str) -> bool:
     return name in inspect.signature(getattr(importlib.import_module(module), function)).parameters
 
 
-def _training_argument(name: str) -> bool:
-    from transformers import TrainingArguments
-
-    return name in TrainingArguments.__dataclass_fields__
-
-
 # The API each floor in pyproject.toml is there for, and a check of it on the installed version: `make test-floors`
 # installs every dependency at its floor, so there each check is one of the floor itself. Floors that another
 # dependency's floor sets are checked by test_no_floor_is_below_what_a_dependency_at_its_floor_requires.
 FLOOR_APIS = {
     "torch": ("torch.OutOfMemoryError", lambda floors: hasattr(torch, "OutOfMemoryError")),
-    "transformers": ("TrainingArguments.train_sampling_strategy",
-                     lambda floors: _training_argument("train_sampling_strategy")),
+    "transformers": ("a resume from the last step's checkpoint takes no step more: Trainer._run_epoch",
+                     lambda floors: hasattr(importlib.import_module("transformers").Trainer, "_run_epoch")),
     "trl": ("the fused LM head's Triton switch, trl.kernels.chunked_logprob._use_triton",
             lambda floors: _has("trl.kernels.chunked_logprob", "_use_triton")),
     "peft": ("get_peft_model importing under transformers 5", lambda floors: _has("peft", "get_peft_model")),
@@ -404,6 +401,9 @@ FLOOR_APIS = {
                      "does not", _bitsandbytes_floor_loads),
     "scikit-learn": ("brier_score_loss(labels=...)", lambda floors: _has_parameter("sklearn.metrics", "brier_score_loss",
                                                                                  "labels")),
+    "gguf": ("GGUFWriter.add_key_value's sub_type: a merged GGUF copies its base's typed metadata arrays",
+             lambda floors: "sub_type" in inspect.signature(importlib.import_module("gguf").GGUFWriter.add_key_value)
+             .parameters),
     "typer": ("its own click: no Click deprecation warnings at import; typing.Literal choices checked at parse time",
               lambda floors: _literal_choices_checked() and not _imports_click()),
 }
@@ -417,13 +417,50 @@ def _floor_comment() -> str:
     return " ".join(line.lstrip("# ").strip() for line in head.splitlines() if line.startswith("#"))
 
 
+# Floors pyproject.toml's comment says another dependency's floor sets: name -> that dependency.
+SET_BY = {"datasets": "trl", "pyarrow": "trl", "pandas": "trl", "pyyaml": "trl", "safetensors": "transformers",
+          "rich": "typer"}
+
+
 def test_dependency_floors_name_the_api_they_are_for():
+    import re
+
     from tests.floors import declared_floors
 
     floors, comment = declared_floors(), _floor_comment()
     for name, (api, holds) in FLOOR_APIS.items():
         assert f"{name} {floors[name]} ({api})" in comment, f"pyproject.toml does not say {name} {floors[name]} is for {api}"
         assert holds(floors), f"{name} {importlib.metadata.version(name)} lacks {api}"
+    named = {}
+    for name in floors:  # every "name version" the comment states, e.g. "trl 1.16's" or "pyarrow 21,"
+        for version in re.findall(rf"\b{re.escape(name)} (\d+(?:\.\d+)*)(?=[ ,']|$)", comment):
+            named.setdefault(name, set()).add(version)
+    assert named == {name: {floors[name]} for name in named}, "the comment states another floor than pyproject.toml"
+    assert set(named) == set(FLOOR_APIS) | set(SET_BY) | set(SET_BY.values())
+
+
+def test_a_floor_set_by_a_dependency_is_that_dependencys_own_requirement():
+    """Read from the package metadata of each setting dependency installed at its floor (trl in .venv, all of them
+    under `make test-floors`): its requirement on the other package starts exactly at the floor declared."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    from tests.floors import declared_floors
+
+    floors = declared_floors()
+    checked = []
+    for name, setter in SET_BY.items():
+        if Version(importlib.metadata.version(setter)) != Version(floors[setter]):
+            continue
+        requirements = {canonicalize_name(req.name): req for req in map(Requirement, importlib.metadata.requires(setter))
+                        if req.marker is None}
+        lower = [Version(spec.version) for spec in requirements[canonicalize_name(name)].specifier
+                 if spec.operator == ">="]
+        assert lower == [Version(floors[name])], f"{setter} {floors[setter]} requires {requirements[name]}, " \
+                                                 f"pyproject.toml's floor of {name} is {floors[name]}"
+        checked.append(name)
+    assert checked  # trl is installed at its floor in .venv too
 
 
 def test_no_floor_is_below_what_a_dependency_at_its_floor_requires():
@@ -504,28 +541,24 @@ def test_ranks_validate_a_share_each_and_decide_on_the_gathered_scores(tmp_path,
 
 # ---------------------------------------------------------- 12. eval scores the base the adapter learned on
 
-def test_eval_defaults_to_the_runs_quantization_and_records_it(tmp_path, tiny_model_dir, monkeypatch):
+def test_eval_defaults_to_the_runs_quantization_and_records_it(tmp_path, tiny_64):
+    """A QLoRA run is scored on the 4-bit base it learned on: a real bitsandbytes 4-bit load on the CPU."""
+    from bitsandbytes.nn import Linear4bit
+
+    from tallrec_cli.eval.score import model_description
     from tests.export_helpers import make_train_run
 
-    run = make_train_run(tmp_path / "run", str(tiny_model_dir))
-    manifest = json.loads((run / "manifest.json").read_text())
-    (run / "manifest.json").write_text(json.dumps({**manifest, "quantization": "4bit"}))
-    asked = []
-    real = models.load_model
-
-    def spy(source, dtype, quantization, *args, **kwargs):
-        asked.append(quantization)
-        return real(source, "float32", "none", *args, **kwargs)  # CPU stand-in for the 4-bit load
-
-    monkeypatch.setattr(models, "load_model", spy)
-    inference = models.load_for_inference(adapter=str(run), dtype="float32", device="cpu")
-    assert asked == ["4bit"] and inference.quantization == "4bit"
-    from tallrec_cli.eval.score import model_description
-
+    run = make_train_run(tmp_path / "run", str(tiny_64), quantization="4bit", dtype="bfloat16")
+    assert json.loads((run / "manifest.json").read_text())["quantization"] == "4bit"
+    inference = models.load_for_inference(adapter=str(run), dtype="bfloat16", device="cpu")
+    four_bit = [name for name, module in inference.model.named_modules() if isinstance(module, Linear4bit)]
+    assert inference.quantization == "4bit" and len(four_bit) == 7 * 2  # q k v o gate up down, 2 layers
+    assert any("lora" in name for name, _ in inference.model.named_parameters())  # not merged into 4-bit weights
     assert model_description(inference) | {"base_model": None} == {
-        "base_model": None, "adapter": inference.adapter, "dtype": "float32", "quantization": "4bit"}
-    models.load_for_inference(adapter=str(run), dtype="float32", quantization="none", device="cpu")
-    assert asked[-1] == "none"
+        "base_model": None, "adapter": inference.adapter, "dtype": "bfloat16", "quantization": "4bit"}
+    plain = models.load_for_inference(adapter=str(run), dtype="bfloat16", quantization="none", device="cpu")
+    assert plain.quantization == "none"
+    assert not any(isinstance(module, Linear4bit) for module in plain.model.modules())
 
 
 # --------------------------------------------------------------------------------- 2, 15. GPU benchmarks

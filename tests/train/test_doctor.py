@@ -79,7 +79,6 @@ def test_a_broken_bitsandbytes_is_a_fail_line_with_a_fix(monkeypatch):
 def test_a_bitsandbytes_older_than_transformers_minimum_is_a_fail_line(old_bitsandbytes):
     from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
 
-    pytest.importorskip("bitsandbytes")
     [line] = doctor.check_bitsandbytes("cpu")
     assert line.verdict == "fail" and f"0.45.0 is older than {BITSANDBYTES_MIN_VERSION}" in line.detail
     assert line.fix == f"pip install -U 'bitsandbytes>={BITSANDBYTES_MIN_VERSION}'"

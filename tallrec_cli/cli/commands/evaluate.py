@@ -101,6 +101,8 @@ def eval_command(
     ensemble: list[str] = typer.Option(None, "--ensemble", "-e", help="Baselines to blend with the model, comma-"
                                        "separated: a logistic blend of the two logits fitted on the run's "
                                        "validation split, compared with both parts; saved as ensembles.json."),
+    timings: bool = flag("--timings", "Also print where the time went: seconds per phase (process start, imports, "
+                         "model load, adapter fold, tokenise, score, metrics, write; also in metrics.json)."),
 ) -> None:
     """Score labelled test records and report AUC and GAUC with 95% intervals, log-loss and calibration,
     for a model or for baselines, and compare a model with its references.
@@ -141,7 +143,16 @@ def eval_command(
         for comparison in result["ensembles"]:
             console.print(comparison_table(comparison, f"{result['test']}: {comparison['primary']} blend fitted on "
                                            "validation vs its parts (Δ = blend - row)"))
+    if timings:
+        console.print(_timing_table(results))
     _notes([(r["test"], r) for r in results])
+
+
+def _timing_table(results: list[dict]):
+    """Seconds per phase (rows) of each test (columns); phases before the first test repeat in every column."""
+    phases = list(dict.fromkeys(name for result in results for name in result["metrics"]["timing"]))
+    return table("where the time went (seconds)", ["phase", *(result["test"] for result in results)],
+                 [[name, *(result["metrics"]["timing"].get(name) for result in results)] for name in phases])
 
 
 def _notes(results) -> None:

@@ -1,27 +1,39 @@
-"""`tallrec export`: a run's adapter as a standalone PEFT folder, or merged into its base model."""
+"""`tallrec export`: a run's adapter as a standalone PEFT folder, merged into its base model, or as GGUF for
+llama.cpp and Ollama (a GGUF LoRA, or merged)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from tallrec_cli.cli.commands._common import Dtype, command_app, dtype_option, flag, output_option, overwrite_option
+from tallrec_cli.cli.commands._common import command_app, dtype_option, flag, output_option, overwrite_option
 from tallrec_cli.cli.console import console, err_console
 from tallrec_cli.core.errors import ConfigError
 from tallrec_cli.export.adapter import export_adapter
+from tallrec_cli.export.gguf import GGUF_FORMATS, describe, export_gguf
 from tallrec_cli.export.merged import export_merged
 from tallrec_cli.export.registry import add_adapter, check_free, check_name, resolve_store
 
 app = command_app()
+
+# adapter, merged + gguf.GGUF_FORMATS; merged.MERGE_DTYPES + gguf.GGUF_DTYPES (tests/export/test_gguf.py checks)
+ExportFormat = Literal["adapter", "merged", "gguf-lora", "gguf"]
+ExportDtype = Literal["auto", "bfloat16", "float16", "float32", "q8_0"]
 
 
 @app.command("export")
 def export_command(
     run_dir: Path = typer.Argument(..., help="A finished train run folder (it has manifest.json)."),
     output: Path | None = output_option("Folder to create (required unless --to-registry)."),
-    merged: bool = flag("--merged", "Merge the adapter into the base and write a full model."),
-    dtype: Dtype = dtype_option("Merged weights: auto is the base's own."),
+    export_format: ExportFormat = typer.Option("adapter", "--format", help="adapter: PEFT folder; merged: "
+                                               "safetensors model; gguf-lora / gguf: for llama.cpp and Ollama."),
+    merged: bool = flag("--merged", "Same as --format merged."),
+    dtype: ExportDtype = dtype_option("Weights: merged: auto is the base's own; gguf-lora: auto is float16 (no "
+                                      "q8_0); gguf: auto is float16, q8_0 quantizes."),
+    base_gguf: Path | None = typer.Option(None, "--base-gguf", help="The base's GGUF for gguf formats (default: "
+                                          "the run's base when it is one, as the embedded model is)."),
     max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest safetensors shard of a merged model."),
     to_registry: bool = flag("--to-registry", "Also add the adapter to the local registry."),
     name: str | None = typer.Option(None, "--name", help="Name in the card and the registry (default: folder name)."),
@@ -34,23 +46,40 @@ def export_command(
                                        help="Prompts scored to check the merged model's P(yes) AUC."),
     overwrite: bool = overwrite_option("an existing export (and a registry entry of the same name)"),
 ) -> None:
-    """Export a run for serving without tallrec (PEFT, transformers, vLLM, TGI).
+    """Export a run for serving without tallrec (PEFT, transformers, vLLM, TGI, llama.cpp, Ollama).
 
     Adapter (default): PEFT files, model card with a vLLM check, manifest hashing every file.
-    `--merged`: sharded safetensors model in 16/32-bit, verified against base + adapter.
+    `--format merged` (`--merged`): sharded safetensors model in 16/32-bit, verified against base + adapter.
+    `--format gguf-lora`: the adapter as a GGUF LoRA for the base's GGUF; `--format gguf`: merged into that GGUF.
+    Both with an Ollama Modelfile; what llama.cpp cannot load (DoRA, trained embeddings, ...) is refused.
 
     Examples:
 
     `tallrec export runs/m64 -o exports/m64 --to-registry`
 
     `tallrec export runs/m64 --merged --dtype bfloat16 --max-shard-size 2GB -o exports/m64-merged`
+
+    `tallrec export runs/m64 --format gguf-lora -o exports/m64-gguf`
+
+    `tallrec export runs/m64 --format gguf --dtype q8_0 -o exports/m64-q8`
     """
 
-    if merged and to_registry:
-        raise ConfigError("--to-registry stores adapters, not merged models", "drop --to-registry or --merged")
+    if merged:
+        if export_format not in ("adapter", "merged"):
+            raise ConfigError(f"--merged contradicts --format {export_format}", "drop --merged")
+        export_format = "merged"
+    if export_format != "adapter" and to_registry:
+        raise ConfigError(f"--to-registry stores adapters, not --format {export_format} exports",
+                          "drop --to-registry, or export --format adapter")
     if output is None and not to_registry:
         raise ConfigError("no --output folder given", "pass --output DIR (or --to-registry for an adapter)")
-    if merged:
+    if export_format in GGUF_FORMATS:
+        with err_console.status(f"writing {export_format}"):
+            result = export_gguf(run_dir, output, export_format, dtype=dtype, base_gguf=base_gguf, overwrite=overwrite,
+                                 base_model=base_model, name=name)
+        console.print(describe(result))
+        return
+    if export_format == "merged":
         with err_console.status("merging and verifying"):
             result = export_merged(run_dir, output, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite,
                                    base_model=base_model, verify_samples=verify_samples, device=device, name=name)

@@ -23,7 +23,7 @@ from tallrec_cli.cli.commands._common import (
     set_option,
 )
 from tallrec_cli.cli.console import console, err_console
-from tallrec_cli.cli.render import sweep_table
+from tallrec_cli.cli.render import sweep_findings_lines, sweep_report
 from tallrec_cli.core.files import is_disk_full, refuse_overlap
 from tallrec_cli.sweep import build_report, load_sweep_spec, missing_cells, run_single_cell, run_sweep
 from tallrec_cli.sweep.slurm import emit_slurm
@@ -70,8 +70,9 @@ def run_command(
                                    show_default=False),
     overrides: list[str] = set_option("training.lr=3e-4"),
     test_limit: int = limit_option("records of each test", "--test-limit"),
-    baselines: bool = typer.Option(None, "--baselines/--no-baselines", help="Popularity and logistic-regression rows "
-                                   "on the same samples (default: on).", show_default=False),
+    baselines: bool = typer.Option(None, "--baselines/--no-baselines", help="Equal-data references (popularity, "
+                                   "logistic regression, bias, GBDT, MF fitted on each cell's records) and full-data "
+                                   "references (default: on).", show_default=False),
     devices: str = typer.Option(None, "--devices", help="GPUs, e.g. 0,1: one cell per GPU in parallel processes.",
                                 show_default=False),
     keep_going: bool = flag("--keep-going", "Record a failed cell in the index and go on."),
@@ -84,7 +85,8 @@ def run_command(
                                             "--slurm-option=--partition=gpu (repeatable; default --gres=gpu:1 "
                                             "--cpus-per-task=8).", show_default=False),
 ) -> None:
-    """Run or resume a few-shot sweep; print TALLRec's Table 1 and write results.csv/json and sweep.png.
+    """Run or resume a few-shot sweep; print AUC/GAUC by N beside equal-data and full-data references, the
+    tuned model's paired differences from each, and what they say; write results.csv/json and sweep.png.
 
     Examples:
 
@@ -103,7 +105,7 @@ def run_command(
         return
     result = run_sweep(spec, output, overwrite=overwrite, keep_going=keep_going, devices=_device_list(devices),
                        log=lambda message: err_console.print(message, highlight=False, soft_wrap=True))
-    console.print(sweep_table(result.summary))
+    _print_report(result.report)
     err_console.print(f"{len(result.ran)} cell(s) run, {len(result.skipped)} kept from earlier runs, "
                       f"{len(result.failures)} failed; {result.wall_seconds:.0f} s. "
                       f"Results: {result.sweep_dir / 'results.csv'}, plot: {result.sweep_dir / 'sweep.png'}",
@@ -112,6 +114,16 @@ def run_command(
         for failure in result.failures:
             err_console.print(f"[red]failed:[/] {failure.cell.id}: {failure.error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _print_report(report: dict) -> None:
+    """The tables, then the findings in words (stdout); notes on left-out comparisons (stderr)."""
+    for renderable in sweep_report(report):
+        console.print(renderable)
+    for line in sweep_findings_lines(report["findings"]):
+        console.print(line, markup=False, highlight=False)
+    for note in report["notes"]:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _emit_slurm(spec, output: Path, overwrite: bool, slurm_options: list[str]) -> None:
@@ -132,9 +144,9 @@ def report_command(
     Example: `tallrec sweep report sweeps/m`
     """
 
-    summary = build_report(sweep_dir)
+    report = build_report(sweep_dir)
     missing = missing_cells(sweep_dir)
-    console.print(sweep_table(summary))
+    _print_report(report)
     if missing:
         err_console.print(f"[bold yellow]warning:[/] {len(missing)} cell(s) have no result, so the table (and its "
                           f"best marks) leaves them out: " + ", ".join(f"{cell['id']} ({cell['status']})"
