@@ -28,11 +28,12 @@ demo: install
 	$(BIN)/tallrec train recipes/smollm2-135m-lora.yaml --train $(DEMO)/data --output $(DEMO)/run --overwrite
 	$(BIN)/tallrec eval --adapter $(DEMO)/run --test $(DEMO)/data --limit 500 --compare base,history-share,bias,gbdt --overwrite
 
+# Consumer tests (llama.cpp, vLLM: marked interop) need a trained run and vLLM's own venv: `make interop` runs them.
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -m "not interop"
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not interop"
 
 # The floors pyproject.toml declares, proven: a venv with every dependency at its floor (tests/floors.py reads them),
 # resolved together in one pip call (torch stays the CPU build `install` pins), and the fast tests in it.
@@ -45,7 +46,7 @@ $(FLOORS)/.installed: pyproject.toml tests/floors.py
 	touch $@
 
 test-floors: $(FLOORS)/.installed
-	$(FLOORS)/bin/python -m pytest -q -ra -m "not slow"
+	$(FLOORS)/bin/python -m pytest -q -ra -m "not slow and not interop"
 
 # vLLM's CPU build pins torch 2.13.0+cpu and transformers >=5.16.1,<5.20, so it gets a venv of its own (about
 # 2.7 GB, mostly download). torch comes from the same local wheel as `install`'s, held by a constraint while
