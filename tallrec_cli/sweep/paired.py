@@ -22,25 +22,32 @@ def _interval(values: np.ndarray) -> list[float]:
 
 
 def seed_mean_difference(labels: Sequence[int], pairs: Sequence[tuple[np.ndarray, np.ndarray]],
-                         users: Sequence | None = None, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+                         users: Sequence | None = None, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                         memo: dict | None = None) -> dict:
     """AUC and GAUC of the first scores of each pair minus those of the second, averaged over the pairs (one
     per training seed, every pair on the same records), with paired bootstrap 95% intervals: a draw of
     records (AUC) or of users (GAUC, a user's records stay together) is the same for every pair and both
-    scorers. With one pair it is `tallrec_cli.core.metrics.paired_difference`."""
+    scorers. With one pair it is `tallrec_cli.core.metrics.paired_difference`. ``memo``: kept across calls on
+    the same records, labels, users and draws, it reads each score array once however many pairs hold it."""
+    memo = {} if memo is None else memo
+
+    def read(kind: str, scores: np.ndarray):
+        key = (kind, id(scores))
+        if key not in memo:  # the array is kept with its value, so its id cannot be reused meanwhile
+            value = (bootstrap_aucs(labels, scores, resamples, seed) if kind == "draws"
+                     else user_aucs(labels, scores, users)[:2])
+            memo[key] = (scores, value)
+        return memo[key][1]
+
     result: dict = {"auc_diff": None, "auc_diff_ci95": None, "gauc_diff": None, "gauc_diff_ci95": None}
     if not pairs or safe_auc(labels, pairs[0][0]) is None:  # one class: no AUC for any scorer
         return result
     result["auc_diff"] = float(np.mean([safe_auc(labels, a) - safe_auc(labels, b) for a, b in pairs]))
     if resamples > 0:
-        draws = np.mean([bootstrap_aucs(labels, a, resamples, seed) - bootstrap_aucs(labels, b, resamples, seed)
-                         for a, b in pairs], axis=0)
-        result["auc_diff_ci95"] = _interval(draws)
+        result["auc_diff_ci95"] = _interval(np.mean([read("draws", a) - read("draws", b) for a, b in pairs], axis=0))
     if users is not None:
-        per_user = []
-        for a, b in pairs:
-            aucs_a, counts, _ = user_aucs(labels, a, users)
-            per_user.append(aucs_a - user_aucs(labels, b, users)[0])
-        differences = np.mean(per_user, axis=0)
+        counts = read("users", pairs[0][0])[1]
+        differences = np.mean([read("users", a)[0] - read("users", b)[0] for a, b in pairs], axis=0)
         if differences.size:
             result["gauc_diff"] = float(differences @ counts / counts.sum())
             if resamples > 0 and differences.size >= 2:

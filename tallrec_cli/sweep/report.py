@@ -45,7 +45,10 @@ def full_data_name(label: str, variant: str | None = None) -> str:
 
 
 def baseline_observations(stored: dict) -> list[dict]:
-    return [{"method": equal_data_name(name, stored.get("variant")), "kind": "baseline", "family": name,
+    """An equal-data file's rows (one of an earlier version, fitted on the records without their histories, keeps
+    its plain name until the next run refits it)."""
+    name_of = equal_data_name if stored.get("kind") == "equal-data" else lambda plain, variant: plain
+    return [{"method": name_of(name, stored.get("variant")), "kind": "baseline", "family": name,
              "domain": stored["domain"], "test": label, "shots": stored["shots"], "seed": stored["seed"],
              "auc": metrics.get("auc"), "gauc": metrics.get("gauc"), "records": metrics.get("n"), "cell": None}
             for label, by_name in stored["tests"].items() for name, metrics in by_name.items()]
@@ -106,17 +109,19 @@ def _tuned_predictions(sweep_dir: Path, results: list[dict], notes: list[str]) -
     return tuned
 
 
-def _reference_scores(stored: list[dict]) -> dict[str, list[tuple[str, str, str, list, list]]]:
-    """{cell id: [(kind, reference row name, test, record ids, scores) of every reference stored beside it]}."""
+def _reference_scores(stored: list[dict]) -> dict[str, list[tuple[str, str, str, list, np.ndarray]]]:
+    """{cell id: [(kind, reference row name, test, record ids, scores) of every reference stored beside it]};
+    a file's score arrays are shared by all its cells (a full-data reference stands beside every cell)."""
     beside = defaultdict(list)
     for item in stored:
         kind = "reference" if item.get("kind") == "reference" else "baseline"
         name = full_data_name if kind == "reference" else equal_data_name
+        scored = [(kind, name(label, item.get("variant")), test, predictions["ids"],
+                   np.asarray(scores, dtype=np.float64))
+                  for test, predictions in (item.get("predictions") or {}).items()
+                  for label, scores in predictions.items() if label != "ids"]
         for cell in item.get("cells") or []:  # files of an earlier version list no cells and hold no scores
-            for test, predictions in (item.get("predictions") or {}).items():
-                for label, scores in predictions.items():
-                    if label != "ids":
-                        beside[cell].append((kind, name(label, item.get("variant")), test, predictions["ids"], scores))
+            beside[cell].extend(scored)
     return beside
 
 
@@ -130,7 +135,7 @@ def paired_comparisons(sweep_dir: str | Path, notes: list[str] | None = None) ->
     groups: dict[tuple, list[tuple[int, dict]]] = defaultdict(list)
     for (method, test, shots, seed), entry in tuned.items():
         groups[(method, test, shots)].append((seed, entry))
-    comparisons = []
+    comparisons, memos = [], {}
     for (method, test, shots), seeds in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0], item[0][2])):
         seeds.sort(key=lambda item: item[0])
         pairs: dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(list)
@@ -142,10 +147,11 @@ def paired_comparisons(sweep_dir: str | Path, notes: list[str] | None = None) ->
                     notes.append(f"cell {entry['cell']}: {reference} was scored on other {test} records; "
                                  "left out of the comparison")
                     continue
-                pairs[(kind, reference)].append((seed, entry["scores"], np.asarray(scores, dtype=np.float64)))
+                pairs[(kind, reference)].append((seed, entry["scores"], scores))
         first = seeds[0][1]
+        memo = memos.setdefault(test, {})  # one test's records: its tuned and full-data scores are read once
         for (kind, reference), rows in pairs.items():
-            difference = seed_mean_difference(first["labels"], [(a, b) for _, a, b in rows], first["users"])
+            difference = seed_mean_difference(first["labels"], [(a, b) for _, a, b in rows], first["users"], memo=memo)
             comparisons.append({"test": test, "method": method, "shots": shots, "reference": reference, "kind": kind,
                                 "seeds": [seed for seed, _, _ in rows], **difference,
                                 "verdict": "/".join(marks(difference).values())})

@@ -149,7 +149,7 @@ def load_sweep_spec(source: str | Path | None, shots: Sequence[int] | None = Non
         data = loaded if "recipe" in loaded else {"recipe": str(source)}
     if isinstance(data.get("tests"), list):
         data["tests"] = parse_tests([str(item) for item in data["tests"]])
-    for name, domain in (data.get("domains") or {}).items():
+    for domain in (data.get("domains") or {}).values():
         if isinstance(domain, dict) and isinstance(domain.get("tests"), list):
             domain["tests"] = parse_tests([str(item) for item in domain["tests"]])
     if shots is not None:

@@ -145,11 +145,13 @@ class TrainingSettings:
     batch_size: int = option(16, help="Effective batch (samples per optimizer step, all processes together).")
     micro_batch_size: int = option(4, help="Samples per forward pass per process; lower it when out of memory.")
     warmup_steps: int = option(2, help="Linear warmup steps.")
-    eval_every: int | str = option(8, help="Validate (and checkpoint) every N steps; auto = TALLRec's rule: 10 for <= 128 records, else records / 128 * 5.")
+    eval_every: int | str = option(16, help="Validate (and checkpoint) every N steps; auto = TALLRec's rule: 10 for <= 128 records, else records / 128 * 5.")
     patience: int | None = option(None, help="Stop after this many evaluations without improvement (null = never).")
     eval_at_start: bool = option(True, help="Validate the untrained model first (step 0), so the run shows what tuning gained.")
     seed: int = option(42, help="Training randomness (LoRA init, order, dropout); data.sample_seed picks the shots.")
     group_by_length: bool = option(True, help="Batch records of similar length together (less padding).")
+    shared_prefix: bool = option(True, help="Run the prompt prefix every record of a micro-batch shares (template "
+                                            "header, instruction) once per micro-batch, not once per record.")
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward: much less memory, ~30% slower.")
     optim: str = option("adamw_torch", choices=OPTIMIZERS,
                         help="Optimizer: adamw_torch, or bitsandbytes' adamw_8bit / paged_adamw_8bit (QLoRA's; CUDA).")

@@ -289,6 +289,7 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
     )
     from tallrec_cli.train.lm_head import install_compact_lm_head
     from tallrec_cli.train.pair_loss import PairLossTrainer, class_weights
+    from tallrec_cli.train.shared_prefix import install_shared_prefix
     from tallrec_cli.train.tracking import TrackingCallback, reporting_callbacks
 
     source = resolve_model_source(config.model.name)
@@ -344,8 +345,10 @@ def run_training(config: TrainConfig, resume: bool = False, callbacks: tuple = (
                               "run on CUDA GPUs, or set training.fsdp=false for data parallelism")
         if precision == "fp16":
             trainable_to_fp32(trainer.model)
-        if not config.training.fsdp:  # it reads the LM head's weight directly, which FSDP keeps sharded
+        if not config.training.fsdp:  # they read weights and run the body directly, which FSDP keeps sharded
             install_compact_lm_head(trainer.model.get_base_model(), args.device)
+            if config.training.shared_prefix:
+                install_shared_prefix(trainer.model)
         if is_main:
             trainer.add_callback(ProgressCallback(status, config.training.batch_size))
             reporters = reporting_callbacks(config.training.report_to, run_dir)

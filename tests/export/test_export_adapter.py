@@ -180,6 +180,31 @@ def test_vllm_check_flags_what_vllm_rejects(config, names, problem):
     assert not check.compatible and any(problem in p for p in check.problems)
 
 
+@pytest.mark.parametrize(("config", "names", "fix"), [
+    ({"r": 8, "use_dora": True}, LLAMA_NAMES, "--set lora.use_dora=false"),
+    ({"r": 8, "init_lora_weights": "pissa"}, LLAMA_NAMES, "path_initial_model_for_weight_conversion"),
+    ({"r": 8, "alora_invocation_tokens": [5, 6]}, LLAMA_NAMES, "Activated LoRA (aLoRA): vLLM does not support it"),
+    ({"r": 8, "layer_replication": [[0, 2]]}, LLAMA_NAMES, "layer_replication: vLLM does not support it"),
+    ({"r": 1024}, LLAMA_NAMES, "--set lora.r=512"),
+    ({"r": 8}, LLAMA_NAMES + ["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"],
+     "no LoRA weights"),
+    ({"r": 8}, [name.replace("q_proj", "c_attn") for name in LLAMA_NAMES], "--set lora.target_modules=[v_proj]"),
+])
+def test_vllm_check_names_the_fix_of_each_rule_broken(config, names, fix):
+    check = check_vllm_compatibility(config, names, "llama")
+    assert not check.compatible and len(check.problems) == 1 and fix in check.problems[0]
+
+
+def test_vllm_check_takes_what_vllm_applies():
+    """rank/alpha patterns, rsLoRA, plain inits and LoRA on lm_head load in vLLM 0.32; a rank above 16 only
+    needs --max-lora-rank."""
+    config = {"r": 8, "rank_pattern": {"q_proj": 32}, "alpha_pattern": {"v_proj": 4}, "use_rslora": True,
+              "init_lora_weights": "gaussian"}
+    check = check_vllm_compatibility(config, LLAMA_NAMES + ["base_model.model.lm_head.lora_A.weight"], "llama")
+    assert check.compatible and check.max_lora_rank == 32
+    assert "LoRA rank 32 is above vLLM's default max_lora_rank (16): serve with --max-lora-rank 32" in check.notes
+
+
 def test_vllm_check_picks_smallest_allowed_max_lora_rank():
     check = check_vllm_compatibility({"r": 12, "use_rslora": True}, LLAMA_NAMES, "llama")
     assert check.compatible and check.max_lora_rank == 16 and any("rsLoRA" in n for n in check.notes)

@@ -30,13 +30,13 @@ from tallrec_cli.core.errors import ConfigError
 from tallrec_cli.core.manifests import TrainRunManifest
 from tallrec_cli.core.manifests import load as load_manifest
 from tallrec_cli.eval.records import load_test_records
+from tallrec_cli.eval.score import evaluate_records
 from tallrec_cli.export.adapter import export_adapter
 from tallrec_cli.export.merged import export_merged
 from tallrec_cli.export.runs import SAMPLE_RECORDS
 from tallrec_cli.export.vllm import VENV_VARIABLE, check_vllm, vllm_python
-from tallrec_cli.model.loading import EMBEDDED_MODELS, embedded_model_dir, load_for_inference
-from tallrec_cli.model.prompts import LabelTokens, load_template
-from tallrec_cli.model.scoring import score_prompts
+from tallrec_cli.model.loading import EMBEDDED_MODELS, load_for_inference
+from tallrec_cli.model.scoring import resolve_scoring
 from tests.conftest import REPO, skip_or_fail
 
 RECORDS = 8
@@ -79,24 +79,25 @@ def records(run_manifest) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tallrec_eval(interop_run, run_manifest, tmp_path_factory) -> np.ndarray:
-    """P(yes) of the first RECORDS validation records by `tallrec eval --dtype float32`, the command itself."""
-    output = tmp_path_factory.mktemp("tallrec-eval")
-    command = [sys.executable, "-m", "tallrec_cli", "eval", "--adapter", str(interop_run), "--test",
-               str(run_manifest.data.valid), "--split", "valid", "--limit", str(RECORDS), "--dtype", "float32",
-               "--output", str(output)]
-    completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    (predictions,) = output.glob("*/predictions.jsonl")
-    return np.array([json.loads(line)["p_yes"] for line in predictions.read_text().splitlines()])
+def inference(interop_run):
+    """The run loaded as `tallrec eval --adapter RUN --dtype float32` loads it, with its scoring spec."""
+    loaded = load_for_inference(adapter=str(interop_run), dtype="float32", device="cpu")
+    return loaded, resolve_scoring(loaded)
 
 
 @pytest.fixture(scope="module")
-def prompts(interop_run, run_manifest, records) -> tuple[list[str], list[list[int]]]:
+def tallrec_eval(inference, records) -> np.ndarray:
+    """P(yes) of the records by `tallrec eval`'s own scoring (eval.score.evaluate_records), in float32."""
+    loaded, spec = inference
+    return evaluate_records(loaded, records, spec, resamples=0)[0]
+
+
+@pytest.fixture(scope="module")
+def prompts(inference, records) -> tuple[list[str], list[list[int]]]:
     """The prompts as tallrec renders them and the token ids its scoring feeds the model."""
-    inference_tokenizer = load_for_inference(adapter=str(interop_run), dtype="float32", device="cpu").tokenizer
-    texts = [load_template(run_manifest.prompt.template).render(record, inference_tokenizer) for record in records]
-    return texts, inference_tokenizer(texts, add_special_tokens=True)["input_ids"]
+    loaded, spec = inference
+    texts = spec.render(records, loaded.tokenizer)
+    return texts, loaded.tokenizer(texts, add_special_tokens=True)["input_ids"]
 
 
 def vllm_score(venv: Path, folder: Path, request: dict) -> dict:
@@ -130,7 +131,7 @@ def test_export_checks_the_adapter_with_vllms_own_loader(exports, vllm_venv, run
     (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(VENV_VARIABLE, str(vllm_venv))
-        refused = check_vllm(dora, {**config, "use_dora": True}, [], "llama", embedded_model_dir("smollm2-135m"))
+        refused = check_vllm(dora, {**config, "use_dora": True}, [], "llama", run_manifest.base_model["path"])
     assert not refused.compatible and refused.checked_by == "vLLM 0.32.0"
     assert refused.problems == ("DoRA (use_dora): vLLM has no DoRA; retrain with --set lora.use_dora=false",
                                 "vLLM 0.32.0 refused it: vLLM does not yet support DoRA.")
@@ -141,7 +142,7 @@ def test_vllm_serves_the_adapter_as_tallrec_eval_scores_it(exports, vllm_venv, r
     texts, ids = prompts
     labels = run_manifest.labels
     found = vllm_score(vllm_venv, tmp_path, {
-        "model": str(embedded_model_dir(run_manifest.base_model["name"])), "adapter": str(exports["adapter"]),
+        "model": run_manifest.base_model["path"], "adapter": str(exports["adapter"]),
         "dtype": "float32", "max_lora_rank": exports["vllm"].max_lora_rank,
         "label_ids": [labels["positive_id"], labels["negative_id"]], "prompts": ids, "texts": texts})
     gap, adapter_effect = _gap(found["p_yes"], tallrec_eval), _gap(found["p_yes_base"], np.array(found["p_yes"]))
@@ -166,11 +167,11 @@ def test_vllm_serves_the_merged_export_as_tallrec_eval_scores_the_run(exports, v
 
 
 @pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory) -> Path:
+def hub_cache(tmp_path_factory, run_manifest) -> Path:
     """A hub cache holding the embedded model under the hub id the cards name (offline: nothing is downloaded);
     it is the base the adapter was trained on."""
-    folder = embedded_model_dir("smollm2-135m")
-    hub_id = EMBEDDED_MODELS["smollm2-135m"][2]
+    folder = Path(run_manifest.base_model["path"])
+    hub_id = EMBEDDED_MODELS[run_manifest.base_model["name"]][2]
     root = tmp_path_factory.mktemp("hub")
     repo = root / f"models--{hub_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / ("0" * 40)
@@ -183,11 +184,10 @@ def hub_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def example_p_yes(interop_run, run_manifest) -> float:
+def example_p_yes(inference) -> float:
     """What tallrec scores for the cards' example record (float32)."""
-    inference = load_for_inference(adapter=str(interop_run), dtype="float32", device="cpu")
-    prompt = load_template(run_manifest.prompt.template).render(SAMPLE_RECORDS[0], inference.tokenizer)
-    return float(score_prompts(inference.model, inference.tokenizer, [prompt], LabelTokens(**run_manifest.labels))[0])
+    loaded, spec = inference
+    return float(spec.score(loaded.model, loaded.tokenizer, spec.render(SAMPLE_RECORDS[:1], loaded.tokenizer)).scores[0])
 
 
 def _python_block(card: str, heading: str) -> str:

@@ -196,3 +196,11 @@ def quick_plot(request, monkeypatch):
         from tallrec_cli.sweep import report
 
         monkeypatch.setattr(report, "plot_results", lambda summary, path: Path(path).write_bytes(b"\x89PNG stub"))
+
+
+def test_a_zero_shot_only_sweep_keeps_its_one_column():
+    summary = sweep.summarize([{"method": "LoRA m", "kind": "zero-shot", "test": "t", "shots": 0, "seed": None,
+                                "auc": 0.52, "gauc": 0.5, "records": 9, "cell": "z"}])
+    table = sweep_table(summary, "t")
+    assert [column.header for column in table.columns] == ["method", "zero-shot"]
+    assert [[cell.plain for cell in row] for row in table.rows] == [["LoRA m", "0.520\ng 0.500"]]

@@ -174,6 +174,10 @@ SAME_STEPS = {"model.dtype": "float32", "data.shots": "null", "data.max_valid": 
               "prompt.max_length": "256", "lora.dropout": "0.0", "training.group_by_length": "false"}
 
 
+def _metrics_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_process_ddp_equals_a_single_process_run(tmp_path, tiny_model_dir, data_dir, launcher):
@@ -184,15 +188,15 @@ def test_two_process_ddp_equals_a_single_process_run(tmp_path, tiny_model_dir, d
     command = [*LAUNCHERS[launcher], "-m", "tallrec_cli", "train", "--model", str(tiny_model_dir),
                "--train", str(data_dir), "--output", str(run), *settings]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TALLREC_DEBUG": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["processes"] == 2
     assert manifest["best"]["step"] == json.loads((single / "manifest.json").read_text())["best"]["step"]
-    rows = lambda folder: [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert [row["step"] for row in rows(run)] == [0, 2, 4]  # rank 0 alone writes
+    rows, single_rows = (_metrics_rows(folder) for folder in (run, single))
+    assert [row["step"] for row in rows] == [0, 2, 4]  # rank 0 alone writes
     for name in ("val_auc", "val_loss", "train_loss"):
-        assert [row[name] for row in rows(run)] == pytest.approx([row[name] for row in rows(single)], abs=1e-4), name
+        assert [row[name] for row in rows] == pytest.approx([row[name] for row in single_rows], abs=1e-4), name
     assert result.stdout.count("training summary") == 1  # and alone reports
     expected, actual = _lora_b(single / "adapter"), _lora_b(run / "adapter")
     assert expected.keys() == actual.keys() and any(t.abs().sum() > 0 for k, t in actual.items() if "lora_B" in k)
