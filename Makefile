@@ -73,7 +73,7 @@ $(INTEROP)/run/manifest.json: | $(STAMP)
 
 interop: install $(VLLM_VENV)/.installed $(INTEROP_RUN)/manifest.json
 	TALLREC_INTEROP_RUN=$(INTEROP_RUN) TALLREC_VLLM_VENV=$(VLLM_VENV) \
-		nice -n 19 $(BIN)/python -m pytest -q -ra -m interop tests/interop
+		nice -n 19 $(BIN)/python -m pytest -q -rA -m interop tests/interop
 
 # Mutation testing (tests/mutation.py): mutmut 3 over the core modules, each against its own test files, in copies
 # under build/mutation; prints each module's survivors (docs/lab-notebook.md says why the known ones are equivalent)

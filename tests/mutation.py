@@ -42,7 +42,8 @@ EQUIVALENT: dict[str, set[str]] = {}
 _RESULT = re.compile(r"^\s+(\S+): (\S+)")
 
 
-def _copy_sources(work: Path) -> None:
+def copy_sources(work: Path) -> None:
+    """A fresh copy of the sources and tests in ``work`` (the working tree is never touched)."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -66,7 +67,7 @@ def run_module(name: str, root: Path, children: int) -> tuple[dict[str, str], fl
     """{mutant: status} of every mutant of module ``name`` (killed ones included), and the seconds it took."""
     source, tests, patterns = MODULES[name]
     work = root / name
-    _copy_sources(work)
+    copy_sources(work)
     _write_config(work, source, tests)
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *patterns], cwd=work,

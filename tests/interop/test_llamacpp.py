@@ -3,8 +3,12 @@
 On 256 records of TALLRec's movie test: P(yes) = softmax over the first token's log-probabilities of the two
 label tokens, against tallrec's fp32 scores of the same prompts. The base GGUF is the embedded model's own
 Q4_1 file; llama.cpp runs Q4_1 matmuls with 8-bit activations, so the base alone already differs from tallrec:
-that floor is measured here too, and where it is wider than a bound, the bound is the floor (the adapter may
-add no gap of its own). Merged f16 / bf16 models carry no Q4_1 step and are held to AUC within 0.005.
+that floor is measured here too. The export itself is checked where no Q4_1 step blurs it: the same GGUF LoRA
+on an f16 copy of the base (dequantized Q4_1, so the weights tallrec scores with), and merged f16 / bf16
+models, each held to AUC within 0.005. On the Q4_1 base the adapter may add no P(yes) gap beyond the base's
+own (max |dP| within 0.01 of the floor's, Spearman at least the floor's); its AUC gap is printed, not bounded:
+noise that leaves a chance-level base at chance costs a model that ranks well AUC (0.037 on the demo's run,
+2026-12-07, where the f16 base gives 0.0004: docs/results.md).
 
 The run is tests/interop/conftest.py's `interop_run`. Numbers are printed (`pytest -s`)."""
 
@@ -22,7 +26,8 @@ import pytest
 from tests.conftest import require_module
 
 RECORDS = 256
-LORA_AUC, LORA_SPEARMAN, MERGED_AUC = 0.01, 0.97, 0.005
+LORA_SPEARMAN, Q4_1_EXTRA_DP = 0.97, 0.01  # the adapter on the Q4_1 base, beside the base alone there
+UNQUANTIZED_AUC, F16_SPEARMAN = 0.005, 0.99  # the adapter on the f16 base, merged f16 / bf16 models
 TOP_LOGPROBS = 20
 
 pytestmark = [pytest.mark.slow, pytest.mark.interop]
@@ -104,7 +109,7 @@ def agreement(truth: list[int], reference: np.ndarray, scores: np.ndarray) -> di
 
 def test_llama_cpp_scores_gguf_exports_like_tallrec_eval(xlc, interop_run, movie_test, tmp_path):
     from tallrec_cli.eval.score import evaluate_records
-    from tallrec_cli.export.gguf import export_gguf
+    from tallrec_cli.export.gguf import export_gguf, write_merged_gguf
     from tallrec_cli.model.loading import load_for_inference
     from tallrec_cli.model.scoring import resolve_scoring
 
@@ -130,6 +135,12 @@ def test_llama_cpp_scores_gguf_exports_like_tallrec_eval(xlc, interop_run, movie
     results["LoRA f16 on base Q4_1"] = agreement(truth, reference, llama_cpp_p_yes(
         xlc, lora.base_gguf, prompts, spec.labels, lora.path / lora.files["adapter"]))
     walls["llama.cpp base + LoRA"] = time.perf_counter() - started
+    started = time.perf_counter()
+    base_f16 = tmp_path / "base-f16.gguf"
+    write_merged_gguf(base_f16, lora.base_gguf, [], 1.0, "float16")  # no modules: the base, dequantized
+    results["LoRA f16 on base f16"] = agreement(truth, reference, llama_cpp_p_yes(
+        xlc, base_f16, prompts, spec.labels, lora.path / lora.files["adapter"]))
+    walls["llama.cpp f16 base + LoRA"] = time.perf_counter() - started
     for dtype in ("float16", "bfloat16"):
         merged = export_gguf(interop_run, tmp_path / dtype, "gguf", dtype=dtype)
         started = time.perf_counter()
@@ -141,7 +152,8 @@ def test_llama_cpp_scores_gguf_exports_like_tallrec_eval(xlc, interop_run, movie
 
     floor, tuned_gap = results["floor: base Q4_1 alone"], results["LoRA f16 on base Q4_1"]
     assert np.abs(reference - base_reference).max() > 1e-3  # a trained adapter: there is something to check
-    assert tuned_gap["auc_gap"] <= max(LORA_AUC, floor["auc_gap"]), results
+    assert tuned_gap["max_abs_dp"] <= floor["max_abs_dp"] + Q4_1_EXTRA_DP, results
     assert tuned_gap["spearman"] >= min(LORA_SPEARMAN, floor["spearman"]), results
-    for dtype in ("float16", "bfloat16"):
-        assert results[f"merged {dtype}"]["auc_gap"] <= MERGED_AUC, results
+    assert results["LoRA f16 on base f16"]["spearman"] >= F16_SPEARMAN, results
+    for name in ("LoRA f16 on base f16", "merged float16", "merged bfloat16"):
+        assert results[name]["auc_gap"] <= UNQUANTIZED_AUC, results
