@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from sklearn.metrics import roc_auc_score
+
 from tallrec_cli import sweep
+from tallrec_cli.core.files import read_jsonl
 from tallrec_cli.core.manifests import read_manifest
 from tests.sweep.test_sweep_run import make_spec, statuses, write_dataset
 
@@ -40,7 +44,10 @@ def test_two_real_tiny_cells_plus_zero_shot_then_resume_and_report(tmp_path, tin
     assert run["data"]["shots"] == 4 and run["data"]["sample_seed"] == 1 and run["seed"] == 1
     evaluation = json.loads((sweep_dir / "cells" / "k4-s1" / "sweep-eval.json").read_text())
     movies = evaluation["tests"]["movies"]
-    assert movies["records"] == 12 and 0 <= movies["auc"] <= 1
+    predictions = read_jsonl(sweep_dir / "cells" / "k4-s1" / movies["folder"] / "predictions.jsonl")
+    labels, scores = [row["label"] for row in predictions], [row["p_yes"] for row in predictions]
+    assert movies["records"] == len(predictions) == 12 and 0 < sum(labels) < 12
+    assert movies["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)  # not 1 - AUC, not another cell's
     assert read_manifest(sweep_dir / "cells" / "k4-s1" / movies["folder"], "eval")["test"]["limit"] == 12
     assert read_manifest(sweep_dir / "cells" / "zero-shot", "zero-shot-cell")["prompt"]["template"] == "alpaca"
 
