@@ -623,3 +623,16 @@ def test_merge_check_allows_one_reordered_pair_on_few_prompts():
     assert compare_merge(logits, logits, reference, swapped, labels, "bfloat16", "built-in").ok
     worse = np.array([0.1, 0.2, 0.3, 0.5, 0.51, 0.7, 0.8, 0.9])
     assert not compare_merge(logits, logits, reference, worse, labels, "bfloat16", "built-in").ok
+
+
+def test_merge_check_allows_near_ties_the_measured_logit_error_can_reorder():
+    """Scores closer than the logit error the merge showed may swap (an untrained model's are all near 0.5);
+    without that error the same reordering fails."""
+    from tallrec_cli.export.merged import compare_merge
+
+    labels = [1, 0] * 8
+    reference = 0.5 + np.linspace(0, 1e-3, 16)
+    reordered = reference[::-1].copy()
+    exact, off = [torch.zeros(3, 5)], [torch.full((3, 5), 4e-3)]
+    assert compare_merge(exact, off, reference, reordered, labels, "bfloat16", "run").ok
+    assert not compare_merge(exact, exact, reference, reordered, labels, "bfloat16", "run").ok
