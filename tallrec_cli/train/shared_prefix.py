@@ -57,7 +57,8 @@ def install_shared_prefix(model, min_prefix_tokens: int = MIN_PREFIX_TOKENS) -> 
         if prefix < min_prefix_tokens:
             return plain(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          inputs_embeds=inputs_embeds, **kwargs)
-        for name in ("use_cache", cache_name, "past_key_values"):  # none given: the cache is made here
+        # none given (older transformers pass cache_position=None): the cache and its positions are made here
+        for name in ("use_cache", cache_name, "past_key_values", "cache_position"):
             kwargs.pop(name, None)
         return _prefix_then_suffix(plain, self.config, input_ids, attention_mask, prefix, cache_name, kwargs)
 
