@@ -22,6 +22,7 @@ from __future__ import annotations
 import types
 
 import torch
+from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from tallrec_cli.model.scoring import MIN_PREFIX_TOKENS, _cache_kwarg, shareable_prefix_tokens, split_lm_head
@@ -68,8 +69,6 @@ def install_shared_prefix(model, min_prefix_tokens: int = MIN_PREFIX_TOKENS) -> 
 
 def _prefix_then_suffix(plain, config, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, prefix: int,
                         cache_name: str, kwargs: dict) -> BaseModelOutputWithPast:
-    from transformers import DynamicCache
-
     rows, width = input_ids.shape
     cache = DynamicCache(config=config)
     head = plain(input_ids=input_ids[:1, :prefix], use_cache=True, **{cache_name: cache}, **kwargs)
